@@ -1,0 +1,79 @@
+"""Timing helpers shared by the benchmark families.
+
+time_pair runs ours and torch's callables interleaved (alternating which goes
+first each round) and returns the median seconds per call of each. On CUDA it
+times with events and synchronises; on the CPU with perf_counter.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Case:
+    op: str                    # op name, e.g. "max_pool2d"
+    config: str                # short config, e.g. "k3 s2 p1 +idx"
+    fmt: str                   # "NCHW" or "NHWC"
+    mode: str                  # "fwd", "bwd" or "fwd+bwd"
+    dtype: str
+    device: str
+    shape: tuple
+    setup: Callable            # -> (ours_fn, torch_fn, bytes_moved, extra_dict)
+    copy_tensor: Callable      # -> the tensor whose plain copy sets the ceiling
+    copy_key: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time_block(fn, n, device):
+    if device == "cuda":
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / n
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
+
+
+def time_pair(ours, ref, device, rounds, target_s=None):
+    """Median seconds per call of ours and ref, interleaved."""
+    target_s = target_s or (0.01 if device == "cuda" else 0.03)
+    for _ in range(3):
+        ours()
+        ref()
+    _sync(device)
+    one = max(_time_block(ours, 1, device), _time_block(ref, 1, device), 1e-6)
+    n = max(1, min(1000, int(target_s / one)))
+    t_ours, t_ref = [], []
+    for r in range(rounds):
+        if r % 2 == 0:
+            t_ours.append(_time_block(ours, n, device))
+            t_ref.append(_time_block(ref, n, device))
+        else:
+            t_ref.append(_time_block(ref, n, device))
+            t_ours.append(_time_block(ours, n, device))
+    return statistics.median(t_ours), statistics.median(t_ref)
+
+
+def copy_bandwidth(x, device, rounds):
+    """GB/s (bytes read + bytes written) of a plain copy of x into a fresh
+    tensor, the same allocation pattern the ops under test have."""
+    fn = lambda: x.clone()  # noqa: E731
+    t, _ = time_pair(fn, fn, device, rounds)
+    return 2 * x.numel() * x.element_size() / t / 1e9

@@ -1,0 +1,162 @@
+"""cnnkernels benchmark suite: ours against torch.nn, side by side, one process.
+
+    python benchmarks/run.py                  # every family, CPU (and CUDA if present)
+    python benchmarks/run.py --quick          # fewer repetitions
+    python benchmarks/run.py --ops pool --device cpu
+
+Each case times our op and torch's on the same tensors, interleaved (ours,
+torch, torch, ours, ...) so that machine noise hits both alike, and reports
+medians, the speed-up over torch and the achieved bandwidth against a plain
+copy of the same input measured in the same run (GB/s counts bytes read plus
+bytes written, for the copy and for the ops alike).
+
+Default CPU tensors stay at or under 25 MB: above glibc's 32 MB mmap
+threshold every fresh output pays a page fault per 4 KB page, for torch and
+for us alike, which would measure the allocator rather than the kernels.
+
+Families plug in as case lists (see benchmarks/cases_pool.py): a function
+returning Case objects for a device. Results are written as JSON and a PNG
+chart under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import cnnkernels  # noqa: E402
+from harness import Case, time_pair, copy_bandwidth  # noqa: E402
+import cases_pool  # noqa: E402
+
+FAMILIES = {
+    "pool": cases_pool.cases,
+}
+
+
+def _progress(i, n, label):
+    width = 30
+    done = int(width * i / max(n, 1))
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{n} {label[:60]:<60}")
+    sys.stderr.flush()
+
+
+def _fmt_row(cols, widths):
+    return "  ".join(str(c).ljust(w) if i < 4 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cols, widths)))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                    help="where to run (default: cpu, plus cuda when a GPU is present)")
+    ap.add_argument("--ops", default="all",
+                    help="comma-separated families (" + ", ".join(FAMILIES) + ") or op names, e.g. max_pool2d")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (noisier)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for JSON and PNG")
+    ap.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = []
+    if args.device in ("cpu", "all"):
+        devices.append("cpu")
+    if args.device in ("cuda", "all"):
+        if torch.cuda.is_available() and cnnkernels.cuda_built():
+            devices.append("cuda")
+        elif args.device == "cuda":
+            sys.exit("benchmarks: --device cuda asked for, but no GPU or no CUDA build of cnnkernels")
+
+    wanted = [w.strip() for w in args.ops.split(",") if w.strip()]
+    rounds = 5 if args.quick else 15
+
+    cases: list[Case] = []
+    for dev in devices:
+        for fam, make in FAMILIES.items():
+            for c in make(dev, quick=args.quick):
+                if "all" in wanted or fam in wanted or c.op in wanted:
+                    cases.append(c)
+    if not cases:
+        sys.exit(f"benchmarks: no case matches --ops {args.ops}")
+
+    results = []
+    copy_cache = {}
+    for i, c in enumerate(cases):
+        _progress(i, len(cases), f"{c.device} {c.op} {c.config} {c.fmt} {c.mode}")
+        ours, ref, nbytes, extra = c.setup()
+        key = (c.device, c.copy_key)
+        if key not in copy_cache:
+            copy_cache[key] = copy_bandwidth(c.copy_tensor(), c.device, rounds)
+        copy_gbs = copy_cache[key]
+        t_ours, t_ref = time_pair(ours, ref, c.device, rounds)
+        gbs = nbytes / t_ours / 1e9
+        row = dict(
+            device=c.device, op=c.op, config=c.config, fmt=c.fmt, mode=c.mode, dtype=c.dtype,
+            shape=c.shape, ours_ms=t_ours * 1e3, torch_ms=t_ref * 1e3, speedup=t_ref / t_ours,
+            gbs=gbs, copy_gbs=copy_gbs, pct_copy=100 * gbs / copy_gbs, bytes=nbytes,
+        )
+        row.update(extra)
+        results.append(row)
+        del ours, ref
+    _progress(len(cases), len(cases), "done")
+    sys.stderr.write("\n")
+
+    threads = torch.get_num_threads()
+    header = ["device", "op", "config", "fmt/mode", "torch ms", "ours ms", "speedup", "GB/s", "% copy"]
+    rows = [
+        [r["device"], r["op"], r["config"], f"{r['fmt']} {r['mode']} {r['dtype']}",
+         f"{r['torch_ms']:.3f}", f"{r['ours_ms']:.3f}", f"{r['speedup']:.2f}x",
+         f"{r['gbs']:.1f}", f"{r['pct_copy']:.0f}%"]
+        for r in results
+    ]
+    widths = [max(len(str(x[k])) for x in rows + [header]) for k in range(len(header))]
+    print(f"\ncnnkernels {cnnkernels.__version__}, torch {torch.__version__}, CPU threads {threads}, "
+          f"CPU path {cnnkernels.cpu_isa()}"
+          + (f", GPU {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
+    for dev, gbs in sorted({(k[0], v) for k, v in copy_cache.items()}):
+        pass
+    print("copy ceilings (GB/s, read + write): "
+          + ", ".join(f"{k[0]} {k[1]}: {v:.1f}" for k, v in copy_cache.items()))
+    print(_fmt_row(header, widths))
+    print(_fmt_row(["-" * w for w in widths], widths))
+    for r in rows:
+        print(_fmt_row(r, widths))
+
+    os.makedirs(args.out, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    tag = "-".join(devices)
+    meta = dict(
+        when=stamp, torch=torch.__version__, cnnkernels=cnnkernels.__version__, threads=threads,
+        cpu_isa=cnnkernels.cpu_isa(), machine=platform.processor() or platform.machine(),
+        gpu=torch.cuda.get_device_name() if "cuda" in devices else None, rounds=rounds,
+    )
+    jpath = os.path.join(args.out, f"bench-{tag}-{stamp}.json")
+    with open(jpath, "w") as f:
+        json.dump(dict(meta=meta, copy_gbs={f"{k[0]}:{k[1]}": v for k, v in copy_cache.items()},
+                       results=results), f, indent=1)
+    print(f"\nwrote {jpath}")
+    if not args.no_chart:
+        try:
+            from chart import write_chart
+
+            ppath = jpath[:-5] + ".png"
+            write_chart(results, ppath, meta)
+            print(f"wrote {ppath}")
+        except ImportError as e:
+            print(f"(no chart: {e})")
+    return results
+
+
+if __name__ == "__main__":
+    main()

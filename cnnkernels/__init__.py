@@ -1,0 +1,36 @@
+"""cnnkernels: hand-written CPU (OpenMP, AVX2) and CUDA kernels for CNN layers.
+
+    import cnnkernels
+    pool = cnnkernels.nn.MaxPool2d(3, 2, 1)          # drop-in for torch.nn.MaxPool2d
+    y = cnnkernels.functional.avg_pool2d(x, 2)        # torch.nn.functional signature
+
+The ops themselves live in torch.ops.cnnkernels (forward and backward
+separately), with fake kernels for torch.compile and opcheck.
+"""
+
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from . import _C  # noqa: F401  (registers torch.ops.cnnkernels)
+from . import _ops  # noqa: F401  (fake kernels)
+from . import autograd, functional, nn
+
+__version__ = "0.1.0"
+
+
+def cuda_built() -> bool:
+    """Whether the CUDA kernels were compiled into this build."""
+    return bool(_C._cuda_built())
+
+
+def cpu_isa() -> str:
+    """The CPU code path in use: 'avx2' or 'generic' (portable C++)."""
+    return _C._cpu_isa()
+
+
+def set_cpu_isa(name: str) -> None:
+    """Select the CPU code path ('avx2' or 'generic'); also settable at import
+    with the environment variable CNNKERNELS_CPU_ISA=generic."""
+    _C._set_cpu_isa(name)
+
+
+__all__ = ["autograd", "functional", "nn", "cuda_built", "cpu_isa", "set_cpu_isa"]

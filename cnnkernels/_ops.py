@@ -1,0 +1,102 @@
+"""Fake (meta) kernels for every op in torch.ops.cnnkernels.
+
+They let torch.compile trace the ops and torch.library.opcheck check them.
+Argument checks live in C++ (csrc/common/); a fake kernel only needs the
+output size, which follows torch's pooling formula (csrc/common/pool.h), and
+the output memory format, which follows the input's suggested format.
+opcheck compares the two for every test case.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+_lib = "cnnkernels::"
+
+
+def _pair(v, name):
+    v = list(v)
+    if len(v) == 1:
+        return v[0], v[0]
+    torch._check(len(v) == 2, lambda: f"{name} must have one or two elements, got {v}")
+    return v[0], v[1]
+
+
+def _out_size(i, k, pad, s, d, ceil_mode):
+    num = i + 2 * pad - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)
+    out = num // s + 1
+    if ceil_mode and (out - 1) * s >= i + pad:
+        out = out - 1
+    return out
+
+
+def _fmt(x):
+    return suggest_memory_format(x) if x.dim() == 4 else torch.contiguous_format
+
+
+def _pool_out_shape(x, kernel_size, stride, padding, dilation, ceil_mode):
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(stride, "stride") if len(stride) else (kh, kw)
+    ph, pw = _pair(padding, "padding")
+    dh, dw = _pair(dilation, "dilation")
+    oh = _out_size(x.shape[-2], kh, ph, sh, dh, ceil_mode)
+    ow = _out_size(x.shape[-1], kw, pw, sw, dw, ceil_mode)
+    return (*x.shape[:-2], oh, ow)
+
+
+def _empty(shape, like, fmt, dtype=None):
+    return torch.empty(
+        shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt
+    )
+
+
+@torch.library.register_fake(_lib + "max_pool2d_forward")
+def _max_pool2d_forward_fake(x, kernel_size, stride, padding, dilation, ceil_mode):
+    shape = _pool_out_shape(x, kernel_size, stride, padding, dilation, ceil_mode)
+    return _empty(shape, x, _fmt(x))
+
+
+@torch.library.register_fake(_lib + "max_pool2d_with_indices_forward")
+def _max_pool2d_with_indices_forward_fake(x, kernel_size, stride, padding, dilation, ceil_mode):
+    shape = _pool_out_shape(x, kernel_size, stride, padding, dilation, ceil_mode)
+    fmt = _fmt(x)
+    return _empty(shape, x, fmt), _empty(shape, x, fmt, torch.int64)
+
+
+@torch.library.register_fake(_lib + "max_pool2d_backward")
+def _max_pool2d_backward_fake(grad_output, indices, input_size, *args):
+    return _empty(list(input_size), grad_output, _fmt(indices))
+
+
+@torch.library.register_fake(_lib + "max_unpool2d_forward")
+def _max_unpool2d_forward_fake(x, indices, kernel_size, stride, padding, output_size):
+    if output_size is not None:
+        oh, ow = list(output_size)[-2:]
+    else:
+        kh, kw = _pair(kernel_size, "kernel_size")
+        sh, sw = _pair(stride, "stride") if len(stride) else (kh, kw)
+        ph, pw = _pair(padding, "padding")
+        oh = (x.shape[-2] - 1) * sh + kh - 2 * ph
+        ow = (x.shape[-1] - 1) * sw + kw - 2 * pw
+    return _empty((*x.shape[:-2], oh, ow), x, _fmt(x))
+
+
+@torch.library.register_fake(_lib + "max_unpool2d_backward")
+def _max_unpool2d_backward_fake(grad_output, indices):
+    return _empty(indices.shape, grad_output, _fmt(indices))
+
+
+@torch.library.register_fake(_lib + "avg_pool2d_forward")
+def _avg_pool2d_forward_fake(
+    x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+):
+    shape = _pool_out_shape(x, kernel_size, stride, padding, [1, 1], ceil_mode)
+    return _empty(shape, x, _fmt(x))
+
+
+@torch.library.register_fake(_lib + "avg_pool2d_backward")
+def _avg_pool2d_backward_fake(grad_output, input_size, *args):
+    channels_last = args[-1]
+    fmt = torch.channels_last if channels_last and len(input_size) == 4 else torch.contiguous_format
+    return _empty(list(input_size), grad_output, fmt)

@@ -1,0 +1,109 @@
+"""torch.nn.functional-style entry points with torch's signatures and defaults.
+
+These only normalise arguments (ints to pairs, stride=None to the kernel
+size); every check and all shape math happen in C++ (csrc/common/).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .autograd import AvgPool2dFunction, MaxPool2dFunction, MaxUnpool2dFunction
+
+__all__ = ["max_pool2d", "max_unpool2d", "avg_pool2d"]
+
+_ops = torch.ops.cnnkernels
+
+
+def _int_list(v, name, op):
+    """An int, or a sequence of ints, as a list (C++ checks the length)."""
+    if isinstance(v, bool):
+        raise TypeError(f"{op}: {name} must be an int or a tuple of ints, but got {v!r}")
+    if isinstance(v, int) or isinstance(v, torch.SymInt):
+        return [v]
+    if isinstance(v, Sequence) and not isinstance(v, str):
+        out = list(v)
+        for e in out:
+            if not isinstance(e, (int, torch.SymInt)) or isinstance(e, bool):
+                raise TypeError(f"{op}: {name} must be an int or a tuple of ints, but got {v!r}")
+        return out
+    raise TypeError(f"{op}: {name} must be an int or a tuple of ints, but got {v!r}")
+
+
+def _stride_list(stride, op):
+    # torch.nn.functional: stride None (or empty) means stride = kernel_size.
+    if stride is None:
+        return []
+    return _int_list(stride, "stride", op)
+
+
+def _needs_grad(x):
+    return torch.is_grad_enabled() and x.requires_grad
+
+
+def max_pool2d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    return_indices=False,
+):
+    """Like torch.nn.functional.max_pool2d; indices (int64, flattened per
+    (N, C) plane) match torch's exactly."""
+    op = "max_pool2d"
+    args = (
+        _int_list(kernel_size, "kernel_size", op),
+        _stride_list(stride, op),
+        _int_list(padding, "padding", op),
+        _int_list(dilation, "dilation", op),
+        bool(ceil_mode),
+    )
+    if not return_indices and not _needs_grad(input):
+        return _ops.max_pool2d_forward(input, *args)  # values only: no index traffic
+    out, indices = MaxPool2dFunction.apply(input, *args)
+    return (out, indices) if return_indices else out
+
+
+def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None):
+    """Like torch.nn.functional.max_unpool2d."""
+    op = "max_unpool2d"
+    if output_size is not None:
+        output_size = _int_list(output_size, "output_size", op)
+    return MaxUnpool2dFunction.apply(
+        input,
+        indices,
+        _int_list(kernel_size, "kernel_size", op),
+        _stride_list(stride, op),
+        _int_list(padding, "padding", op),
+        output_size,
+    )
+
+
+def avg_pool2d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
+    """Like torch.nn.functional.avg_pool2d."""
+    op = "avg_pool2d"
+    if divisor_override is not None and (
+        isinstance(divisor_override, bool) or not isinstance(divisor_override, (int, torch.SymInt))
+    ):
+        raise TypeError(f"{op}: divisor_override must be an int or None, but got {divisor_override!r}")
+    return AvgPool2dFunction.apply(
+        input,
+        _int_list(kernel_size, "kernel_size", op),
+        _stride_list(stride, op),
+        _int_list(padding, "padding", op),
+        bool(ceil_mode),
+        bool(count_include_pad),
+        divisor_override,
+    )

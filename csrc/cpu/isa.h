@@ -1,0 +1,19 @@
+// Run-time choice of the CPU code path: AVX2/FMA kernels when the processor
+// has them, else (or when forced) the portable C++ kernels. The environment
+// variable CNNKERNELS_CPU_ISA=generic forces the portable path at import;
+// cnnkernels._C._set_cpu_isa("generic" | "avx2") switches it at run time
+// (the tests run every pooling case through both).
+#pragma once
+
+#include <string>
+
+namespace cnnkernels {
+namespace cpu {
+
+bool avx2_available();          // the processor supports AVX2 and FMA
+bool use_avx2();                // the AVX2 path is selected
+void set_isa(const std::string& name);
+std::string isa_name();
+
+}  // namespace cpu
+}  // namespace cnnkernels

@@ -1,0 +1,526 @@
+// AVX2/FMA pooling kernels for float32 (picked at run time, see pool2d.cpp).
+//
+// NCHW forward: vectors run along the output width, 8 output columns per
+// block, reading the input rows in place (no copy). Stride 1 is one unaligned
+// load per tap, stride 2 two loads and one shuffle (lanes stay permuted until
+// the block is stored), other strides a gather. Blocks that touch the padding
+// or the ceil_mode overhang use masked loads (no access outside the row) with
+// -inf (max) or 0 (avg) in the masked lanes. Window order is kh-major then
+// kw and the update rule is torch's (v > max || isnan(v)); avg sums in the
+// same order and divides once, so values and indices match torch bit for bit.
+// Indices are kept as int32 (plane offset, H * W < 2^31) and widened on store.
+//
+// NHWC forward: vectors run along channels, 32 channels per register block.
+//
+// Only <immintrin.h> and our plain header are included: nothing inline from
+// torch or the standard library is instantiated under the AVX2 target.
+#include "pool2d_kernels.h"
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#pragma GCC target("avx2,fma")
+
+namespace cnnkernels {
+namespace cpu {
+namespace avx2 {
+namespace {
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+inline __m256i lane_ids() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+
+inline __m256i tail_mask32(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)n), lane_ids());
+}
+
+// Store n (<= 8) int32 indices widened to int64. Partial blocks go through
+// a stack buffer: AMD's masked stores (vmaskmov) are slow.
+inline void store_idx(int64_t* dst, __m256i idx, int64_t n) {
+  const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(idx));
+  const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(idx, 1));
+  if (n == 8) {
+    _mm256_storeu_si256((__m256i*)dst, lo);
+    _mm256_storeu_si256((__m256i*)(dst + 4), hi);
+    return;
+  }
+  alignas(32) int64_t tmp[8];
+  _mm256_store_si256((__m256i*)tmp, lo);
+  _mm256_store_si256((__m256i*)(tmp + 4), hi);
+  for (int64_t j = 0; j < n; ++j) dst[j] = tmp[j];
+}
+
+inline void store_vals(float* dst, __m256 v, int64_t n) {
+  if (n == 8) {
+    _mm256_storeu_ps(dst, v);
+    return;
+  }
+  alignas(32) float tmp[8];
+  _mm256_store_ps(tmp, v);
+  for (int64_t j = 0; j < n; ++j) dst[j] = tmp[j];
+}
+
+// Valid window range [k0, k1) along one axis for a window starting at `start`.
+inline void valid_range(int64_t start, int64_t k, int64_t d, int64_t n, int64_t& k0, int64_t& k1) {
+  k0 = start < 0 ? (-start + d - 1) / d : 0;
+  k1 = start + (k - 1) * d < n ? k : (n - 1 - start) / d + 1;
+  if (k1 < k0) k1 = k0;
+}
+
+// torch's rule: take v when v > m or v is NaN (so the first maximum wins and
+// the last NaN wins).
+inline __m256 take_mask(__m256 v, __m256 m) {
+  return _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+}
+
+// Lane order of an 8-wide block. Stride 2 de-interleaves two loads with one
+// shuffle and leaves the lanes in the order [0 1 4 5 2 3 6 7] (one permute
+// at the end restores it; the permutation is its own inverse). Other strides
+// keep the natural order.
+inline __m256i lane_order(int S) {
+  return S == 2 ? _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7) : lane_ids();
+}
+inline __m256 unpermute_s2(__m256 v) {
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+inline __m256i unpermute_s2(__m256i v) {
+  return _mm256_permute4x64_epi64(v, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+// Lanes whose column c0 + offs[lane] lies in [0, W).
+inline __m256i col_mask(int64_t c0, __m256i offs, int64_t W) {
+  const __m256i cols = _mm256_add_epi32(_mm256_set1_epi32((int32_t)c0), offs);
+  return _mm256_and_si256(_mm256_cmpgt_epi32(cols, _mm256_set1_epi32(-1)),
+                          _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)W), cols));
+}
+
+// The 8 columns c0 + j * stride (j = 0..7, in lane_order) of one input row.
+// Edge blocks mask out columns outside [0, W) (no memory access there) and
+// put `fill` in their lanes: -inf for max (never taken), 0 for avg.
+template <int S, bool Edge>
+inline __m256 load_block(const float* row, int64_t c0, int64_t W, __m256i vsidx, __m256 fill) {
+  if (S == 1) {
+    if (!Edge) return _mm256_loadu_ps(row + c0);
+    const __m256i m = col_mask(c0, lane_ids(), W);
+    return _mm256_blendv_ps(fill, _mm256_maskload_ps(row + c0, m), _mm256_castsi256_ps(m));
+  }
+  if (S == 2) {
+    __m256 a, b;
+    if (!Edge) {
+      a = _mm256_loadu_ps(row + c0);
+      b = _mm256_loadu_ps(row + c0 + 8);
+    } else {
+      const __m256i ma = col_mask(c0, lane_ids(), W), mb = col_mask(c0 + 8, lane_ids(), W);
+      a = _mm256_blendv_ps(fill, _mm256_maskload_ps(row + c0, ma), _mm256_castsi256_ps(ma));
+      b = _mm256_blendv_ps(fill, _mm256_maskload_ps(row + c0 + 8, mb), _mm256_castsi256_ps(mb));
+    }
+    return _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));  // cols 0 2 8 10 | 4 6 12 14
+  }
+  if (!Edge) return _mm256_i32gather_ps(row + c0, vsidx, 4);
+  const __m256i m = col_mask(c0, vsidx, W);
+  return _mm256_mask_i32gather_ps(fill, row + c0, vsidx, _mm256_castsi256_ps(m), 4);
+}
+
+
+// Stride 2, dilation 1: the taps kw and kw + 1 come from the same two loads
+// (even and odd columns), halving the loads.
+template <bool Edge>
+inline void load_pair_s2(const float* row, int64_t c, int64_t W, __m256 fill, __m256& even,
+                         __m256& odd) {
+  __m256 a, b;
+  if (!Edge) {
+    a = _mm256_loadu_ps(row + c);
+    b = _mm256_loadu_ps(row + c + 8);
+  } else {
+    const __m256i ma = col_mask(c, lane_ids(), W), mb = col_mask(c + 8, lane_ids(), W);
+    a = _mm256_blendv_ps(fill, _mm256_maskload_ps(row + c, ma), _mm256_castsi256_ps(ma));
+    b = _mm256_blendv_ps(fill, _mm256_maskload_ps(row + c + 8, mb), _mm256_castsi256_ps(mb));
+  }
+  even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));  // cols 0 2 8 10 | 4 6 12 14
+  odd = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));   // cols 1 3 9 11 | 5 7 13 15
+}
+
+// Stride 2, dilation 1, a last even tap with no odd partner: the 8 even
+// columns c, c + 2, ..., c + 14 without reading column c + 15 (which may lie
+// past the end of the input). Same lane order as load_pair_s2.
+inline __m256 load_even_s2(const float* row, int64_t c) {
+  const __m256 a = _mm256_loadu_ps(row + c), b = _mm256_loadu_ps(row + c + 7);
+  return _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 2, 0));  // cols 0 2 8 10 | 4 6 12 14
+}
+
+// Calls tap(kw, v) for every kw of one input row in order, v holding the 8
+// columns c0 + kw * dW + j * stride of each of NB blocks (v[b]). KW > 0 fixes
+// the kernel width at compile time.
+template <int S, bool Edge, int NB, int KW, typename Tap>
+inline void row_taps(const float* row, int64_t c0, const PoolPlan& p, __m256i vsidx, __m256 fill,
+                     Tap&& tap) {
+  const int64_t kW = KW > 0 ? KW : p.kW;
+  const int64_t bstep = 8 * p.sW;
+  if (S == 2 && p.dW == 1) {
+#pragma GCC unroll 4
+    for (int64_t kw = 0; kw < kW; kw += 2) {
+      __m256 ev[NB], od[NB];
+      if (Edge || kw + 1 < kW) {
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; ++b)
+          load_pair_s2<Edge>(row, c0 + kw + b * bstep, p.W, fill, ev[b], od[b]);
+        tap(kw, ev);
+        if (kw + 1 < kW) tap(kw + 1, od);
+      } else {
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; ++b) ev[b] = load_even_s2(row, c0 + kw + b * bstep);
+        tap(kw, ev);
+      }
+    }
+    return;
+  }
+#pragma GCC unroll 4
+  for (int64_t kw = 0; kw < kW; ++kw) {
+    __m256 v[NB];
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; ++b)
+      v[b] = load_block<S, Edge>(row, c0 + kw * p.dW + b * bstep, p.W, vsidx, fill);
+    tap(kw, v);
+  }
+}
+
+// NB consecutive 8-wide blocks (NB * 8 output columns starting at ob) of one
+// max pool output row (window top hs, valid taps kh0..kh1) of one plane.
+// Several blocks at once give independent compare/blend chains (the chain of
+// one block is latency bound). Edge blocks run with NB = 1.
+template <int S, bool Edge, int NB, int KW>
+inline void max_blocks(const float* plane, float* orow, int64_t* irow, const PoolPlan& p,
+                       const PoolTables& t, int64_t hs, int64_t kh0, int64_t kh1, int64_t ob,
+                       __m256i vsidx) {
+  const __m256 ninf = _mm256_set1_ps(-__builtin_inff());
+  const int32_t bstep = (int32_t)(8 * p.sW);  // input columns between blocks
+  const int64_t c0 = ob * p.sW - p.pW;
+  // Indices are tracked as offsets from each lane's window start column
+  // (c0 + b * bstep + lane * sW): tap (ih, kw) has offset ih * W + kw * dW,
+  // the same for every lane and block (one broadcast per tap).
+  const __m256i lane_col = _mm256_add_epi32(_mm256_set1_epi32((int32_t)c0), vsidx);
+  __m256 m[NB];
+  __m256i mi[NB];
+  const __m256i row0 = _mm256_set1_epi32((int32_t)((hs + kh0 * p.dH) * p.W));
+#pragma GCC unroll 4
+  for (int b = 0; b < NB; ++b) {
+    m[b] = ninf;
+    __m256i first = _mm256_loadu_si256((const __m256i*)(t.first_iw + ob + 8 * b));
+    if (S == 2) first = unpermute_s2(first);  // natural -> lane order
+    const __m256i col = _mm256_add_epi32(lane_col, _mm256_set1_epi32(b * bstep));
+    mi[b] = _mm256_add_epi32(row0, _mm256_sub_epi32(first, col));
+  }
+  for (int64_t kh = kh0; kh < kh1; ++kh) {
+    const int64_t ih = hs + kh * p.dH;
+    row_taps<S, Edge, NB, KW>(plane + ih * p.W, c0, p, vsidx, ninf, [&](int64_t kw, const __m256* v) {
+      const __m256 off = _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)(ih * p.W + kw * p.dW)));
+#pragma GCC unroll 4
+      for (int b = 0; b < NB; ++b) {
+        const __m256 take = take_mask(v[b], m[b]);
+        m[b] = _mm256_blendv_ps(m[b], v[b], take);
+        mi[b] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(mi[b]), off, take));
+      }
+    });
+  }
+#pragma GCC unroll 4
+  for (int b = 0; b < NB; ++b) {
+    mi[b] = _mm256_add_epi32(mi[b], _mm256_add_epi32(lane_col, _mm256_set1_epi32(b * bstep)));
+    if (S == 2) {
+      m[b] = unpermute_s2(m[b]);
+      mi[b] = unpermute_s2(mi[b]);
+    }
+    const int64_t o = ob + 8 * b;
+    const int64_t n = imin(8, p.OW - o);
+    store_vals(orow + o, m[b], n);
+    if (irow) store_idx(irow + o, mi[b], n);
+  }
+}
+
+// Walks one output row along the precomputed plan: f(ob, nb, edge).
+template <typename F>
+inline void for_row_blocks(const PoolTables& t, F&& f) {
+  for (int64_t i = 0; i < t.nseg; ++i) f(t.seg[3 * i], t.seg[3 * i + 1], t.seg[3 * i + 2] != 0);
+}
+
+template <int S, int KW>
+void max_nchw_impl(const float* in, float* out, int64_t* ind, int64_t p0, int64_t p1,
+                   const PoolPlan& p, const PoolTables& t) {
+  // Column offsets of the lanes (lane order), also the index-candidate offsets.
+  const __m256i vsidx = _mm256_mullo_epi32(lane_order(S), _mm256_set1_epi32((int32_t)p.sW));
+  for (int64_t plane = p0; plane < p1; ++plane) {
+    const float* src = in + plane * p.H * p.W;
+    for (int64_t oh = 0; oh < p.OH; ++oh) {
+      const int64_t hs = oh * p.sH - p.pH;
+      int64_t kh0, kh1;
+      valid_range(hs, p.kH, p.dH, p.H, kh0, kh1);
+      float* orow = out + (plane * p.OH + oh) * p.OW;
+      int64_t* irow = ind ? ind + (plane * p.OH + oh) * p.OW : nullptr;
+      for_row_blocks(t, [&](int64_t ob, int nb, bool edge) {
+        if (edge)
+          max_blocks<S, true, 1, KW>(src, orow, irow, p, t, hs, kh0, kh1, ob, vsidx);
+        else if (nb == 4)
+          max_blocks<S, false, 4, KW>(src, orow, irow, p, t, hs, kh0, kh1, ob, vsidx);
+        else if (nb == 3)
+          max_blocks<S, false, 3, KW>(src, orow, irow, p, t, hs, kh0, kh1, ob, vsidx);
+        else if (nb == 2)
+          max_blocks<S, false, 2, KW>(src, orow, irow, p, t, hs, kh0, kh1, ob, vsidx);
+        else
+          max_blocks<S, false, 1, KW>(src, orow, irow, p, t, hs, kh0, kh1, ob, vsidx);
+      });
+    }
+  }
+}
+
+// NB blocks of one avg pool output row: sums in torch's order (rows, then
+// columns; padding adds +0), then one exact division.
+template <int S, bool Edge, int NB, int KW>
+inline void avg_blocks(const float* plane, float* orow, const PoolPlan& p, const PoolTables& t,
+                       int64_t h0, int64_t h1, float rc, int64_t divisor, int64_t ob,
+                       __m256i vsidx) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 s[NB];
+#pragma GCC unroll 4
+  for (int b = 0; b < NB; ++b) s[b] = zero;
+  const int64_t c0 = ob * p.sW - p.pW;
+  for (int64_t ih = h0; ih < h1; ++ih) {
+    row_taps<S, Edge, NB, KW>(plane + ih * p.W, c0, p, vsidx, zero, [&](int64_t, const __m256* v) {
+#pragma GCC unroll 4
+      for (int b = 0; b < NB; ++b) s[b] = _mm256_add_ps(s[b], v[b]);
+    });
+  }
+#pragma GCC unroll 4
+  for (int b = 0; b < NB; ++b) {
+    const int64_t o = ob + 8 * b;
+    const __m256 sum = S == 2 ? unpermute_s2(s[b]) : s[b];
+    const __m256 div = divisor != 0 ? _mm256_set1_ps((float)divisor)
+                                    : _mm256_mul_ps(_mm256_set1_ps(rc),
+                                                    _mm256_loadu_ps(t.col_count + o));
+    store_vals(orow + o, _mm256_div_ps(sum, div), imin(8, p.OW - o));
+  }
+}
+
+template <int S, int KW>
+void avg_nchw_impl(const float* in, float* out, int64_t p0, int64_t p1, const PoolPlan& p,
+                   const PoolTables& t, bool count_include_pad, int64_t divisor) {
+  const __m256i vsidx = _mm256_mullo_epi32(lane_order(S), _mm256_set1_epi32((int32_t)p.sW));
+  for (int64_t plane = p0; plane < p1; ++plane) {
+    const float* src = in + plane * p.H * p.W;
+    for (int64_t oh = 0; oh < p.OH; ++oh) {
+      const int64_t hs = oh * p.sH - p.pH;
+      const int64_t he = imin(hs + p.kH, p.H + p.pH);
+      const int64_t h0 = imax(hs, 0), h1 = imin(he, p.H);
+      const float rc = (float)(count_include_pad ? he - hs : h1 - h0);
+      float* orow = out + (plane * p.OH + oh) * p.OW;
+      for_row_blocks(t, [&](int64_t ob, int nb, bool edge) {
+        if (edge)
+          avg_blocks<S, true, 1, KW>(src, orow, p, t, h0, h1, rc, divisor, ob, vsidx);
+        else if (nb == 4)
+          avg_blocks<S, false, 4, KW>(src, orow, p, t, h0, h1, rc, divisor, ob, vsidx);
+        else if (nb == 3)
+          avg_blocks<S, false, 3, KW>(src, orow, p, t, h0, h1, rc, divisor, ob, vsidx);
+        else if (nb == 2)
+          avg_blocks<S, false, 2, KW>(src, orow, p, t, h0, h1, rc, divisor, ob, vsidx);
+        else
+          avg_blocks<S, false, 1, KW>(src, orow, p, t, h0, h1, rc, divisor, ob, vsidx);
+      });
+    }
+  }
+}
+
+}  // namespace
+
+void max_pool2d_nchw(const float* in, float* out, int64_t* ind, int64_t p0, int64_t p1,
+                     const PoolPlan& p, const PoolTables& t) {
+  // Kernel widths 2 and 3 (the common ones) are compiled with kW fixed.
+  if (p.sW == 1)
+    max_nchw_impl<1, 0>(in, out, ind, p0, p1, p, t);
+  else if (p.sW == 2 && p.kW == 2)
+    max_nchw_impl<2, 2>(in, out, ind, p0, p1, p, t);
+  else if (p.sW == 2 && p.kW == 3)
+    max_nchw_impl<2, 3>(in, out, ind, p0, p1, p, t);
+  else if (p.sW == 2)
+    max_nchw_impl<2, 0>(in, out, ind, p0, p1, p, t);
+  else
+    max_nchw_impl<0, 0>(in, out, ind, p0, p1, p, t);
+}
+
+void avg_pool2d_nchw(const float* in, float* out, int64_t p0, int64_t p1, const PoolPlan& p,
+                     const PoolTables& t, bool count_include_pad, int64_t divisor) {
+  if (p.sW == 1 && p.kW == 3)
+    avg_nchw_impl<1, 3>(in, out, p0, p1, p, t, count_include_pad, divisor);
+  else if (p.sW == 1)
+    avg_nchw_impl<1, 0>(in, out, p0, p1, p, t, count_include_pad, divisor);
+  else if (p.sW == 2 && p.kW == 2)
+    avg_nchw_impl<2, 2>(in, out, p0, p1, p, t, count_include_pad, divisor);
+  else if (p.sW == 2 && p.kW == 3)
+    avg_nchw_impl<2, 3>(in, out, p0, p1, p, t, count_include_pad, divisor);
+  else if (p.sW == 2)
+    avg_nchw_impl<2, 0>(in, out, p0, p1, p, t, count_include_pad, divisor);
+  else
+    avg_nchw_impl<0, 0>(in, out, p0, p1, p, t, count_include_pad, divisor);
+}
+
+void max_pool2d_nhwc(const float* in, float* out, int64_t* ind, int64_t q0, int64_t q1,
+                     const PoolPlan& p) {
+  const int64_t C = p.C;
+  const __m256 ninf = _mm256_set1_ps(-__builtin_inff());
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t n = q / (p.OH * p.OW);
+    const int64_t oh = (q / p.OW) % p.OH, ow = q % p.OW;
+    const int64_t hs = oh * p.sH - p.pH, ws = ow * p.sW - p.pW;
+    int64_t kh0, kh1, kw0, kw1;
+    valid_range(hs, p.kH, p.dH, p.H, kh0, kh1);
+    valid_range(ws, p.kW, p.dW, p.W, kw0, kw1);
+    const float* base = in + n * p.H * p.W * C;
+    float* o = out + q * C;
+    int64_t* oi = ind ? ind + q * C : nullptr;
+    const int32_t init = (int32_t)((hs + kh0 * p.dH) * p.W + ws + kw0 * p.dW);
+    int64_t c = 0;
+    for (; c + 32 <= C; c += 32) {
+      __m256 m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+      __m256 i0 = _mm256_castsi256_ps(_mm256_set1_epi32(init)), i1 = i0, i2 = i0, i3 = i0;
+      for (int64_t kh = kh0; kh < kh1; ++kh) {
+        const int64_t ih = hs + kh * p.dH;
+        for (int64_t kw = kw0; kw < kw1; ++kw) {
+          const int64_t pos = ih * p.W + ws + kw * p.dW;
+          const float* src = base + pos * C + c;
+          const __m256 cand = _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)pos));
+          const __m256 v0 = _mm256_loadu_ps(src), v1 = _mm256_loadu_ps(src + 8);
+          const __m256 v2 = _mm256_loadu_ps(src + 16), v3 = _mm256_loadu_ps(src + 24);
+          const __m256 t0 = take_mask(v0, m0), t1 = take_mask(v1, m1);
+          const __m256 t2 = take_mask(v2, m2), t3 = take_mask(v3, m3);
+          m0 = _mm256_blendv_ps(m0, v0, t0);
+          m1 = _mm256_blendv_ps(m1, v1, t1);
+          m2 = _mm256_blendv_ps(m2, v2, t2);
+          m3 = _mm256_blendv_ps(m3, v3, t3);
+          i0 = _mm256_blendv_ps(i0, cand, t0);
+          i1 = _mm256_blendv_ps(i1, cand, t1);
+          i2 = _mm256_blendv_ps(i2, cand, t2);
+          i3 = _mm256_blendv_ps(i3, cand, t3);
+        }
+      }
+      _mm256_storeu_ps(o + c, m0);
+      _mm256_storeu_ps(o + c + 8, m1);
+      _mm256_storeu_ps(o + c + 16, m2);
+      _mm256_storeu_ps(o + c + 24, m3);
+      if (oi) {
+        store_idx(oi + c, _mm256_castps_si256(i0), 8);
+        store_idx(oi + c + 8, _mm256_castps_si256(i1), 8);
+        store_idx(oi + c + 16, _mm256_castps_si256(i2), 8);
+        store_idx(oi + c + 24, _mm256_castps_si256(i3), 8);
+      }
+    }
+    for (; c < C; c += 8) {
+      const int64_t nc = imin(8, C - c);
+      const __m256i lm = tail_mask32(nc);
+      __m256 m = ninf;
+      __m256 mi = _mm256_castsi256_ps(_mm256_set1_epi32(init));
+      for (int64_t kh = kh0; kh < kh1; ++kh) {
+        const int64_t ih = hs + kh * p.dH;
+        for (int64_t kw = kw0; kw < kw1; ++kw) {
+          const int64_t pos = ih * p.W + ws + kw * p.dW;
+          const __m256 v = nc == 8 ? _mm256_loadu_ps(base + pos * C + c)
+                                   : _mm256_maskload_ps(base + pos * C + c, lm);
+          const __m256 tk = take_mask(v, m);
+          m = _mm256_blendv_ps(m, v, tk);
+          mi = _mm256_blendv_ps(mi, _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)pos)), tk);
+        }
+      }
+      store_vals(o + c, m, nc);
+      if (oi) store_idx(oi + c, _mm256_castps_si256(mi), nc);
+    }
+  }
+}
+
+void avg_pool2d_nhwc(const float* in, float* out, int64_t q0, int64_t q1, const PoolPlan& p,
+                     bool count_include_pad, int64_t divisor) {
+  const int64_t C = p.C;
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t n = q / (p.OH * p.OW);
+    const int64_t oh = (q / p.OW) % p.OH, ow = q % p.OW;
+    const int64_t hs = oh * p.sH - p.pH, ws = ow * p.sW - p.pW;
+    const int64_t he = imin(hs + p.kH, p.H + p.pH), we = imin(ws + p.kW, p.W + p.pW);
+    const int64_t pool = (he - hs) * (we - ws);
+    const int64_t h0 = imax(hs, 0), w0 = imax(ws, 0), h1 = imin(he, p.H), w1 = imin(we, p.W);
+    const int64_t dv = divisor != 0 ? divisor : (count_include_pad ? pool : (h1 - h0) * (w1 - w0));
+    const __m256 vdiv = _mm256_set1_ps((float)dv);
+    const float* base = in + n * p.H * p.W * C;
+    float* o = out + q * C;
+    int64_t c = 0;
+    for (; c + 32 <= C; c += 32) {
+      __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+      for (int64_t ih = h0; ih < h1; ++ih)
+        for (int64_t iw = w0; iw < w1; ++iw) {
+          const float* src = base + (ih * p.W + iw) * C + c;
+          s0 = _mm256_add_ps(s0, _mm256_loadu_ps(src));
+          s1 = _mm256_add_ps(s1, _mm256_loadu_ps(src + 8));
+          s2 = _mm256_add_ps(s2, _mm256_loadu_ps(src + 16));
+          s3 = _mm256_add_ps(s3, _mm256_loadu_ps(src + 24));
+        }
+      _mm256_storeu_ps(o + c, _mm256_div_ps(s0, vdiv));
+      _mm256_storeu_ps(o + c + 8, _mm256_div_ps(s1, vdiv));
+      _mm256_storeu_ps(o + c + 16, _mm256_div_ps(s2, vdiv));
+      _mm256_storeu_ps(o + c + 24, _mm256_div_ps(s3, vdiv));
+    }
+    for (; c < C; c += 8) {
+      const int64_t nc = imin(8, C - c);
+      const __m256i lm = tail_mask32(nc);
+      __m256 s = _mm256_setzero_ps();
+      for (int64_t ih = h0; ih < h1; ++ih)
+        for (int64_t iw = w0; iw < w1; ++iw)
+          s = _mm256_add_ps(s, _mm256_maskload_ps(base + (ih * p.W + iw) * C + c, lm));
+      store_vals(o + c, _mm256_div_ps(s, vdiv), nc);
+    }
+  }
+}
+
+void avg_pool2d_backward_nchw_k2s2(const float* go, float* gi, int64_t p0, int64_t p1,
+                                   const PoolPlan& p, bool count_include_pad, int64_t divisor) {
+  (void)count_include_pad;  // no padding: both counts are the clipped window size
+  const __m256 two = _mm256_set1_ps(2.0f);
+  for (int64_t plane = p0; plane < p1; ++plane) {
+    const float* g = go + plane * p.OH * p.OW;
+    float* d = gi + plane * p.H * p.W;
+    for (int64_t ih = 0; ih < p.H; ++ih) {
+      float* row = d + ih * p.W;
+      const int64_t oh = ih / 2;
+      if (oh >= p.OH) {
+        for (int64_t iw = 0; iw < p.W; ++iw) row[iw] = 0.0f;
+        continue;
+      }
+      const float rc = (float)imin(2, p.H - 2 * oh);
+      const float* grow = g + oh * p.OW;
+      int64_t ow = 0;
+      // Full 8-column blocks whose 16 input columns lie inside the row.
+      for (; ow + 8 <= p.OW && 2 * (ow + 8) <= p.W; ow += 8) {
+        __m256 div;
+        if (divisor != 0) {
+          div = _mm256_set1_ps((float)divisor);
+        } else {
+          div = _mm256_mul_ps(_mm256_set1_ps(rc), two);
+        }
+        const __m256 v = _mm256_div_ps(_mm256_loadu_ps(grow + ow), div);
+        const __m256 lo = _mm256_unpacklo_ps(v, v);  // g0 g0 g1 g1 | g4 g4 g5 g5
+        const __m256 hi = _mm256_unpackhi_ps(v, v);  // g2 g2 g3 g3 | g6 g6 g7 g7
+        _mm256_storeu_ps(row + 2 * ow, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(row + 2 * ow + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+      }
+      for (int64_t iw = 2 * ow; iw < p.W; ++iw) {
+        const int64_t o2 = iw / 2;
+        if (o2 >= p.OW) {
+          row[iw] = 0.0f;
+          continue;
+        }
+        const int64_t cc = imin(2, p.W - 2 * o2);
+        const float dv = divisor != 0 ? (float)divisor : rc * (float)cc;
+        row[iw] = grow[o2] / dv;
+      }
+    }
+  }
+}
+
+}  // namespace avx2
+}  // namespace cpu
+}  // namespace cnnkernels

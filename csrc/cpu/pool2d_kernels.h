@@ -1,0 +1,60 @@
+// Plain-C++ interface between the CPU pooling dispatcher (pool2d.cpp) and the
+// AVX2/FMA kernels (pool2d_avx2.cpp). No torch headers here: the AVX2 file is
+// compiled for AVX2 and must not instantiate any inline function that other
+// files also use (the linker could keep the AVX2 copy for everybody).
+#pragma once
+
+#include <cstdint>
+
+namespace cnnkernels {
+namespace cpu {
+
+// One call's geometry, in elements.
+struct PoolPlan {
+  int64_t C, H, W, OH, OW;
+  int64_t kH, kW, sH, sW, pH, pW, dH, dW;
+};
+
+// Per-output-column tables computed once per call by the dispatcher.
+//   first_iw[ow]: first valid input column of window ow (max pool index init)
+//   col_count[ow]: width of window ow as counted by avg_pool2d's divisor
+//   seg[3 * i .. 3 * i + 2] = (ob, nb, edge): the NCHW row plan, the same for
+//     every output row: nb consecutive 8-wide blocks starting at column ob;
+//     edge blocks (nb = 1) read padding / overhang columns and use masked
+//     loads. When OW >= 8 every block is full: the last one is shifted left
+//     to end at OW (it recomputes a few outputs of its neighbour).
+struct PoolTables {
+  const int32_t* first_iw;
+  const float* col_count;
+  const int32_t* seg;
+  int64_t nseg;
+};
+
+namespace avx2 {
+
+// NCHW max pool over planes [p0, p1) (plane = one (n, c) pair). ind may be null
+// (values only). Requires H * W < 2^31.
+void max_pool2d_nchw(const float* in, float* out, int64_t* ind, int64_t p0, int64_t p1,
+                     const PoolPlan& p, const PoolTables& t);
+
+// NCHW avg pool over planes [p0, p1). row_count(oh) is computed inside from
+// count_include_pad; divisor != 0 overrides.
+void avg_pool2d_nchw(const float* in, float* out, int64_t p0, int64_t p1, const PoolPlan& p,
+                     const PoolTables& t, bool count_include_pad, int64_t divisor);
+
+// NHWC (channels_last) kernels over output pixels [q0, q1) of the flattened
+// (N, OH, OW) range; all C channels of each pixel.
+void max_pool2d_nhwc(const float* in, float* out, int64_t* ind, int64_t q0, int64_t q1,
+                     const PoolPlan& p);
+void avg_pool2d_nhwc(const float* in, float* out, int64_t q0, int64_t q1, const PoolPlan& p,
+                     bool count_include_pad, int64_t divisor);
+
+// NCHW avg pool backward for non-overlapping 2x2 / stride 2 windows with no
+// padding: writes grad_input planes [p0, p1) in one pass (each input element
+// gets exactly one or zero contributions).
+void avg_pool2d_backward_nchw_k2s2(const float* go, float* gi, int64_t p0, int64_t p1,
+                                   const PoolPlan& p, bool count_include_pad, int64_t divisor);
+
+}  // namespace avx2
+}  // namespace cpu
+}  // namespace cnnkernels

@@ -1,0 +1,43 @@
+"""Shared fixtures: devices (CUDA cases skip cleanly without a GPU), dtypes
+per device, and the CPU code path (every CPU pooling case runs through the
+AVX2 kernels and the portable C++ kernels)."""
+
+import pytest
+import torch
+
+import cnnkernels
+
+HAS_CUDA = torch.cuda.is_available() and cnnkernels.cuda_built()
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build")),
+]
+
+
+def dtypes_for(device):
+    if device == "cuda":
+        return [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+    return [torch.float32, torch.float64]
+
+
+CPU_ISAS = ["generic"] + (["avx2"] if cnnkernels._C._avx2_available() else [])
+
+
+@pytest.fixture(params=CPU_ISAS)
+def cpu_isa(request):
+    """Runs the test with the given CPU code path selected."""
+    old = cnnkernels.cpu_isa()
+    cnnkernels.set_cpu_isa(request.param)
+    yield request.param
+    cnnkernels.set_cpu_isa(old)
+
+
+def tol(dtype):
+    """assert_close tolerances for gradients / averages in a dtype."""
+    return {
+        torch.float16: dict(rtol=2e-3, atol=2e-3),
+        torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
+        torch.float32: dict(rtol=1e-5, atol=1e-6),
+        torch.float64: dict(rtol=1e-10, atol=1e-12),
+    }[dtype]

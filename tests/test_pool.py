@@ -1,0 +1,256 @@
+"""Parity of the pooling family with torch.nn.functional: values, indices and
+input gradients over kernel / stride / padding / dilation / ceil_mode /
+count_include_pad / divisor_override, layouts (NCHW, channels_last,
+non-contiguous, unbatched, empty batch), dtypes, NaNs and ties; on the CPU
+through both code paths (AVX2 and portable)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnkernels
+import cnnkernels.functional as CF
+from conftest import CPU_ISAS, HAS_CUDA, tol
+
+# (device, dtype, cpu isa) combinations
+COMBOS = [pytest.param(("cpu", dt, isa), id=f"cpu-{str(dt)[6:]}-{isa}")
+          for dt in (torch.float32, torch.float64) for isa in CPU_ISAS]
+COMBOS += [pytest.param(("cuda", dt, None), id=f"cuda-{str(dt)[6:]}",
+                        marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build"))
+           for dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16)]
+
+LAYOUTS = ["nchw", "channels_last", "noncontig", "unbatched"]
+
+
+@pytest.fixture
+def setup(request):
+    device, dtype, isa = request.param
+    old = cnnkernels.cpu_isa()
+    if isa is not None:
+        cnnkernels.set_cpu_isa(isa)
+    yield device, dtype
+    cnnkernels.set_cpu_isa(old)
+
+
+def make_input(shape, layout, dtype, device, kind="randn", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n, c, h, w = shape
+    full = (n, c, h, 2 * w) if layout == "noncontig" else shape
+    if kind == "ties":
+        x = torch.randint(0, 3, full, generator=g).float()
+    else:
+        x = torch.randn(full, generator=g)
+    if kind == "nan":
+        mask = torch.rand(full, generator=g) < 0.05
+        x[mask] = float("nan")
+        x[..., 0, 0] = float("nan")  # a NaN in the first window of every plane
+        x[..., -1, -1] = float("-inf")
+    x = x.to(device=device, dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "noncontig":
+        x = x[..., ::2]
+        assert not x.is_contiguous()
+    elif layout == "unbatched":
+        x = x[0]
+    return x
+
+
+def assert_exact(a, b):
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+MAX_CONFIGS = [
+    # kernel, stride, padding, dilation, ceil_mode
+    (2, None, 0, 1, False),
+    (3, 2, 1, 1, False),
+    (3, 2, 1, 1, True),
+    (3, 1, 1, 1, False),
+    ((2, 3), (2, 1), (1, 1), 1, True),
+    (3, 3, 0, 2, False),
+    (3, 2, 1, 2, True),
+    (4, 3, 2, 1, True),
+    (5, 3, 2, 1, False),
+    (1, 1, 0, 1, False),
+    ((3, 1), (1, 3), (1, 0), (2, 1), True),
+]
+SHAPES = [(2, 3, 13, 17), (1, 2, 9, 43)]
+
+
+def _ids(cfgs):
+    return ["k{}-s{}-p{}-d{}-c{}".format(*[str(v).replace(" ", "") for v in c]) for c in cfgs]
+
+
+@pytest.mark.parametrize("setup", COMBOS, indirect=True)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("cfg", MAX_CONFIGS, ids=_ids(MAX_CONFIGS))
+def test_max_pool2d_parity(setup, layout, cfg):
+    device, dtype = setup
+    k, s, p, d, ceil = cfg
+    for shape in SHAPES:
+        x = make_input(shape, layout, dtype, device)
+        out, idx = CF.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+        ref, ridx = F.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+        assert_exact(out, ref)
+        assert idx.dtype == torch.int64
+        assert_exact(idx, ridx)
+        assert_exact(CF.max_pool2d(x, k, s, p, d, ceil), ref)  # values-only op
+        if layout == "channels_last":
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            assert idx.is_contiguous(memory_format=torch.channels_last)
+
+        xa = x.detach().clone().requires_grad_()
+        xb = x.detach().clone().requires_grad_()
+        g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+        CF.max_pool2d(xa, k, s, p, d, ceil).backward(g)
+        F.max_pool2d(xb, k, s, p, d, ceil).backward(g)
+        torch.testing.assert_close(xa.grad, xb.grad, **tol(dtype))
+        if layout == "channels_last":
+            assert xa.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("setup", COMBOS, indirect=True)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("kind", ["nan", "ties"])
+@pytest.mark.parametrize("cfg", [(3, 2, 1, 1, True), (2, None, 0, 1, False), (3, 1, 1, 2, False)],
+                         ids=["k3s2p1c", "k2", "k3s1p1d2"])
+def test_max_pool2d_nan_and_ties(setup, layout, kind, cfg):
+    device, dtype = setup
+    k, s, p, d, ceil = cfg
+    x = make_input((2, 3, 12, 21), layout, dtype, device, kind=kind)
+    out, idx = CF.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+    ref, ridx = F.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+    assert_exact(out, ref)
+    assert_exact(idx, ridx)
+    if kind == "nan":
+        assert out.isnan().any()
+
+
+AVG_CONFIGS = [
+    # kernel, stride, padding, ceil_mode, count_include_pad, divisor_override
+    (2, None, 0, False, True, None),
+    (3, 2, 1, False, True, None),
+    (3, 2, 1, True, False, None),
+    (3, 1, 1, False, False, None),
+    (3, 1, 1, True, True, None),
+    ((3, 2), (2, 1), (1, 0), True, True, None),
+    (2, 2, 0, True, True, 3),
+    (3, 3, 1, True, False, 5),
+    (5, 3, 2, True, True, None),
+    (4, 3, 2, True, False, None),
+    (1, 1, 0, False, True, None),
+    (3, 4, 0, False, True, None),
+]
+
+
+@pytest.mark.parametrize("setup", COMBOS, indirect=True)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("cfg", AVG_CONFIGS,
+                         ids=["k{}-s{}-p{}-c{}-i{}-d{}".format(*[str(v).replace(" ", "") for v in c])
+                              for c in AVG_CONFIGS])
+def test_avg_pool2d_parity(setup, layout, cfg):
+    device, dtype = setup
+    k, s, p, ceil, cip, div = cfg
+    for shape in SHAPES:
+        x = make_input(shape, layout, dtype, device)
+        out = CF.avg_pool2d(x, k, s, p, ceil, cip, div)
+        ref = F.avg_pool2d(x, k, s, p, ceil, cip, div)
+        if device == "cpu":
+            assert_exact(out, ref)  # same summation order and one division: bit for bit
+        else:
+            torch.testing.assert_close(out, ref, **tol(dtype))
+        if layout == "channels_last":
+            assert out.is_contiguous(memory_format=torch.channels_last)
+        xa = x.detach().clone().requires_grad_()
+        xb = x.detach().clone().requires_grad_()
+        g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+        CF.avg_pool2d(xa, k, s, p, ceil, cip, div).backward(g)
+        F.avg_pool2d(xb, k, s, p, ceil, cip, div).backward(g)
+        torch.testing.assert_close(xa.grad, xb.grad, **tol(dtype))
+        if layout == "channels_last":
+            assert xa.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+UNPOOL_CONFIGS = [(2, None, 0), (3, 2, 1), (3, 3, 0), ((2, 3), (2, 3), (1, 1))]
+
+
+@pytest.mark.parametrize("setup", COMBOS, indirect=True)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("cfg", UNPOOL_CONFIGS, ids=["k2", "k3s2p1", "k3s3", "k23s23p1"])
+@pytest.mark.parametrize("explicit_size", [False, True])
+def test_max_unpool2d_parity(setup, layout, cfg, explicit_size):
+    device, dtype = setup
+    k, s, p = cfg
+    x = make_input((2, 3, 12, 17), layout, dtype, device)
+    pooled, idx = F.max_pool2d(x, k, s, p, return_indices=True)
+    size = x.shape[-2:] if explicit_size else None
+    try:
+        ref = F.max_unpool2d(pooled, idx, k, s, p, output_size=size)
+    except ValueError:  # output_size out of torch's accepted range
+        with pytest.raises(ValueError, match="max_unpool2d: invalid output_size"):
+            CF.max_unpool2d(pooled, idx, k, s, p, output_size=size)
+        return
+    except RuntimeError:  # the default size is too small for these indices
+        if device == "cuda":
+            return  # torch's CUDA kernel reports this with a device-side assert
+        with pytest.raises(RuntimeError, match="max_unpool2d: found an invalid index"):
+            CF.max_unpool2d(pooled, idx, k, s, p, output_size=size)
+        return
+    out = CF.max_unpool2d(pooled, idx, k, s, p, output_size=size)
+    assert_exact(out, ref)
+    ya = pooled.detach().clone().requires_grad_()
+    yb = pooled.detach().clone().requires_grad_()
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    CF.max_unpool2d(ya, idx, k, s, p, output_size=size).backward(g)
+    F.max_unpool2d(yb, idx, k, s, p, output_size=size).backward(g)
+    assert_exact(ya.grad, yb.grad)
+
+
+@pytest.mark.parametrize("setup", COMBOS, indirect=True)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_empty_batch(setup, layout):
+    device, dtype = setup
+    x = torch.randn(0, 3, 8, 9, device=device, dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out, idx = CF.max_pool2d(x, 3, 2, 1, return_indices=True)
+    assert out.shape == F.max_pool2d(x, 3, 2, 1).shape == (0, 3, 4, 5)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    a = CF.avg_pool2d(x, 2)
+    assert a.shape == (0, 3, 4, 4)
+    u = CF.max_unpool2d(out, idx, 3, 2, 1, output_size=(8, 9))
+    assert u.shape == (0, 3, 8, 9)
+
+
+@pytest.mark.parametrize("setup", COMBOS[:len(CPU_ISAS) * 2], indirect=True)
+def test_large_plane_and_many_blocks(setup):
+    """Planes wide enough for several 8-wide vector blocks per row, with and
+    without a partial last block, through both strides with fast paths."""
+    device, dtype = setup
+    for w in (64, 67, 8, 7, 15):
+        x = make_input((1, 2, 11, w), "nchw", dtype, device, seed=w)
+        for k, s, p in ((2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0), (3, 3, 1)):
+            o, i = CF.max_pool2d(x, k, s, p, return_indices=True)
+            r, ri = F.max_pool2d(x, k, s, p, return_indices=True)
+            assert_exact(o, r)
+            assert_exact(i, ri)
+            assert_exact(CF.avg_pool2d(x, k, s, p), F.avg_pool2d(x, k, s, p))
+
+
+def test_threads_give_identical_results():
+    """Results do not depend on the number of CPU threads."""
+    x = torch.randn(4, 8, 20, 20).requires_grad_()
+    old = torch.get_num_threads()
+    outs = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        o, i = CF.max_pool2d(x, 3, 2, 1, return_indices=True)
+        a = CF.avg_pool2d(x, 3, 1, 1)
+        (o.sum() + a.sum()).backward()
+        outs.append((o, i, a, x.grad.clone()))
+        x.grad = None
+    torch.set_num_threads(old)
+    for u, v in zip(*outs):
+        assert_exact(u, v)
