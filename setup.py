@@ -84,6 +84,7 @@ def _use_cuda():
 def _extension():
     use_cuda = _use_cuda()
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "common", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
     cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
