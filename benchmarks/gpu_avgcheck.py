@@ -13,10 +13,10 @@ for cfg in [(3, 2, 1, True, False), (3, 1, 1, False, False), (2, 2, 0, False, Tr
     for name, dev, fn, cl in [("cpu-ref", "cpu", F.avg_pool2d, False), ("torch-cuda-cl", "cuda", F.avg_pool2d, True),
                               ("ours-cuda-cl", "cuda", CF.avg_pool2d, True), ("ours-cuda-nchw", "cuda", CF.avg_pool2d, False),
                               ("ours-cpu-cl", "cpu", CF.avg_pool2d, True)]:
-        xx = x.to(dev)
+        xx = x.detach().clone().to(dev)
         if cl:
             xx = xx.contiguous(memory_format=torch.channels_last)
-        xx.requires_grad_()
+        xx = xx.detach().requires_grad_()
         out = fn(xx, k, s, p, ceil, cip)
         out.backward(g.to(dev).contiguous(memory_format=torch.channels_last) if cl else g.to(dev))
         res[name] = (xx.grad.cpu(), xx.grad.stride(), out.stride())

@@ -9,6 +9,10 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 CNNKERNELS_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 PY=${PY:-python3}
+# The image's default g++ (/opt/gcc wrapper) produced an extension whose C++
+# exceptions crashed the process (SIGSEGV on a TORCH_CHECK); the system g++
+# works. Use it when present.
+if [ -x /usr/bin/g++ ] && [ -z "${CXX:-}" ]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc; fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | tee -a "$OUT/gpu.txt"

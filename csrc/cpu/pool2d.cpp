@@ -25,6 +25,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -520,20 +521,111 @@ Tensor avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef kernel_size, IntA
   return out;
 }
 
-// Gradient of one input element: sum of grad_output / divisor over the
-// windows covering (ih, iw), in output raster order (torch's scatter order).
+// grad_output / divisor of every window of one (n, c) plane (NCHW, sp = 1)
+// or of one image with all its channels (NHWC, sp = C): torch's per-window
+// gradient share, computed once per window.
 template <typename T>
-inline T avg_grad_at(const T* go, int64_t sp, const PoolPlan& p, int64_t ih, int64_t iw,
-                     bool count_include_pad, int64_t divisor) {
-  int64_t oh0, oh1, ow0, ow1;
-  covering_outputs(ih, p.kH, p.sH, p.pH, p.OH, oh0, oh1);
-  covering_outputs(iw, p.kW, p.sW, p.pW, p.OW, ow0, ow1);
-  T s = 0;
-  for (int64_t oh = oh0; oh < oh1; ++oh)
-    for (int64_t ow = ow0; ow < ow1; ++ow)
-      s += go[(oh * p.OW + ow) * sp] /
-           static_cast<T>(avg_divisor(p, oh, ow, count_include_pad, divisor));
-  return s;
+void avg_deltas(const T* go, T* delta, int64_t sp, const PoolPlan& p, bool count_include_pad,
+                int64_t divisor) {
+  for (int64_t oh = 0; oh < p.OH; ++oh)
+    for (int64_t ow = 0; ow < p.OW; ++ow) {
+      const T dv = static_cast<T>(avg_divisor(p, oh, ow, count_include_pad, divisor));
+      const T* src = go + (oh * p.OW + ow) * sp;
+      T* dst = delta + (oh * p.OW + ow) * sp;
+      for (int64_t c = 0; c < sp; ++c) dst[c] = src[c] / dv;
+    }
+}
+
+// NCHW avg_pool2d backward of planes [p0, p1), any geometry. Each input
+// element sums the deltas of the windows covering it in output raster order,
+// which is the order torch's scatter adds them in. Stride 1 along W (the
+// common overlapping case) runs as vectorisable row sweeps over a delta plane
+// padded with kW zero columns on each side (adding +0 changes nothing).
+template <typename T>
+void avg_backward_nchw(const T* go, T* gi, int64_t p0, int64_t p1, const PoolPlan& p,
+                       bool count_include_pad, int64_t divisor) {
+  const bool row_sweep = p.sW == 1;
+  const int64_t PW = p.OW + 2 * p.kW;  // padded delta row (row_sweep)
+  std::vector<T> delta(p.OH * p.OW), dpad(row_sweep ? p.OH * PW : 0), acc(p.W);
+  for (int64_t plane = p0; plane < p1; ++plane) {
+    avg_deltas(go + plane * p.OH * p.OW, delta.data(), 1, p, count_include_pad, divisor);
+    T* g = gi + plane * p.H * p.W;
+    if (row_sweep) {
+      for (int64_t oh = 0; oh < p.OH; ++oh) {
+        T* r = dpad.data() + oh * PW;
+        std::fill(r, r + p.kW, T(0));
+        std::copy(delta.data() + oh * p.OW, delta.data() + (oh + 1) * p.OW, r + p.kW);
+        std::fill(r + p.kW + p.OW, r + PW, T(0));
+      }
+    }
+    for (int64_t ih = 0; ih < p.H; ++ih) {
+      int64_t oh0, oh1;
+      covering_outputs(ih, p.kH, p.sH, p.pH, p.OH, oh0, oh1);
+      T* grow = g + ih * p.W;
+      if (row_sweep) {
+        // window ow covers iw iff ow = iw + pW - t for t in [0, kW): t falling
+        // is ow rising, torch's order.
+        std::fill(acc.begin(), acc.end(), T(0));
+        for (int64_t oh = oh0; oh < oh1; ++oh)
+          for (int64_t t = p.kW - 1; t >= 0; --t) {
+            const T* d = dpad.data() + oh * PW + p.pW - t + p.kW;
+            T* a = acc.data();
+            for (int64_t iw = 0; iw < p.W; ++iw) a[iw] += d[iw];
+          }
+        std::copy(acc.begin(), acc.end(), grow);
+        continue;
+      }
+      for (int64_t iw = 0; iw < p.W; ++iw) {
+        int64_t ow0, ow1;
+        covering_outputs(iw, p.kW, p.sW, p.pW, p.OW, ow0, ow1);
+        T sum = 0;
+        for (int64_t oh = oh0; oh < oh1; ++oh)
+          for (int64_t ow = ow0; ow < ow1; ++ow) sum += delta[oh * p.OW + ow];
+        grow[iw] = sum;
+      }
+    }
+  }
+}
+
+// NHWC avg_pool2d backward of input rows [r0, r1) of the flattened (N, H)
+// range, vectors along channels. The deltas of an image are computed when a
+// row of a new image comes up. Non-overlapping windows copy their delta.
+template <typename T>
+void avg_backward_nhwc(const T* go, T* gi, int64_t r0, int64_t r1, const PoolPlan& p,
+                       bool count_include_pad, int64_t divisor) {
+  const int64_t C = p.C;
+  const bool non_overlapping = p.sH >= p.kH && p.sW >= p.kW;
+  std::vector<T> delta(p.OH * p.OW * C);
+  int64_t delta_n = -1;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / p.H, ih = r % p.H;
+    if (n != delta_n) {
+      avg_deltas(go + n * p.OH * p.OW * C, delta.data(), C, p, count_include_pad, divisor);
+      delta_n = n;
+    }
+    T* drow = gi + (n * p.H + ih) * p.W * C;
+    int64_t oh0, oh1;
+    covering_outputs(ih, p.kH, p.sH, p.pH, p.OH, oh0, oh1);
+    for (int64_t iw = 0; iw < p.W; ++iw) {
+      int64_t ow0, ow1;
+      covering_outputs(iw, p.kW, p.sW, p.pW, p.OW, ow0, ow1);
+      T* acc = drow + iw * C;
+      if (oh0 >= oh1 || ow0 >= ow1) {
+        std::memset((void*)acc, 0, sizeof(T) * C);
+        continue;
+      }
+      if (non_overlapping) {  // exactly one window: gi = its delta
+        std::memcpy((void*)acc, delta.data() + (oh0 * p.OW + ow0) * C, sizeof(T) * C);
+        continue;
+      }
+      for (int64_t c = 0; c < C; ++c) acc[c] = 0;
+      for (int64_t oh = oh0; oh < oh1; ++oh)
+        for (int64_t ow = ow0; ow < ow1; ++ow) {
+          const T* d = delta.data() + (oh * p.OW + ow) * C;
+          for (int64_t c = 0; c < C; ++c) acc[c] += d[c];
+        }
+    }
+  }
 }
 
 Tensor avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef input_size,
@@ -554,81 +646,23 @@ Tensor avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef input_size
   Tensor gi = at::empty(input_size, grad_output.options().memory_format(fmt));
   if (gi.numel() == 0) return gi;
   const PoolPlan p = make_plan(g);
-  const bool non_overlapping = p.sH >= p.kH && p.sW >= p.kW;
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "cnnkernels_pool", [&] {
     const scalar_t* g0 = go.const_data_ptr<scalar_t>();
     scalar_t* d = gi.mutable_data_ptr<scalar_t>();
-    if (!nhwc) {
-      const bool k2s2 = std::is_same<scalar_t, float>::value && use_avx2() && p.kH == 2 &&
-                        p.kW == 2 && p.sH == 2 && p.sW == 2 && p.pH == 0 && p.pW == 0;
-      at::parallel_for(0, g.N * g.C, 1, [&](int64_t p0, int64_t p1) {
-        if (k2s2) {
-          avx2::avg_pool2d_backward_nchw_k2s2((const float*)g0, (float*)d, p0, p1, p,
-                                              count_include_pad, divisor);
-          return;
-        }
-        for (int64_t plane = p0; plane < p1; ++plane) {
-          const scalar_t* gp = g0 + plane * p.OH * p.OW;
-          scalar_t* dp = d + plane * p.H * p.W;
-          for (int64_t ih = 0; ih < p.H; ++ih)
-            for (int64_t iw = 0; iw < p.W; ++iw)
-              dp[ih * p.W + iw] = avg_grad_at(gp, 1, p, ih, iw, count_include_pad, divisor);
-        }
+    if (nhwc) {
+      at::parallel_for(0, g.N * p.H, 1, [&](int64_t r0, int64_t r1) {
+        avg_backward_nhwc(g0, d, r0, r1, p, count_include_pad, divisor);
       });
       return;
     }
-    // NHWC: one task per (n, ih) input row, vectors along channels.
-    at::parallel_for(0, g.N * p.H, 1, [&](int64_t r0, int64_t r1) {
-      std::vector<scalar_t> delta(non_overlapping ? p.OW * p.C : p.C);
-      int64_t delta_row = -1;  // (n * OH + oh) held in `delta`
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t n = r / p.H, ih = r % p.H;
-        const scalar_t* gn = g0 + n * p.OH * p.OW * p.C;
-        scalar_t* drow = d + (n * p.H + ih) * p.W * p.C;
-        int64_t oh0, oh1;
-        covering_outputs(ih, p.kH, p.sH, p.pH, p.OH, oh0, oh1);
-        if (non_overlapping) {
-          // At most one window covers each element: gi = grad_output / divisor.
-          if (oh0 >= oh1) {
-            std::memset((void*)drow, 0, sizeof(scalar_t) * p.W * p.C);
-            continue;
-          }
-          const int64_t oh = oh0;
-          if (delta_row != n * p.OH + oh) {
-            delta_row = n * p.OH + oh;
-            for (int64_t ow = 0; ow < p.OW; ++ow) {
-              const scalar_t dv =
-                  static_cast<scalar_t>(avg_divisor(p, oh, ow, count_include_pad, divisor));
-              const scalar_t* src = gn + (oh * p.OW + ow) * p.C;
-              scalar_t* dst = delta.data() + ow * p.C;
-              for (int64_t c = 0; c < p.C; ++c) dst[c] = src[c] / dv;
-            }
-          }
-          for (int64_t iw = 0; iw < p.W; ++iw) {
-            int64_t ow0, ow1;
-            covering_outputs(iw, p.kW, p.sW, p.pW, p.OW, ow0, ow1);
-            scalar_t* dst = drow + iw * p.C;
-            if (ow0 >= ow1)
-              std::memset((void*)dst, 0, sizeof(scalar_t) * p.C);
-            else
-              std::memcpy((void*)dst, delta.data() + ow0 * p.C, sizeof(scalar_t) * p.C);
-          }
-          continue;
-        }
-        for (int64_t iw = 0; iw < p.W; ++iw) {
-          int64_t ow0, ow1;
-          covering_outputs(iw, p.kW, p.sW, p.pW, p.OW, ow0, ow1);
-          scalar_t* acc = drow + iw * p.C;
-          for (int64_t c = 0; c < p.C; ++c) acc[c] = 0;
-          for (int64_t oh = oh0; oh < oh1; ++oh)
-            for (int64_t ow = ow0; ow < ow1; ++ow) {
-              const scalar_t dv =
-                  static_cast<scalar_t>(avg_divisor(p, oh, ow, count_include_pad, divisor));
-              const scalar_t* src = gn + (oh * p.OW + ow) * p.C;
-              for (int64_t c = 0; c < p.C; ++c) acc[c] += src[c] / dv;
-            }
-        }
-      }
+    const bool k2s2 = std::is_same<scalar_t, float>::value && use_avx2() && p.kH == 2 &&
+                      p.kW == 2 && p.sH == 2 && p.sW == 2 && p.pH == 0 && p.pW == 0;
+    at::parallel_for(0, g.N * g.C, 1, [&](int64_t p0, int64_t p1) {
+      if (k2s2)
+        avx2::avg_pool2d_backward_nchw_k2s2((const float*)g0, (float*)d, p0, p1, p,
+                                            count_include_pad, divisor);
+      else
+        avg_backward_nchw(g0, d, p0, p1, p, count_include_pad, divisor);
     });
   });
   return gi;

@@ -35,12 +35,51 @@ namespace {
 using at::Tensor;
 using c10::IntArrayRef;
 
-struct Geo {
-  int64_t N, C, H, W, OH, OW, kH, kW, sH, sW, pH, pW, dH, dW;
+// Division by a run-time constant. With 32-bit indices: a multiply-high and
+// a shift (Granlund-Montgomery; exact for 0 <= x < 2^31), since integer
+// division is the most expensive part of these memory-bound kernels.
+template <typename I>
+struct Divider {
+  int64_t d = 1;
+  Divider() = default;
+  explicit Divider(int64_t v) : d(v) {}
+  __device__ __forceinline__ I div(I x) const { return x / (I)d; }
 };
 
-Geo make_geo(const Pool2dGeometry& g) {
-  return Geo{g.N, g.C, g.H, g.W, g.OH, g.OW, g.kH, g.kW, g.sH, g.sW, g.pH, g.pW, g.dH, g.dW};
+template <>
+struct Divider<int32_t> {
+  uint32_t d = 1, magic = 0, shift = 0;
+  Divider() = default;
+  explicit Divider(int64_t v) : d((uint32_t)v) {
+    if (d == 1) return;
+    uint32_t l = 0;
+    while ((uint64_t(1) << l) < d) ++l;  // ceil(log2(d))
+    shift = l;
+    magic = (uint32_t)(((uint64_t(1) << 32) * ((uint64_t(1) << l) - d)) / d + 1);
+  }
+  __device__ __forceinline__ int32_t div(int32_t x) const {
+    const uint32_t t = __umulhi((uint32_t)x, magic);
+    return (int32_t)((t + (uint32_t)x) >> shift);
+  }
+};
+
+template <typename I>
+struct Geo {
+  int64_t N, C, H, W, OH, OW, kH, kW, sH, sW, pH, pW, dH, dW;
+  Divider<I> divC, divH, divW, divOH, divOW, divSH, divSW;
+};
+
+template <typename I>
+Geo<I> make_geo(const Pool2dGeometry& g) {
+  Geo<I> r{g.N, g.C, g.H, g.W, g.OH, g.OW, g.kH, g.kW, g.sH, g.sW, g.pH, g.pW, g.dH, g.dW};
+  r.divC = Divider<I>(g.C);
+  r.divH = Divider<I>(g.H);
+  r.divW = Divider<I>(g.W);
+  r.divOH = Divider<I>(g.OH);
+  r.divOW = Divider<I>(g.OW);
+  r.divSH = Divider<I>(g.sH);
+  r.divSW = Divider<I>(g.sW);
+  return r;
 }
 
 constexpr int kThreads = 256;
@@ -63,21 +102,22 @@ __device__ __forceinline__ I dmax(I a, I b) { return a > b ? a : b; }
 
 // Decompose a flat output/input index into (n, c, h, w) for either layout.
 template <typename I, bool NHWC>
-__device__ __forceinline__ void unflatten(I i, I C, I H, I W, I& n, I& c, I& h, I& w) {
+__device__ __forceinline__ void unflatten(I i, const Divider<I>& dC, I C, const Divider<I>& dH, I H,
+                                          const Divider<I>& dW, I W, I& n, I& c, I& h, I& w) {
   if (NHWC) {
-    c = i % C;
-    I r = i / C;
-    w = r % W;
-    r /= W;
-    h = r % H;
-    n = r / H;
+    I r = dC.div(i);
+    c = i - r * C;
+    I r2 = dW.div(r);
+    w = r - r2 * W;
+    n = dH.div(r2);
+    h = r2 - n * H;
   } else {
-    w = i % W;
-    I r = i / W;
-    h = r % H;
-    r /= H;
-    c = r % C;
-    n = r / C;
+    I r = dW.div(i);
+    w = i - r * W;
+    I r2 = dH.div(r);
+    h = r - r2 * H;
+    n = dC.div(r2);
+    c = r2 - n * C;
   }
 }
 
@@ -91,12 +131,12 @@ __device__ __forceinline__ I offset(I n, I c, I pos, I C, I HW) {
 
 template <typename T, typename I, bool NHWC, bool WithIdx>
 __global__ void max_pool_fwd_kernel(const T* __restrict__ in, T* __restrict__ out,
-                                    int64_t* __restrict__ ind, I total, Geo g) {
+                                    int64_t* __restrict__ ind, I total, Geo<I> g) {
   using acc_t = at::opmath_type<T>;
   const I C = g.C, H = g.H, W = g.W, OH = g.OH, OW = g.OW;
   for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
     I n, c, oh, ow;
-    unflatten<I, NHWC>(i, C, OH, OW, n, c, oh, ow);
+    unflatten<I, NHWC>(i, g.divC, C, g.divOH, OH, g.divOW, OW, n, c, oh, ow);
     const I hs = oh * (I)g.sH - (I)g.pH, ws = ow * (I)g.sW - (I)g.pW;
     I he = hs + (I)((g.kH - 1) * g.dH + 1), we = ws + (I)((g.kW - 1) * g.dW + 1);
     I h0 = hs, w0 = ws;
@@ -128,18 +168,18 @@ __global__ void max_pool_fwd_kernel(const T* __restrict__ in, T* __restrict__ ou
 // saved index points at it.
 template <typename T, typename I, bool NHWC>
 __global__ void max_pool_bwd_kernel(const T* __restrict__ go, const int64_t* __restrict__ ind,
-                                    T* __restrict__ gi, I total, Geo g) {
+                                    T* __restrict__ gi, I total, Geo<I> g) {
   using acc_t = at::opmath_type<T>;
   const I C = g.C, H = g.H, W = g.W, OH = g.OH, OW = g.OW;
   for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
     I n, c, ih, iw;
-    unflatten<I, NHWC>(i, C, H, W, n, c, ih, iw);
+    unflatten<I, NHWC>(i, g.divC, C, g.divH, H, g.divW, W, n, c, ih, iw);
     const I ekH = (I)((g.kH - 1) * g.dH + 1), ekW = (I)((g.kW - 1) * g.dW + 1);
     const I nh = ih + (I)g.pH - ekH + 1, nw = iw + (I)g.pW - ekW + 1;
-    const I oh0 = nh <= 0 ? 0 : (nh + (I)g.sH - 1) / (I)g.sH;
-    const I ow0 = nw <= 0 ? 0 : (nw + (I)g.sW - 1) / (I)g.sW;
-    const I oh1 = dmin(OH, (ih + (I)g.pH) / (I)g.sH + 1);
-    const I ow1 = dmin(OW, (iw + (I)g.pW) / (I)g.sW + 1);
+    const I oh0 = nh <= 0 ? 0 : g.divSH.div(nh + (I)g.sH - 1);
+    const I ow0 = nw <= 0 ? 0 : g.divSW.div(nw + (I)g.sW - 1);
+    const I oh1 = dmin(OH, g.divSH.div(ih + (I)g.pH) + 1);
+    const I ow1 = dmin(OW, g.divSW.div(iw + (I)g.pW) + 1);
     const I pos = ih * W + iw;
     acc_t s = 0;
     for (I oh = oh0; oh < oh1; ++oh)
@@ -154,7 +194,7 @@ __global__ void max_pool_bwd_kernel(const T* __restrict__ go, const int64_t* __r
 // ----------------------------------------------------------- avg pool
 
 template <typename I>
-__device__ __forceinline__ I avg_div(const Geo& g, I oh, I ow, bool cip, int64_t divisor) {
+__device__ __forceinline__ I avg_div(const Geo<I>& g, I oh, I ow, bool cip, int64_t divisor) {
   if (divisor != 0) return (I)divisor;
   const I hs = oh * (I)g.sH - (I)g.pH, ws = ow * (I)g.sW - (I)g.pW;
   const I he = dmin(hs + (I)g.kH, (I)(g.H + g.pH)), we = dmin(ws + (I)g.kW, (I)(g.W + g.pW));
@@ -163,13 +203,13 @@ __device__ __forceinline__ I avg_div(const Geo& g, I oh, I ow, bool cip, int64_t
 }
 
 template <typename T, typename I, bool NHWC>
-__global__ void avg_pool_fwd_kernel(const T* __restrict__ in, T* __restrict__ out, I total, Geo g,
+__global__ void avg_pool_fwd_kernel(const T* __restrict__ in, T* __restrict__ out, I total, Geo<I> g,
                                     bool cip, int64_t divisor) {
   using acc_t = at::opmath_type<T>;
   const I C = g.C, H = g.H, W = g.W, OH = g.OH, OW = g.OW;
   for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
     I n, c, oh, ow;
-    unflatten<I, NHWC>(i, C, OH, OW, n, c, oh, ow);
+    unflatten<I, NHWC>(i, g.divC, C, g.divOH, OH, g.divOW, OW, n, c, oh, ow);
     const I hs = oh * (I)g.sH - (I)g.pH, ws = ow * (I)g.sW - (I)g.pW;
     const I h0 = dmax(hs, (I)0), w0 = dmax(ws, (I)0);
     const I h1 = dmin(hs + (I)g.kH, H), w1 = dmin(ws + (I)g.kW, W);
@@ -184,18 +224,18 @@ __global__ void avg_pool_fwd_kernel(const T* __restrict__ in, T* __restrict__ ou
 }
 
 template <typename T, typename I, bool NHWC>
-__global__ void avg_pool_bwd_kernel(const T* __restrict__ go, T* __restrict__ gi, I total, Geo g,
+__global__ void avg_pool_bwd_kernel(const T* __restrict__ go, T* __restrict__ gi, I total, Geo<I> g,
                                     bool cip, int64_t divisor) {
   using acc_t = at::opmath_type<T>;
   const I C = g.C, H = g.H, W = g.W, OH = g.OH, OW = g.OW;
   for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
     I n, c, ih, iw;
-    unflatten<I, NHWC>(i, C, H, W, n, c, ih, iw);
+    unflatten<I, NHWC>(i, g.divC, C, g.divH, H, g.divW, W, n, c, ih, iw);
     const I nh = ih + (I)g.pH - (I)g.kH + 1, nw = iw + (I)g.pW - (I)g.kW + 1;
-    const I oh0 = nh <= 0 ? 0 : (nh + (I)g.sH - 1) / (I)g.sH;
-    const I ow0 = nw <= 0 ? 0 : (nw + (I)g.sW - 1) / (I)g.sW;
-    const I oh1 = dmin(OH, (ih + (I)g.pH) / (I)g.sH + 1);
-    const I ow1 = dmin(OW, (iw + (I)g.pW) / (I)g.sW + 1);
+    const I oh0 = nh <= 0 ? 0 : g.divSH.div(nh + (I)g.sH - 1);
+    const I ow0 = nw <= 0 ? 0 : g.divSW.div(nw + (I)g.sW - 1);
+    const I oh1 = dmin(OH, g.divSH.div(ih + (I)g.pH) + 1);
+    const I ow1 = dmin(OW, g.divSW.div(iw + (I)g.pW) + 1);
     acc_t s = 0;
     for (I oh = oh0; oh < oh1; ++oh)
       for (I ow = ow0; ow < ow1; ++ow) {
@@ -294,7 +334,6 @@ void max_pool_launch(const Tensor& x, const Pool2dGeometry& pg, const Tensor& ou
                      const Tensor* ind) {
   const int64_t total = out.numel();
   if (total == 0) return;
-  const Geo g = make_geo(pg);
   const bool nhwc = is_nhwc(out);
   const bool use32 = fits_int32({x.numel(), total});
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -303,6 +342,7 @@ void max_pool_launch(const Tensor& x, const Pool2dGeometry& pg, const Tensor& ou
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     int64_t* oi = ind ? ind->mutable_data_ptr<int64_t>() : nullptr;
     CNNK_LAUNCH_VARIANTS(use32, nhwc, [&] {
+      const Geo<index_t> g = make_geo<index_t>(pg);
       if (oi)
         max_pool_fwd_kernel<scalar_t, index_t, kNHWC, true>
             <<<blocks_for(total), kThreads, 0, stream>>>(in, o, oi, (index_t)total, g);
@@ -368,12 +408,12 @@ Tensor max_pool2d_backward_cuda(const Tensor& grad_output, const Tensor& indices
   Tensor gi = at::empty(input_size, grad_output.options().memory_format(fmt));
   const int64_t total = gi.numel();
   if (total == 0) return gi;
-  const Geo g = make_geo(pg);
   const bool use32 = fits_int32({total, go.numel()});
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
   auto stream = at::cuda::getCurrentCUDAStream();
   CNNK_DISPATCH(go.scalar_type(), "cnnkernels_pool", [&] {
     CNNK_LAUNCH_VARIANTS(use32, nhwc, [&] {
+      const Geo<index_t> g = make_geo<index_t>(pg);
       max_pool_bwd_kernel<scalar_t, index_t, kNHWC><<<blocks_for(total), kThreads, 0, stream>>>(
           go.const_data_ptr<scalar_t>(), ix.const_data_ptr<int64_t>(),
           gi.mutable_data_ptr<scalar_t>(), (index_t)total, g);
@@ -400,13 +440,13 @@ Tensor avg_pool2d_forward_cuda(const Tensor& input, IntArrayRef kernel_size, Int
       at::empty(pool_output_sizes(pg, pg.C, pg.OH, pg.OW), input.options().memory_format(fmt));
   const int64_t total = out.numel();
   if (total == 0) return out;
-  const Geo g = make_geo(pg);
   const bool use32 = fits_int32({x.numel(), total});
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
   const int64_t divisor = divisor_override.value_or(0);
   auto stream = at::cuda::getCurrentCUDAStream();
   CNNK_DISPATCH(x.scalar_type(), "cnnkernels_pool", [&] {
     CNNK_LAUNCH_VARIANTS(use32, nhwc, [&] {
+      const Geo<index_t> g = make_geo<index_t>(pg);
       avg_pool_fwd_kernel<scalar_t, index_t, kNHWC><<<blocks_for(total), kThreads, 0, stream>>>(
           x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), (index_t)total, g,
           count_include_pad, divisor);
@@ -434,12 +474,12 @@ Tensor avg_pool2d_backward_cuda(const Tensor& grad_output, IntArrayRef input_siz
   Tensor gi = at::empty(input_size, grad_output.options().memory_format(fmt));
   const int64_t total = gi.numel();
   if (total == 0) return gi;
-  const Geo g = make_geo(pg);
   const bool use32 = fits_int32({total, go.numel()});
   const int64_t divisor = divisor_override.value_or(0);
   auto stream = at::cuda::getCurrentCUDAStream();
   CNNK_DISPATCH(go.scalar_type(), "cnnkernels_pool", [&] {
     CNNK_LAUNCH_VARIANTS(use32, nhwc, [&] {
+      const Geo<index_t> g = make_geo<index_t>(pg);
       avg_pool_bwd_kernel<scalar_t, index_t, kNHWC><<<blocks_for(total), kThreads, 0, stream>>>(
           go.const_data_ptr<scalar_t>(), gi.mutable_data_ptr<scalar_t>(), (index_t)total, g,
           count_include_pad, divisor);
