@@ -12,7 +12,8 @@ PY=${PY:-python3}
 # The image's default g++ (/opt/gcc wrapper) produced an extension whose C++
 # exceptions crashed the process (SIGSEGV on a TORCH_CHECK); the system g++
 # works. Use it when present.
-if [ -x /usr/bin/g++ ] && [ -z "${CXX:-}" ]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc; fi
+# (The image presets CXX to that wrapper, so override it.)
+if [ -x /usr/bin/g++ ]; then export CXX=${CNNK_CXX:-/usr/bin/g++} CC=${CNNK_CC:-/usr/bin/gcc}; fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | tee -a "$OUT/gpu.txt"
