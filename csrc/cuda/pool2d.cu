@@ -252,7 +252,7 @@ __global__ void avg_pool_bwd_kernel(const T* __restrict__ go, T* __restrict__ gi
 template <typename T, typename I, bool NHWC>
 __global__ void unpool_fwd_kernel(const T* __restrict__ in, const int64_t* __restrict__ ind,
                                   T* __restrict__ out, I total, I C, I HW, I OHW,
-                                  int64_t* __restrict__ bad) {
+                                  Divider<I> dC, Divider<I> dHW, int64_t* __restrict__ bad) {
   for (I e = blockIdx.x * (I)blockDim.x + threadIdx.x; e < total; e += (I)gridDim.x * blockDim.x) {
     const int64_t k = ind[e];
     if (k < 0 || k >= (int64_t)OHW) {
@@ -262,10 +262,11 @@ __global__ void unpool_fwd_kernel(const T* __restrict__ in, const int64_t* __res
     }
     I o;
     if (NHWC) {
-      const I c = e % C, n = e / (HW * C);
+      const I pix = dC.div(e);  // n * HW + position
+      const I c = e - pix * C, n = dHW.div(pix);
       o = (n * OHW + (I)k) * C + c;
     } else {
-      o = (e / HW) * OHW + (I)k;
+      o = dHW.div(e) * OHW + (I)k;
     }
     out[o] = in[e];
   }
@@ -274,7 +275,7 @@ __global__ void unpool_fwd_kernel(const T* __restrict__ in, const int64_t* __res
 template <typename T, typename I, bool NHWC>
 __global__ void unpool_bwd_kernel(const T* __restrict__ go, const int64_t* __restrict__ ind,
                                   T* __restrict__ gi, I total, I C, I HW, I OHW,
-                                  int64_t* __restrict__ bad) {
+                                  Divider<I> dC, Divider<I> dHW, int64_t* __restrict__ bad) {
   for (I e = blockIdx.x * (I)blockDim.x + threadIdx.x; e < total; e += (I)gridDim.x * blockDim.x) {
     const int64_t k = ind[e];
     if (k < 0 || k >= (int64_t)OHW) {
@@ -285,10 +286,11 @@ __global__ void unpool_bwd_kernel(const T* __restrict__ go, const int64_t* __res
     }
     I o;
     if (NHWC) {
-      const I c = e % C, n = e / (HW * C);
+      const I pix = dC.div(e);  // n * HW + position
+      const I c = e - pix * C, n = dHW.div(pix);
       o = (n * OHW + (I)k) * C + c;
     } else {
-      o = (e / HW) * OHW + (I)k;
+      o = dHW.div(e) * OHW + (I)k;
     }
     gi[e] = go[o];
   }
@@ -539,7 +541,8 @@ Tensor max_unpool2d_forward_cuda(const Tensor& input, const Tensor& indices,
       unpool_fwd_kernel<scalar_t, index_t, kNHWC><<<blocks_for(total), kThreads, 0, stream>>>(
           x.const_data_ptr<scalar_t>(), ix.const_data_ptr<int64_t>(),
           out.mutable_data_ptr<scalar_t>(), (index_t)total, (index_t)C, (index_t)HW,
-          (index_t)(OH * OW), flag.mutable_data_ptr<int64_t>());
+          (index_t)(OH * OW), Divider<index_t>(C), Divider<index_t>(HW),
+          flag.mutable_data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -579,7 +582,7 @@ Tensor max_unpool2d_backward_cuda(const Tensor& grad_output, const Tensor& indic
       unpool_bwd_kernel<scalar_t, index_t, kNHWC><<<blocks_for(total), kThreads, 0, stream>>>(
           go.const_data_ptr<scalar_t>(), ix.const_data_ptr<int64_t>(),
           gi.mutable_data_ptr<scalar_t>(), (index_t)total, (index_t)C, (index_t)HW,
-          (index_t)OHW, flag.mutable_data_ptr<int64_t>());
+          (index_t)OHW, Divider<index_t>(C), Divider<index_t>(HW), flag.mutable_data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
