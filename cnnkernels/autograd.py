@@ -56,6 +56,9 @@ class MaxPool2dFunction(torch.autograd.Function):
             x, kernel_size, stride, padding, dilation, ceil_mode
         )
         ctx.mark_non_differentiable(indices)
+        # No zero-filled gradient for the indices output (6.4 MB of writes at
+        # 16x64x56x56 that the backward never reads).
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(indices)
         ctx.args = (list(x.shape), kernel_size, stride, padding, dilation, ceil_mode)
         return out, indices
@@ -64,7 +67,7 @@ class MaxPool2dFunction(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_indices):
         (indices,) = ctx.saved_tensors
         grad_in = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and grad_out is not None:
             grad_in = _ops.max_pool2d_backward(grad_out, indices, *ctx.args)
             grad_in = _guard_double_backward("max_pool2d", grad_in, grad_out)
         return grad_in, None, None, None, None, None
