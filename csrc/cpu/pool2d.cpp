@@ -568,8 +568,8 @@ void avg_backward_nchw(const T* go, T* gi, int64_t p0, int64_t p1, const PoolPla
         std::fill(acc.begin(), acc.end(), T(0));
         for (int64_t oh = oh0; oh < oh1; ++oh)
           for (int64_t t = p.kW - 1; t >= 0; --t) {
-            const T* d = dpad.data() + oh * PW + p.pW - t + p.kW;
-            T* a = acc.data();
+            const T* __restrict__ d = dpad.data() + oh * PW + p.pW - t + p.kW;
+            T* __restrict__ a = acc.data();
             for (int64_t iw = 0; iw < p.W; ++iw) a[iw] += d[iw];
           }
         std::copy(acc.begin(), acc.end(), grow);
@@ -595,7 +595,7 @@ void avg_backward_nhwc(const T* go, T* gi, int64_t r0, int64_t r1, const PoolPla
                        bool count_include_pad, int64_t divisor) {
   const int64_t C = p.C;
   const bool non_overlapping = p.sH >= p.kH && p.sW >= p.kW;
-  std::vector<T> delta(p.OH * p.OW * C);
+  std::vector<T> delta(p.OH * p.OW * C), local(C);
   int64_t delta_n = -1;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / p.H, ih = r % p.H;
@@ -618,12 +618,15 @@ void avg_backward_nhwc(const T* go, T* gi, int64_t r0, int64_t r1, const PoolPla
         std::memcpy((void*)acc, delta.data() + (oh0 * p.OW + ow0) * C, sizeof(T) * C);
         continue;
       }
-      for (int64_t c = 0; c < C; ++c) acc[c] = 0;
+      // Sum in a local buffer (no aliasing with delta: vectorises).
+      T* __restrict__ sum = local.data();
+      for (int64_t c = 0; c < C; ++c) sum[c] = 0;
       for (int64_t oh = oh0; oh < oh1; ++oh)
         for (int64_t ow = ow0; ow < ow1; ++ow) {
-          const T* d = delta.data() + (oh * p.OW + ow) * C;
-          for (int64_t c = 0; c < C; ++c) acc[c] += d[c];
+          const T* __restrict__ d = delta.data() + (oh * p.OW + ow) * C;
+          for (int64_t c = 0; c < C; ++c) sum[c] += d[c];
         }
+      std::memcpy((void*)acc, sum, sizeof(T) * C);
     }
   }
 }
