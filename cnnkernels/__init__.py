@@ -2,7 +2,7 @@
 
     import cnnkernels
     pool = cnnkernels.nn.MaxPool2d(3, 2, 1)          # drop-in for torch.nn.MaxPool2d
-    y = cnnkernels.functional.avg_pool2d(x, 2)        # torch.nn.functional signature
+    avg = cnnkernels.functional.avg_pool2d            # torch.nn.functional signature
 
 The ops themselves live in torch.ops.cnnkernels (forward and backward
 separately), with fake kernels for torch.compile and opcheck.

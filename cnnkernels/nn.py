@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from . import functional as F
+from . import functional as fn
 
 __all__ = ["MaxPool2d", "MaxUnpool2d", "AvgPool2d"]
 
@@ -14,7 +14,7 @@ class MaxPool2d(torch.nn.MaxPool2d):
     """torch.nn.MaxPool2d on cnnkernels' kernels."""
 
     def forward(self, input):
-        return F.max_pool2d(
+        return fn.max_pool2d(
             input,
             self.kernel_size,
             self.stride,
@@ -29,7 +29,7 @@ class MaxUnpool2d(torch.nn.MaxUnpool2d):
     """torch.nn.MaxUnpool2d on cnnkernels' kernels."""
 
     def forward(self, input, indices, output_size=None):
-        return F.max_unpool2d(
+        return fn.max_unpool2d(
             input, indices, self.kernel_size, self.stride, self.padding, output_size
         )
 
@@ -38,7 +38,7 @@ class AvgPool2d(torch.nn.AvgPool2d):
     """torch.nn.AvgPool2d on cnnkernels' kernels."""
 
     def forward(self, input):
-        return F.avg_pool2d(
+        return fn.avg_pool2d(
             input,
             self.kernel_size,
             self.stride,
