@@ -87,7 +87,7 @@ def _extension():
     sources += sorted(glob.glob(os.path.join("csrc", "common", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
-    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wno-unused-function"]
     # OpenMP: compile with -fopenmp but link against torch's own libgomp (its
     # soname is libgomp.so.1 like the system's, and torch loads it first), so
     # the process has one OpenMP runtime and torch.set_num_threads applies.

@@ -100,3 +100,59 @@ def _avg_pool2d_backward_fake(grad_output, input_size, *args):
     channels_last = args[-1]
     fmt = torch.channels_last if channels_last and len(input_size) == 4 else torch.contiguous_format
     return _empty(list(input_size), grad_output, fmt)
+
+
+def _bn_fmt(x):
+    """The layout batch_norm's output takes (csrc/common/batch_norm.cpp)."""
+    spatial = 1
+    for s in x.shape[2:]:
+        spatial *= s
+    if spatial > 1 and not x.is_contiguous():
+        if x.dim() == 4 and suggest_memory_format(x) == torch.channels_last:
+            return torch.channels_last
+        if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+            return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake(_lib + "batch_norm_forward")
+def _batch_norm_forward_fake(x, weight, bias, running_mean, running_var, training, momentum,
+                             eps, activation, negative_slope):
+    C = x.shape[1]
+    stat = _acc_dtype(x.dtype)
+    return (_empty(x.shape, x, _bn_fmt(x)), x.new_empty((C,), dtype=stat),
+            x.new_empty((C,), dtype=stat))
+
+
+@torch.library.register_fake(_lib + "batch_norm_backward")
+def _batch_norm_backward_fake(grad_output, x, weight, bias, save_mean, save_invstd, training,
+                              activation, negative_slope, output_mask):
+    C = x.shape[1]
+    pdtype = weight.dtype if weight is not None else x.dtype
+    gx = _empty(x.shape, x, _bn_fmt(x)) if output_mask[0] else x.new_empty((0,))
+    gw = x.new_empty((C,) if output_mask[1] else (0,), dtype=pdtype)
+    gb = x.new_empty((C,) if output_mask[2] else (0,), dtype=pdtype)
+    return gx, gw, gb
+
+
+def _drop_fmt(x, channels_last):
+    return torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
+
+
+@torch.library.register_fake(_lib + "dropout_forward")
+def _dropout_forward_fake(x, p, channelwise, channels_last):
+    return _empty(x.shape, x, _drop_fmt(x, channels_last)), x.new_empty((2,), dtype=torch.int64)
+
+
+@torch.library.register_fake(_lib + "dropout_forward_")
+def _dropout_forward_inplace_fake(x, p, channelwise, channels_last):
+    return x.new_empty((2,), dtype=torch.int64)
+
+
+@torch.library.register_fake(_lib + "dropout_backward")
+def _dropout_backward_fake(grad_output, rng_state, p, channelwise, channels_last):
+    return _empty(grad_output.shape, grad_output, _drop_fmt(grad_output, channels_last))

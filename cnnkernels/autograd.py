@@ -9,6 +9,13 @@ What each saves for backward (less than torch.nn saves):
   MaxUnpool2dFunction the int64 indices only
   AvgPool2dFunction   nothing but the input's shape and layout flag
                       (torch keeps the input)
+  BatchNormFunction   the input and the per-channel mean/invstd (and the
+                      weight/bias parameters): 4 bytes per element in float32
+                      with or without the fused activation, whose mask is
+                      recomputed from the input (torch's BatchNorm2d + ReLU
+                      keeps the input and the ReLU output: 8 bytes)
+  DropoutFunction     a 2-element rng_state (seed, offset): 0 bytes per element
+                      (torch keeps a 1-byte mask per element)
 Double backward is not supported: asking for it raises a clear error.
 """
 
@@ -119,3 +126,86 @@ class AvgPool2dFunction(torch.autograd.Function):
             grad_in = _ops.avg_pool2d_backward(grad_out, *ctx.args)
             grad_in = _guard_double_backward("avg_pool2d", grad_in, grad_out)
         return grad_in, None, None, None, None, None, None
+
+
+_ACTIVATIONS = {None: 0, "none": 0, "identity": 0, "relu": 1, "leaky_relu": 2}
+
+
+def activation_code(activation):
+    try:
+        return _ACTIVATIONS[activation]
+    except (KeyError, TypeError):
+        raise ValueError(
+            "batch_norm: activation should be None, 'relu' or 'leaky_relu', "
+            f"but got {activation!r}"
+        ) from None
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Batch norm with a fused activation (0 none, 1 relu, 2 leaky_relu).
+    Training (batch statistics) updates running_mean / running_var in place
+    when given; backward recomputes the activation mask from the saved input."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps,
+                activation, negative_slope):
+        y, mean, invstd = _ops.batch_norm_forward(
+            x, weight, bias, running_mean, running_var, training, momentum, eps, activation,
+            negative_slope,
+        )
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.cfg = (training, activation, negative_slope)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [need[0], need[1] and weight is not None, need[2] and bias is not None]
+        if not any(mask):
+            return (None,) * 10
+        training, activation, slope = ctx.cfg
+        gx, gw, gb = _ops.batch_norm_backward(
+            grad_out, x, weight, bias, mean, invstd, training, activation, slope, mask
+        )
+        if mask[0]:
+            gx = _guard_double_backward("batch_norm", gx, grad_out)
+        return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
+                None, None, None, None, None, None, None)
+
+
+class DropoutFunction(torch.autograd.Function):
+    """Dropout (channelwise=True: dropout2d's one draw per (N, C) pair).
+    Saves only the rng_state; backward regenerates the mask."""
+
+    @staticmethod
+    def forward(ctx, x, p, channelwise):
+        cl = _is_channels_last(x)
+        y, state = _ops.dropout_forward(x, p, channelwise, cl)
+        ctx.save_for_backward(state)
+        ctx.cfg = (p, channelwise, cl)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (state,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        grad_in = _ops.dropout_backward(grad_out, state, *ctx.cfg)
+        return _guard_double_backward("dropout", grad_in, grad_out), None, None
+
+
+class DropoutInplaceFunction(torch.autograd.Function):
+    """Dropout writing into its input (inplace=True); autograd's rules for
+    in-place ops on leaves and views apply."""
+
+    @staticmethod
+    def forward(ctx, x, p, channelwise):
+        cl = _is_channels_last(x)
+        state = _ops.dropout_forward_(x, p, channelwise, cl)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(state)
+        ctx.cfg = (p, channelwise, cl)
+        return x
+
+    backward = DropoutFunction.backward

@@ -10,9 +10,27 @@ from collections.abc import Sequence
 
 import torch
 
-from .autograd import AvgPool2dFunction, MaxPool2dFunction, MaxUnpool2dFunction
+import warnings
 
-__all__ = ["max_pool2d", "max_unpool2d", "avg_pool2d"]
+from .autograd import (
+    AvgPool2dFunction,
+    BatchNormFunction,
+    DropoutFunction,
+    DropoutInplaceFunction,
+    MaxPool2dFunction,
+    MaxUnpool2dFunction,
+    activation_code,
+)
+
+__all__ = [
+    "max_pool2d",
+    "max_unpool2d",
+    "avg_pool2d",
+    "batch_norm",
+    "batch_norm_relu",
+    "dropout",
+    "dropout2d",
+]
 
 _ops = torch.ops.cnnkernels
 
@@ -107,3 +125,85 @@ def avg_pool2d(
         bool(count_include_pad),
         divisor_override,
     )
+
+
+def _verify_batch_size(size):
+    values = size[0]
+    for s in size[2:]:
+        values *= s
+    if values == 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {size}"
+        )
+
+
+def batch_norm(
+    input,
+    running_mean,
+    running_var,
+    weight=None,
+    bias=None,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+    activation=None,
+    negative_slope=0.01,
+):
+    """torch.nn.functional.batch_norm, with an optional fused activation:
+    None, 'relu' or 'leaky_relu' (with negative_slope)."""
+    act = activation_code(activation)
+    if training:
+        _verify_batch_size(input.size())
+    return BatchNormFunction.apply(
+        input, weight, bias, running_mean, running_var, bool(training),
+        float(momentum if momentum is not None else 0.0), float(eps), act, float(negative_slope),
+    )
+
+
+def batch_norm_relu(
+    input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+    eps=1e-5,
+):
+    """relu(batch_norm(...)) in one fused pass."""
+    return batch_norm(
+        input, running_mean, running_var, weight, bias, training, momentum, eps, activation="relu"
+    )
+
+
+def _check_p(p):
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def _dropout(input, p, training, inplace, channelwise):
+    if not training or p == 0 or input.numel() == 0:
+        return input  # torch returns the input itself here
+    fn = DropoutInplaceFunction if inplace else DropoutFunction
+    return fn.apply(input, float(p), channelwise)
+
+
+def dropout(input, p=0.5, training=True, inplace=False):
+    """torch.nn.functional.dropout: zero each element with probability p and
+    scale the rest by 1 / (1 - p)."""
+    _check_p(p)
+    return _dropout(input, p, training, inplace, False)
+
+
+def dropout2d(input, p=0.5, training=True, inplace=False):
+    """torch.nn.functional.dropout2d: zero whole channels (one draw per
+    (dim 0, dim 1) pair). As in torch, a 3-D input is taken as (N, C, L)."""
+    _check_p(p)
+    dim = input.dim()
+    if dim not in (3, 4):
+        warnings.warn(
+            f"dropout2d: got a {dim}-D input; dropout2d is meant for 3-D or 4-D input "
+            "(torch deprecates other ranks); zeroing whole (dim 0, dim 1) slices",
+            stacklevel=2,
+        )
+    if dim == 3:
+        warnings.warn(
+            "dropout2d: a 3-D input is taken as (N, C, L) with channel-wise 1-D dropout, "
+            "as torch.nn.functional.dropout2d does today",
+            stacklevel=2,
+        )
+    return _dropout(input, p, training, inplace, True)

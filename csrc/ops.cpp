@@ -7,6 +7,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "common/philox.h"
 #include "cpu/isa.h"
 
 TORCH_LIBRARY(cnnkernels, m) {
@@ -31,6 +32,34 @@ TORCH_LIBRARY(cnnkernels, m) {
       "avg_pool2d_backward(Tensor grad_output, int[] input_size, int[] kernel_size, "
       "int[] stride, int[] padding, bool ceil_mode, bool count_include_pad, "
       "int? divisor_override, bool channels_last) -> Tensor");
+
+  // ---- batch norm with a fused activation (csrc/cpu/batch_norm.cpp, csrc/cuda/batch_norm.cu)
+  // activation: 0 none, 1 relu, 2 leaky_relu(negative_slope). Returns the
+  // output and the per-channel mean and invstd used (batch statistics when
+  // training, else from the running statistics), which backward takes.
+  m.def(
+      "batch_norm_forward(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, bool training, float momentum, float eps, int activation, "
+      "float negative_slope) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor save_mean, Tensor save_invstd, bool training, int activation, "
+      "float negative_slope, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
+  // ---- dropout (csrc/cpu/dropout.cpp, csrc/cuda/dropout.cu)
+  // channelwise: one draw per (dim 0, dim 1) pair (dropout2d). The forward
+  // returns rng_state (int64 [seed, offset] on the input's device), from
+  // which backward regenerates the mask. channels_last: the layout the mask
+  // is laid over (4-D input only; the caller decides, backward repeats it).
+  m.def(
+      "dropout_forward(Tensor input, float p, bool channelwise, bool channels_last) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "dropout_forward_(Tensor(a!) self, float p, bool channelwise, bool channels_last) "
+      "-> Tensor");
+  m.def(
+      "dropout_backward(Tensor grad_output, Tensor rng_state, float p, bool channelwise, "
+      "bool channels_last) -> Tensor");
 }
 
 #ifdef CNNKERNELS_WITH_CUDA
@@ -46,4 +75,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_set_cpu_isa", &cnnkernels::cpu::set_isa, "select the CPU code path");
   m.def("_avx2_available", &cnnkernels::cpu::avx2_available,
         "whether this processor has AVX2 and FMA");
+  m.def(
+      "_philox",
+      [](uint64_t block, uint64_t offset, uint64_t seed) {
+        const auto r = cnnkernels::philox4x32_10(block, offset, seed);
+        return std::vector<uint32_t>{r.v[0], r.v[1], r.v[2], r.v[3]};
+      },
+      "Philox4x32-10 words for a counter {block, offset} and key seed (for tests)");
 }

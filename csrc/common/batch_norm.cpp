@@ -1,0 +1,99 @@
+// Definitions of the shared batch-norm checks (see batch_norm.h).
+#include "batch_norm.h"
+
+#include "pool.h"  // int_list_str
+
+namespace cnnkernels {
+
+namespace {
+
+void check_param(const char* op, const at::Tensor& input, const c10::optional<at::Tensor>& p,
+                 const char* name, int64_t C) {
+  if (!p.has_value() || !p->defined()) return;
+  const at::Tensor& t = *p;
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == C, op, ": ", name, " should be a 1-D tensor of C=", C,
+              " elements (the input's channel count), but got a tensor of shape ",
+              int_list_str(t.sizes()));
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " should be on the input's device ",
+              input.device(), ", but is on ", t.device());
+  const auto it = input.scalar_type(), pt = t.scalar_type();
+  const bool reduced = it == at::kHalf || it == at::kBFloat16;
+  TORCH_CHECK(pt == it || (reduced && pt == at::kFloat), op, ": ", name,
+              " should have the input's dtype ", it,
+              reduced ? " or float32" : "", ", but got ", pt);
+}
+
+}  // namespace
+
+at::ScalarType batch_norm_acc_type(at::ScalarType input) {
+  return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+BnGeometry batch_norm_geometry(const char* op, const at::Tensor& input,
+                               const c10::optional<at::Tensor>& weight,
+                               const c10::optional<at::Tensor>& bias,
+                               const c10::optional<at::Tensor>& running_mean,
+                               const c10::optional<at::Tensor>& running_var, bool training,
+                               int64_t activation, bool cpu) {
+  TORCH_CHECK(input.dim() >= 2, op,
+              ": input should have at least 2 dimensions (N, C, ...), but got a ", input.dim(),
+              "-D input of shape ", int_list_str(input.sizes()));
+  const auto dt = input.scalar_type();
+  if (cpu) {
+    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op,
+                ": input dtype should be float32 or float64 on the CPU, but got ", dt);
+  } else {
+    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+                op, ": input dtype should be float16, bfloat16, float32 or float64 on CUDA, but got ",
+                dt);
+  }
+  TORCH_CHECK(activation == kBnActNone || activation == kBnActRelu ||
+                  activation == kBnActLeakyRelu,
+              op, ": activation should be 0 (none), 1 (relu) or 2 (leaky_relu), but got ",
+              activation);
+  BnGeometry g;
+  g.N = input.size(0);
+  g.C = input.size(1);
+  for (int64_t d = 2; d < input.dim(); ++d) g.S *= input.size(d);
+  g.count = g.N * g.S;
+  check_param(op, input, weight, "weight", g.C);
+  check_param(op, input, bias, "bias", g.C);
+  check_param(op, input, running_mean, "running_mean", g.C);
+  check_param(op, input, running_var, "running_var", g.C);
+  const bool has_rm = running_mean.has_value() && running_mean->defined();
+  const bool has_rv = running_var.has_value() && running_var->defined();
+  TORCH_CHECK(has_rm == has_rv, op,
+              ": running_mean and running_var should be given together, but got only ",
+              has_rm ? "running_mean" : "running_var");
+  TORCH_CHECK(training || has_rm, op,
+              ": running_mean and running_var are required when training=False");
+  if (training) {
+    TORCH_CHECK_VALUE(g.count != 1, op,
+                      ": expected more than 1 value per channel when training, got input size ",
+                      int_list_str(input.sizes()));
+  }
+  const auto fmt = input.suggest_memory_format();
+  g.interleaved = input.dim() == 2 || g.S == 1 ||
+                  (input.dim() == 4 && fmt == at::MemoryFormat::ChannelsLast) ||
+                  (input.dim() == 5 && fmt == at::MemoryFormat::ChannelsLast3d);
+  g.fmt = g.interleaved && input.dim() >= 4 && g.S > 1 ? fmt : at::MemoryFormat::Contiguous;
+  g.rows = g.N * g.S;
+  return g;
+}
+
+at::Tensor batch_norm_layout(const at::Tensor& t, const BnGeometry& g) {
+  return t.contiguous(g.fmt);
+}
+
+void check_batch_norm_saved(const char* op, const at::Tensor& input, const at::Tensor& t,
+                            const char* name, int64_t C) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == C, op, ": ", name, " should be a 1-D tensor of C=", C,
+              " elements, but got a tensor of shape ", int_list_str(t.sizes()));
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " should be on the input's device ",
+              input.device(), ", but is on ", t.device());
+  const auto want = batch_norm_acc_type(input.scalar_type());
+  TORCH_CHECK(t.scalar_type() == want, op, ": ", name, " should have dtype ", want, ", but got ",
+              t.scalar_type());
+}
+
+}  // namespace cnnkernels

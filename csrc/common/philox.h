@@ -1,0 +1,62 @@
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3",
+// SC 2011): a counter-based generator, the same on the host and the device.
+// One call maps a 128-bit counter and a 64-bit key to four 32-bit words.
+//
+// cnnkernels' dropout uses key = the seed drawn from torch's generator and
+// counter = {block, block >> 32, offset, offset >> 32}, where block is
+// element_index / 4 and the element takes word element_index % 4. The mask
+// of an element therefore depends on (seed, offset, index) only: not on the
+// number of threads, the launch configuration or the device.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define CNNK_HD __host__ __device__ __forceinline__
+#else
+#define CNNK_HD inline
+#endif
+
+namespace cnnkernels {
+
+struct Philox4 {
+  uint32_t v[4];
+};
+
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
+constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;  // key schedule (golden ratio)
+constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;  // key schedule (sqrt(3) - 1)
+
+CNNK_HD Philox4 philox4x32_10(uint64_t block, uint64_t offset, uint64_t seed) {
+  uint32_t c0 = static_cast<uint32_t>(block), c1 = static_cast<uint32_t>(block >> 32);
+  uint32_t c2 = static_cast<uint32_t>(offset), c3 = static_cast<uint32_t>(offset >> 32);
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int r = 0; r < 10; ++r) {
+    const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
+    const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;
+    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  return Philox4{{c0, c1, c2, c3}};
+}
+
+// An element is kept when its 32-bit word is at or above this threshold, so
+// the drop probability is threshold / 2^32, the nearest such value to p.
+CNNK_HD uint32_t dropout_threshold(double p) {
+  if (p <= 0.0) return 0u;
+  const double t = p * 4294967296.0;
+  if (t >= 4294967295.0) return 0xFFFFFFFFu;
+  return static_cast<uint32_t>(t + 0.5);
+}
+
+}  // namespace cnnkernels

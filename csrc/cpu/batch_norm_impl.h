@@ -1,0 +1,275 @@
+// Batch-norm CPU kernel bodies, compiled twice: batch_norm_generic.cpp (the
+// portable build) and batch_norm_avx2.cpp (under an AVX2/FMA target), each
+// defining CNNK_BN_NS to its namespace. The loops are written for the
+// compiler's vectoriser (`omp simd` reductions along the contiguous axis).
+//
+// Statistics: a plane (or a chunk of rows) is cut into chunks of about 2048
+// elements; a chunk's mean comes from a float sum and its squared deviations
+// from a second sweep over the chunk while it is still in L1, then the chunk
+// is merged into double-precision moments (Chan's formula). One read of the
+// input from memory, no cancellation from sum-of-squares.
+//
+// The forward computes z = (x - mean) * scale + beta and backward recomputes
+// z with the same expression from the saved input, so the activation mask in
+// backward is exactly the forward's (built with -ffp-contract=off).
+#ifndef CNNK_BN_NS
+#error "define CNNK_BN_NS before including batch_norm_impl.h"
+#endif
+
+namespace cnnkernels {
+namespace cpu {
+namespace bn {
+namespace CNNK_BN_NS {
+namespace {
+
+template <int ACT, typename T>
+inline T act_fwd(T z, T slope) {
+  if (ACT == kActRelu) return z < T(0) ? T(0) : z;  // NaN stays NaN
+  if (ACT == kActLeaky) return z > T(0) ? z : z * slope;
+  return z;
+}
+
+template <int ACT, typename T>
+inline T act_bwd(T z, T g, T slope) {
+  if (ACT == kActRelu) return z <= T(0) ? T(0) : g;  // torch: threshold_backward
+  if (ACT == kActLeaky) return z > T(0) ? g : g * slope;
+  return g;
+}
+
+template <typename T>
+void stats_planar_t(const T* x, int64_t S, int64_t p0, int64_t p1, Moments* out) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const T* xp = x + p * S;
+    Moments m;
+    for (int64_t s0 = 0; s0 < S; s0 += kPlanarChunk) {
+      const int64_t L = S - s0 < kPlanarChunk ? S - s0 : kPlanarChunk;
+      const T* xc = xp + s0;
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = 0; i < L; ++i) sum += xc[i];
+      const T mu = sum / T(L);
+      T q = 0;
+#pragma omp simd reduction(+ : q)
+      for (int64_t i = 0; i < L; ++i) {
+        const T d = xc[i] - mu;
+        q += d * d;
+      }
+      merge(m, double(L), double(mu), double(q));
+    }
+    out[p] = m;
+  }
+}
+
+template <typename T>
+void stats_rows_t(const T* x, int64_t C, int64_t r0, int64_t r1, Moments* out, T* scratch) {
+  const int64_t RB = rows_per_chunk(C);
+  T* sum = scratch;
+  T* q = scratch + C;
+  for (int64_t a = r0; a < r1; a += RB) {
+    const int64_t L = r1 - a < RB ? r1 - a : RB;
+    for (int64_t c = 0; c < C; ++c) sum[c] = 0, q[c] = 0;
+    for (int64_t r = a; r < a + L; ++r) {
+      const T* xr = x + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) sum[c] += xr[c];
+    }
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) sum[c] /= T(L);
+    for (int64_t r = a; r < a + L; ++r) {
+      const T* xr = x + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const T d = xr[c] - sum[c];
+        q[c] += d * d;
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) merge(out[c], double(L), double(sum[c]), double(q[c]));
+  }
+}
+
+template <int ACT, typename T>
+void norm_planar_t(const T* x, T* y, int64_t S, int64_t C, int64_t p0, int64_t p1,
+                   const Channel<T>& ch) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t c = p % C;
+    const T m = ch.mean[c], a = ch.scale[c], b = ch.beta[c], sl = ch.slope;
+    const T* xp = x + p * S;
+    T* yp = y + p * S;
+#pragma omp simd
+    for (int64_t i = 0; i < S; ++i) yp[i] = act_fwd<ACT>((xp[i] - m) * a + b, sl);
+  }
+}
+
+template <int ACT, typename T>
+void norm_rows_t(const T* x, T* y, int64_t C, int64_t r0, int64_t r1, const Channel<T>& ch) {
+  const T* __restrict m = ch.mean;
+  const T* __restrict a = ch.scale;
+  const T* __restrict b = ch.beta;
+  const T sl = ch.slope;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * C;
+    T* yr = y + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) yr[c] = act_fwd<ACT>((xr[c] - m[c]) * a[c] + b[c], sl);
+  }
+}
+
+template <int ACT, typename T>
+void reduce_planar_t(const T* gy, const T* x, int64_t S, int64_t C, int64_t p0, int64_t p1,
+                     const Channel<T>& ch, double* sg, double* sgx) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t c = p % C;
+    const T m = ch.mean[c], a = ch.scale[c], b = ch.beta[c], sl = ch.slope;
+    const T* xp = x + p * S;
+    const T* gp = gy + p * S;
+    double dg = 0, dgx = 0;
+    for (int64_t s0 = 0; s0 < S; s0 += kPlanarChunk) {
+      const int64_t L = S - s0 < kPlanarChunk ? S - s0 : kPlanarChunk;
+      T g1 = 0, g2 = 0;
+#pragma omp simd reduction(+ : g1, g2)
+      for (int64_t i = s0; i < s0 + L; ++i) {
+        const T d = xp[i] - m;
+        const T gz = act_bwd<ACT>(d * a + b, gp[i], sl);
+        g1 += gz;
+        g2 += gz * d;
+      }
+      dg += double(g1);
+      dgx += double(g2);
+    }
+    sg[p] = dg;
+    sgx[p] = dgx;
+  }
+}
+
+template <int ACT, typename T>
+void reduce_rows_t(const T* gy, const T* x, int64_t C, int64_t r0, int64_t r1,
+                   const Channel<T>& ch, double* sg, double* sgx, T* scratch) {
+  const int64_t RB = rows_per_chunk(C);
+  const T* __restrict m = ch.mean;
+  const T* __restrict a = ch.scale;
+  const T* __restrict b = ch.beta;
+  const T sl = ch.slope;
+  T* __restrict g1 = scratch;
+  T* __restrict g2 = scratch + C;
+  for (int64_t s = r0; s < r1; s += RB) {
+    const int64_t e = r1 - s < RB ? r1 : s + RB;
+    for (int64_t c = 0; c < C; ++c) g1[c] = 0, g2[c] = 0;
+    for (int64_t r = s; r < e; ++r) {
+      const T* xr = x + r * C;
+      const T* gr = gy + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const T d = xr[c] - m[c];
+        const T gz = act_bwd<ACT>(d * a[c] + b[c], gr[c], sl);
+        g1[c] += gz;
+        g2[c] += gz * d;
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) sg[c] += double(g1[c]), sgx[c] += double(g2[c]);
+  }
+}
+
+template <int ACT, typename T>
+void grad_input_planar_t(const T* gy, const T* x, T* gx, int64_t S, int64_t C, int64_t p0,
+                         int64_t p1, const Channel<T>& ch) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t c = p % C;
+    const T m = ch.mean[c], a = ch.scale[c], b = ch.beta[c], k2 = ch.k2[c], k3 = ch.k3[c];
+    const T sl = ch.slope;
+    const T* xp = x + p * S;
+    const T* gp = gy + p * S;
+    T* op = gx + p * S;
+#pragma omp simd
+    for (int64_t i = 0; i < S; ++i) {
+      const T d = xp[i] - m;
+      const T gz = act_bwd<ACT>(d * a + b, gp[i], sl);
+      op[i] = a * (gz - k2 - d * k3);
+    }
+  }
+}
+
+template <int ACT, typename T>
+void grad_input_rows_t(const T* gy, const T* x, T* gx, int64_t C, int64_t r0, int64_t r1,
+                       const Channel<T>& ch) {
+  const T* __restrict m = ch.mean;
+  const T* __restrict a = ch.scale;
+  const T* __restrict b = ch.beta;
+  const T* __restrict k2 = ch.k2;
+  const T* __restrict k3 = ch.k3;
+  const T sl = ch.slope;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * C;
+    const T* gr = gy + r * C;
+    T* orow = gx + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const T d = xr[c] - m[c];
+      const T gz = act_bwd<ACT>(d * a[c] + b[c], gr[c], sl);
+      orow[c] = a[c] * (gz - k2[c] - d * k3[c]);
+    }
+  }
+}
+
+}  // namespace
+
+#define CNNK_BN_ACT_SWITCH(act, call)       \
+  switch (act) {                            \
+    case kActRelu: call(kActRelu); break;   \
+    case kActLeaky: call(kActLeaky); break; \
+    default: call(kActNone); break;         \
+  }
+
+#define CNNK_BN_DEFINE(T)                                                                     \
+  void stats_planar(const T* x, int64_t S, int64_t p0, int64_t p1, Moments* out) {            \
+    stats_planar_t<T>(x, S, p0, p1, out);                                                     \
+  }                                                                                           \
+  void stats_rows(const T* x, int64_t C, int64_t r0, int64_t r1, Moments* out, T* scratch) {   \
+    stats_rows_t<T>(x, C, r0, r1, out, scratch);                                              \
+  }                                                                                           \
+  void norm_planar(const T* x, T* y, int64_t S, int64_t C, int64_t p0, int64_t p1,            \
+                   const Channel<T>& ch) {                                                    \
+    CNNK_BN_ACT_SWITCH(ch.act, CNNK_NP)                                                       \
+  }                                                                                           \
+  void norm_rows(const T* x, T* y, int64_t C, int64_t r0, int64_t r1, const Channel<T>& ch) { \
+    CNNK_BN_ACT_SWITCH(ch.act, CNNK_NR)                                                       \
+  }                                                                                           \
+  void reduce_planar(const T* gy, const T* x, int64_t S, int64_t C, int64_t p0, int64_t p1,   \
+                     const Channel<T>& ch, double* sg, double* sgx) {                         \
+    CNNK_BN_ACT_SWITCH(ch.act, CNNK_RP)                                                       \
+  }                                                                                           \
+  void reduce_rows(const T* gy, const T* x, int64_t C, int64_t r0, int64_t r1,                \
+                   const Channel<T>& ch, double* sg, double* sgx, T* scratch) {               \
+    CNNK_BN_ACT_SWITCH(ch.act, CNNK_RR)                                                       \
+  }                                                                                           \
+  void grad_input_planar(const T* gy, const T* x, T* gx, int64_t S, int64_t C, int64_t p0,    \
+                         int64_t p1, const Channel<T>& ch) {                                  \
+    CNNK_BN_ACT_SWITCH(ch.act, CNNK_GP)                                                       \
+  }                                                                                           \
+  void grad_input_rows(const T* gy, const T* x, T* gx, int64_t C, int64_t r0, int64_t r1,     \
+                       const Channel<T>& ch) {                                                \
+    CNNK_BN_ACT_SWITCH(ch.act, CNNK_GR)                                                       \
+  }
+
+#define CNNK_NP(A) norm_planar_t<A>(x, y, S, C, p0, p1, ch)
+#define CNNK_NR(A) norm_rows_t<A>(x, y, C, r0, r1, ch)
+#define CNNK_RP(A) reduce_planar_t<A>(gy, x, S, C, p0, p1, ch, sg, sgx)
+#define CNNK_RR(A) reduce_rows_t<A>(gy, x, C, r0, r1, ch, sg, sgx, scratch)
+#define CNNK_GP(A) grad_input_planar_t<A>(gy, x, gx, S, C, p0, p1, ch)
+#define CNNK_GR(A) grad_input_rows_t<A>(gy, x, gx, C, r0, r1, ch)
+
+CNNK_BN_DEFINE(float)
+CNNK_BN_DEFINE(double)
+
+#undef CNNK_NP
+#undef CNNK_NR
+#undef CNNK_RP
+#undef CNNK_RR
+#undef CNNK_GP
+#undef CNNK_GR
+#undef CNNK_BN_DEFINE
+#undef CNNK_BN_ACT_SWITCH
+
+}  // namespace CNNK_BN_NS
+}  // namespace bn
+}  // namespace cpu
+}  // namespace cnnkernels

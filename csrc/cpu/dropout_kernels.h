@@ -1,0 +1,34 @@
+// Plain C++ interface of the CPU dropout kernels (no torch types): a portable
+// build (dropout_generic.cpp) and an AVX2 build that runs eight Philox
+// streams per instruction (dropout_avx2.cpp); dropout.cpp picks at run time.
+#pragma once
+
+#include <cstdint>
+
+namespace cnnkernels {
+namespace cpu {
+namespace drop {
+
+// For element indices i in [i0, i1): y[i] = x[i] * (word(i) >= threshold ?
+// scale : 0), word(i) being word i % 4 of Philox4x32-10 at block i / 4
+// (common/philox.h). x may equal y (in place). Backward applies the same to
+// the gradient.
+#define CNNK_DROP_DECLARE(T)                                                              \
+  void apply(const T* x, T* y, int64_t i0, int64_t i1, uint64_t seed, uint64_t offset,    \
+             uint32_t threshold, T scale);
+
+namespace generic {
+CNNK_DROP_DECLARE(float)
+CNNK_DROP_DECLARE(double)
+}  // namespace generic
+
+namespace avx2 {
+CNNK_DROP_DECLARE(float)
+CNNK_DROP_DECLARE(double)
+}  // namespace avx2
+
+#undef CNNK_DROP_DECLARE
+
+}  // namespace drop
+}  // namespace cpu
+}  // namespace cnnkernels
