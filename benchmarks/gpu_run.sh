@@ -24,5 +24,5 @@ $PY -m pytest tests -q -p no:logging -p no:cacheprovider "$@" > "$OUT/pytest.log
 echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/pytest.log" | tail -5
 grep -E "^FAILED|^ERROR" "$OUT/pytest.log" | head -20
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-  $PY benchmarks/run.py --device cuda --out "$OUT" --no-chart 2> "$OUT/bench.err" | tee "$OUT/bench.log" | tail -60
+  $PY benchmarks/run.py --device cuda --ops "${BENCH_OPS:-all}" --out "$OUT" --no-chart 2> "$OUT/bench.err" | tee "$OUT/bench.log" | tail -60
 fi

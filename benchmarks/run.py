@@ -37,10 +37,12 @@ sys.path.insert(0, HERE)
 
 import cnnkernels  # noqa: E402
 from harness import Case, time_pair, copy_bandwidth  # noqa: E402
+import cases_norm  # noqa: E402
 import cases_pool  # noqa: E402
 
 FAMILIES = {
     "pool": cases_pool.cases,
+    "norm": cases_norm.cases,
 }
 
 
@@ -120,6 +122,10 @@ def main(argv=None):
          f"{r['gbs']:.1f}", f"{r['pct_copy']:.0f}%"]
         for r in results
     ]
+    if any("saved_ours" in r for r in results):  # bytes saved for backward, per element
+        header.append("saved B/el ours/torch")
+        for row, r in zip(rows, results):
+            row.append(f"{r['saved_ours']:.2f}/{r['saved_torch']:.2f}" if "saved_ours" in r else "")
     widths = [max(len(str(x[k])) for x in rows + [header]) for k in range(len(header))]
     print(f"\ncnnkernels {cnnkernels.__version__}, torch {torch.__version__}, CPU threads {threads}, "
           f"CPU path {cnnkernels.cpu_isa()}"

@@ -1,0 +1,600 @@
+// CUDA batch norm with a fused activation (none / relu / leaky_relu):
+// float16, bfloat16, float32, float64 input; statistics, weight and bias
+// math in float (double for float64); weight/bias/running statistics in the
+// input's dtype or float32.
+//
+// Training forward: a statistics kernel spreads every channel over several
+// blocks (planar input: blocks over (channel, batch range, plane range);
+// interleaved input: blocks over (32-channel tile, row range)); each thread
+// keeps Welford moments, a block merges them in a fixed order and writes
+// one partial; a finalize kernel merges a channel's partials in order (in
+// double), writes mean / invstd, updates the running statistics and the
+// per-channel scale. Then one elementwise pass normalises and activates.
+// Backward: the same reduction structure for sum(gz) and sum(gz * (x - mean)),
+// then one elementwise pass for the input gradient. No atomics: results
+// repeat bit for bit.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "../common/batch_norm.h"
+
+namespace cnnkernels {
+namespace cuda {
+namespace {
+
+using at::Tensor;
+
+constexpr int kThreads = 256;
+
+struct Partial {
+  double n, a, b;  // statistics: count, mean, m2; gradients: -, sum gz, sum gz*(x-mean)
+};
+
+template <typename A>
+struct Welford {
+  A n = 0, mean = 0, m2 = 0;
+  __device__ void add(A x) {
+    n += A(1);
+    const A d = x - mean;
+    mean += d / n;
+    m2 += d * (x - mean);
+  }
+  __device__ void merge(A nb, A mb, A m2b) {
+    if (nb == A(0)) return;
+    if (n == A(0)) {
+      n = nb, mean = mb, m2 = m2b;
+      return;
+    }
+    const A t = n + nb, d = mb - mean;
+    mean += d * (nb / t);
+    m2 += m2b + d * d * (n * nb / t);
+    n = t;
+  }
+};
+
+// Merges the Welford moments of a block's threads in a fixed order (warp
+// shuffles, then warp 0 over the warps' results); thread 0 gets the result.
+template <typename A>
+__device__ Welford<A> block_merge(Welford<A> w, A* sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) {
+    const A n = __shfl_down_sync(0xffffffffu, w.n, o);
+    const A m = __shfl_down_sync(0xffffffffu, w.mean, o);
+    const A q = __shfl_down_sync(0xffffffffu, w.m2, o);
+    w.merge(n, m, q);
+  }
+  if (lane == 0) sh[warp * 3] = w.n, sh[warp * 3 + 1] = w.mean, sh[warp * 3 + 2] = w.m2;
+  __syncthreads();
+  Welford<A> r;
+  if (threadIdx.x == 0)
+    for (int i = 0; i < nw; ++i) r.merge(sh[i * 3], sh[i * 3 + 1], sh[i * 3 + 2]);
+  return r;
+}
+
+template <typename A>
+__device__ void block_sum2(A& s1, A& s2, A* sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) {
+    s1 += __shfl_down_sync(0xffffffffu, s1, o);
+    s2 += __shfl_down_sync(0xffffffffu, s2, o);
+  }
+  if (lane == 0) sh[warp * 2] = s1, sh[warp * 2 + 1] = s2;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    s1 = 0, s2 = 0;
+    for (int i = 0; i < nw; ++i) s1 += sh[i * 2], s2 += sh[i * 2 + 1];
+  }
+}
+
+// ---- how a channel's elements are split over blocks
+struct Split {
+  int64_t sn = 1, ss = 1;  // planar: batch splits, plane splits
+  int64_t sr = 1;          // interleaved: row splits
+  __host__ __device__ int64_t parts() const { return sn * ss * sr; }
+};
+
+Split make_split(const BnGeometry& g) {
+  const int64_t target = 4 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  Split sp;
+  if (g.interleaved) {
+    const int64_t tiles = (g.C + 31) / 32;
+    sp.sr = std::max<int64_t>(1, std::min<int64_t>((target + tiles - 1) / tiles, g.rows / 64));
+  } else {
+    sp.sn = std::max<int64_t>(1, std::min<int64_t>((target + g.C - 1) / g.C, g.N));
+    sp.ss = std::max<int64_t>(1, std::min<int64_t>((target + g.C * sp.sn - 1) / (g.C * sp.sn),
+                                                   (g.S + 4095) / 4096));
+  }
+  return sp;
+}
+
+__device__ __forceinline__ void range(int64_t n, int64_t parts, int64_t i, int64_t& a,
+                                      int64_t& b) {
+  a = n * i / parts;
+  b = n * (i + 1) / parts;
+}
+
+template <int ACT, typename A>
+__device__ __forceinline__ A act_fwd(A z, A slope) {
+  if (ACT == 1) return z < A(0) ? A(0) : z;
+  if (ACT == 2) return z > A(0) ? z : z * slope;
+  return z;
+}
+
+template <int ACT, typename A>
+__device__ __forceinline__ A act_bwd(A z, A g, A slope) {
+  if (ACT == 1) return z <= A(0) ? A(0) : g;
+  if (ACT == 2) return z > A(0) ? g : g * slope;
+  return g;
+}
+
+// z exactly as in forward and backward (an explicit fma: no contraction
+// difference between the two kernels).
+template <typename A>
+__device__ __forceinline__ A pre_act(A x, A mean, A scale, A beta) {
+  return fma(x - mean, scale, beta);
+}
+
+// ---- statistics
+template <typename T, typename A>
+__global__ void stats_planar_kernel(const T* __restrict__ x, int64_t N, int64_t C, int64_t S,
+                                    Split sp, Partial* __restrict__ out) {
+  __shared__ A sh[3 * 32];
+  const int64_t c = blockIdx.x, bn = blockIdx.y / sp.ss, bs = blockIdx.y % sp.ss;
+  int64_t n0, n1, s0, s1;
+  range(N, sp.sn, bn, n0, n1);
+  range(S, sp.ss, bs, s0, s1);
+  Welford<A> w;
+  for (int64_t n = n0; n < n1; ++n) {
+    const T* p = x + (n * C + c) * S;
+    for (int64_t s = s0 + threadIdx.x; s < s1; s += blockDim.x) w.add(static_cast<A>(p[s]));
+  }
+  w = block_merge(w, sh);
+  if (threadIdx.x == 0) out[c * sp.parts() + blockIdx.y] = Partial{double(w.n), double(w.mean), double(w.m2)};
+}
+
+// blockDim (32, 8): x over 32 channels of a tile, y over rows
+template <typename T, typename A>
+__global__ void stats_rows_kernel(const T* __restrict__ x, int64_t R, int64_t C, Split sp,
+                                  Partial* __restrict__ out) {
+  __shared__ A sh[8][32][3];
+  const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  int64_t r0, r1;
+  range(R, sp.sr, blockIdx.y, r0, r1);
+  Welford<A> w;
+  if (c < C)
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) w.add(static_cast<A>(x[r * C + c]));
+  sh[threadIdx.y][threadIdx.x][0] = w.n;
+  sh[threadIdx.y][threadIdx.x][1] = w.mean;
+  sh[threadIdx.y][threadIdx.x][2] = w.m2;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    Welford<A> r;
+    for (int i = 0; i < 8; ++i) r.merge(sh[i][threadIdx.x][0], sh[i][threadIdx.x][1], sh[i][threadIdx.x][2]);
+    out[c * sp.parts() + blockIdx.y] = Partial{double(r.n), double(r.mean), double(r.m2)};
+  }
+}
+
+// One thread per channel: merge the partials in order; mean, invstd, the
+// running-statistics update and the normalisation constants.
+template <typename A, typename R>
+__global__ void finalize_stats_kernel(const Partial* __restrict__ part, int64_t parts, int64_t C,
+                                      double eps, double momentum, R* running_mean,
+                                      R* running_var, const A* __restrict__ w,
+                                      const A* __restrict__ b, A* mean, A* invstd, A* scale,
+                                      A* beta) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  double n = 0, m = 0, q = 0;
+  for (int64_t i = 0; i < parts; ++i) {
+    const Partial p = part[c * parts + i];
+    if (p.n == 0) continue;
+    if (n == 0) {
+      n = p.n, m = p.a, q = p.b;
+      continue;
+    }
+    const double t = n + p.n, d = p.a - m;
+    m += d * p.n / t;
+    q += p.b + d * d * n * p.n / t;
+    n = t;
+  }
+  const double var = q / n;
+  const A is = static_cast<A>(1.0 / sqrt(var + eps));
+  mean[c] = static_cast<A>(m);
+  invstd[c] = is;
+  scale[c] = (w ? w[c] : A(1)) * is;
+  beta[c] = b ? b[c] : A(0);
+  if (running_mean != nullptr) {
+    const double unbiased = n > 1 ? q / (n - 1) : var;
+    running_mean[c] = static_cast<R>((1.0 - momentum) * double(running_mean[c]) + momentum * m);
+    running_var[c] = static_cast<R>((1.0 - momentum) * double(running_var[c]) + momentum * unbiased);
+  }
+}
+
+template <typename A, typename R>
+__global__ void finalize_eval_kernel(const R* __restrict__ running_mean,
+                                     const R* __restrict__ running_var, int64_t C, double eps,
+                                     const A* __restrict__ w, const A* __restrict__ b, A* mean,
+                                     A* invstd, A* scale, A* beta) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  const A is = static_cast<A>(1.0 / sqrt(double(running_var[c]) + eps));
+  mean[c] = static_cast<A>(running_mean[c]);
+  invstd[c] = is;
+  scale[c] = (w ? w[c] : A(1)) * is;
+  beta[c] = b ? b[c] : A(0);
+}
+
+// ---- elementwise passes. Planar: a block takes a chunk of one plane (no
+// per-element division). Interleaved: the channel index advances by the
+// block size modulo C (one modulo per thread).
+struct ChannelArrays {
+  const void* mean;
+  const void* scale;
+  const void* beta;
+  const void* k2;
+  const void* k3;
+};
+
+template <int ACT, bool BWD, typename T, typename A>
+__device__ __forceinline__ void elem(const T* x, const T* gy, T* out, int64_t i, int64_t c,
+                                     const ChannelArrays& ch, A slope) {
+  const A m = static_cast<const A*>(ch.mean)[c];
+  const A a = static_cast<const A*>(ch.scale)[c];
+  const A b = static_cast<const A*>(ch.beta)[c];
+  const A xv = static_cast<A>(x[i]);
+  const A z = pre_act(xv, m, a, b);
+  if (!BWD) {
+    out[i] = static_cast<T>(act_fwd<ACT>(z, slope));
+  } else {
+    const A gz = act_bwd<ACT>(z, static_cast<A>(gy[i]), slope);
+    const A k2 = static_cast<const A*>(ch.k2)[c], k3 = static_cast<const A*>(ch.k3)[c];
+    out[i] = static_cast<T>(a * (gz - k2 - (xv - m) * k3));
+  }
+}
+
+template <int ACT, bool BWD, typename T, typename A>
+__global__ void planar_kernel(const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ out,
+                              int64_t C, int64_t S, int64_t chunks, ChannelArrays ch, A slope) {
+  const int64_t plane = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+  const int64_t c = plane % C;
+  int64_t s0, s1;
+  range(S, chunks, chunk, s0, s1);
+  const int64_t base = plane * S;
+  for (int64_t s = s0 + threadIdx.x; s < s1; s += blockDim.x)
+    elem<ACT, BWD>(x, gy, out, base + s, c, ch, slope);
+}
+
+template <int ACT, bool BWD, typename T, typename A>
+__global__ void rows_kernel(const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ out,
+                            int64_t total, int64_t C, ChannelArrays ch, A slope) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= total) return;
+  int64_t c = i % C;
+  const int64_t step = stride % C;
+  for (; i < total; i += stride) {
+    elem<ACT, BWD>(x, gy, out, i, c, ch, slope);
+    c += step;
+    if (c >= C) c -= C;
+  }
+}
+
+template <bool BWD, typename T, typename A>
+void launch_elementwise(const BnGeometry& g, const T* x, const T* gy, T* out,
+                        const ChannelArrays& ch, int64_t act, A slope, cudaStream_t stream) {
+  const int64_t total = g.N * g.C * g.S;
+  if (total == 0) return;
+#define CNNK_ELEM(ACT)                                                                          \
+  if (g.interleaved) {                                                                          \
+    const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads,                \
+                                             int64_t(at::cuda::getCurrentDeviceProperties()     \
+                                                         ->multiProcessorCount) * 16);          \
+    rows_kernel<ACT, BWD, T, A><<<blocks, kThreads, 0, stream>>>(x, gy, out, total, g.C, ch,    \
+                                                                 slope);                        \
+  } else {                                                                                      \
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(g.S / 2048, 64));             \
+    planar_kernel<ACT, BWD, T, A><<<g.N * g.C * chunks, kThreads, 0, stream>>>(x, gy, out, g.C, \
+                                                                               g.S, chunks, ch, \
+                                                                               slope);          \
+  }                                                                                             \
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (act == kBnActRelu) {
+    CNNK_ELEM(1)
+  } else if (act == kBnActLeakyRelu) {
+    CNNK_ELEM(2)
+  } else {
+    CNNK_ELEM(0)
+  }
+#undef CNNK_ELEM
+}
+
+// ---- backward reductions: sum gz and sum gz * (x - mean)
+template <int ACT, typename T, typename A>
+__global__ void grad_sums_planar_kernel(const T* __restrict__ gy, const T* __restrict__ x,
+                                        int64_t N, int64_t C, int64_t S, Split sp,
+                                        ChannelArrays ch, A slope, Partial* __restrict__ out) {
+  __shared__ A sh[2 * 32];
+  const int64_t c = blockIdx.x, bn = blockIdx.y / sp.ss, bs = blockIdx.y % sp.ss;
+  int64_t n0, n1, s0, s1;
+  range(N, sp.sn, bn, n0, n1);
+  range(S, sp.ss, bs, s0, s1);
+  const A m = static_cast<const A*>(ch.mean)[c], a = static_cast<const A*>(ch.scale)[c];
+  const A b = static_cast<const A*>(ch.beta)[c];
+  A s1v = 0, s2v = 0;
+  for (int64_t n = n0; n < n1; ++n) {
+    const int64_t base = (n * C + c) * S;
+    for (int64_t s = s0 + threadIdx.x; s < s1; s += blockDim.x) {
+      const A xv = static_cast<A>(x[base + s]);
+      const A gz = act_bwd<ACT>(pre_act(xv, m, a, b), static_cast<A>(gy[base + s]), slope);
+      s1v += gz;
+      s2v += gz * (xv - m);
+    }
+  }
+  block_sum2(s1v, s2v, sh);
+  if (threadIdx.x == 0) out[c * sp.parts() + blockIdx.y] = Partial{0, double(s1v), double(s2v)};
+}
+
+template <int ACT, typename T, typename A>
+__global__ void grad_sums_rows_kernel(const T* __restrict__ gy, const T* __restrict__ x,
+                                      int64_t R, int64_t C, Split sp, ChannelArrays ch, A slope,
+                                      Partial* __restrict__ out) {
+  __shared__ A sh[8][32][2];
+  const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  int64_t r0, r1;
+  range(R, sp.sr, blockIdx.y, r0, r1);
+  A s1v = 0, s2v = 0;
+  if (c < C) {
+    const A m = static_cast<const A*>(ch.mean)[c], a = static_cast<const A*>(ch.scale)[c];
+    const A b = static_cast<const A*>(ch.beta)[c];
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
+      const A xv = static_cast<A>(x[r * C + c]);
+      const A gz = act_bwd<ACT>(pre_act(xv, m, a, b), static_cast<A>(gy[r * C + c]), slope);
+      s1v += gz;
+      s2v += gz * (xv - m);
+    }
+  }
+  sh[threadIdx.y][threadIdx.x][0] = s1v;
+  sh[threadIdx.y][threadIdx.x][1] = s2v;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    A t1 = 0, t2 = 0;
+    for (int i = 0; i < 8; ++i) t1 += sh[i][threadIdx.x][0], t2 += sh[i][threadIdx.x][1];
+    out[c * sp.parts() + blockIdx.y] = Partial{0, double(t1), double(t2)};
+  }
+}
+
+template <typename T, typename A>
+void launch_grad_sums(const BnGeometry& g, const Split& sp, const T* gy, const T* x,
+                      const ChannelArrays& ch, int64_t act, A slope, Partial* pp,
+                      cudaStream_t stream) {
+#define CNNK_SUMS(ACT)                                                                        \
+  if (g.interleaved) {                                                                        \
+    dim3 grid((g.C + 31) / 32, sp.sr);                                                        \
+    grad_sums_rows_kernel<ACT, T, A><<<grid, dim3(32, 8), 0, stream>>>(gy, x, g.rows, g.C, sp, \
+                                                                       ch, slope, pp);         \
+  } else {                                                                                    \
+    dim3 grid(g.C, sp.sn * sp.ss);                                                            \
+    grad_sums_planar_kernel<ACT, T, A><<<grid, kThreads, 0, stream>>>(gy, x, g.N, g.C, g.S,   \
+                                                                      sp, ch, slope, pp);     \
+  }
+  if (act == kBnActRelu) {
+    CNNK_SUMS(1)
+  } else if (act == kBnActLeakyRelu) {
+    CNNK_SUMS(2)
+  } else {
+    CNNK_SUMS(0)
+  }
+#undef CNNK_SUMS
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename A>
+__global__ void finalize_grads_kernel(const Partial* __restrict__ part, int64_t parts, int64_t C,
+                                      double count, bool training, const A* __restrict__ invstd,
+                                      A* gw, A* gb, A* k2, A* k3) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  double sg = 0, sgx = 0;
+  for (int64_t i = 0; i < parts; ++i) sg += part[c * parts + i].a, sgx += part[c * parts + i].b;
+  const double is = double(invstd[c]);
+  gw[c] = static_cast<A>(sgx * is);
+  gb[c] = static_cast<A>(sg);
+  k2[c] = training ? static_cast<A>(sg / count) : A(0);
+  k3[c] = training ? static_cast<A>(is * is * sgx / count) : A(0);
+}
+
+// scale = weight * invstd and beta = bias, as the forward computed them.
+template <typename A>
+__global__ void scale_beta_kernel(int64_t C, const A* __restrict__ w, const A* __restrict__ b,
+                                  const A* __restrict__ invstd, A* scale, A* beta) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  scale[c] = (w ? w[c] : A(1)) * invstd[c];
+  beta[c] = b ? b[c] : A(0);
+}
+
+template <typename A>
+__global__ void eval_grad_consts_kernel(int64_t C, A* k2, A* k3) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c < C) k2[c] = A(0), k3[c] = A(0);
+}
+
+const void* opt_ptr(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+Tensor as_acc(const c10::optional<Tensor>& t, at::ScalarType acc) {
+  if (!t.has_value() || !t->defined()) return Tensor();
+  return t->to(acc).contiguous();
+}
+
+int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_forward_cuda(
+    const Tensor& input, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+    const c10::optional<Tensor>& running_mean, const c10::optional<Tensor>& running_var,
+    bool training, double momentum, double eps, int64_t activation, double negative_slope) {
+  const char* op = "batch_norm";
+  const BnGeometry g = batch_norm_geometry(op, input, weight, bias, running_mean, running_var,
+                                           training, activation, /*cpu=*/false);
+  c10::cuda::CUDAGuard guard(input.device());
+  const bool has_rm = running_mean.has_value() && running_mean->defined();
+  if (has_rm) {
+    TORCH_CHECK(running_mean->is_contiguous() && running_var->is_contiguous(), op,
+                ": running_mean and running_var should be contiguous");
+    TORCH_CHECK(running_mean->scalar_type() == running_var->scalar_type(), op,
+                ": running_mean and running_var should have one dtype, but got ",
+                running_mean->scalar_type(), " and ", running_var->scalar_type());
+  }
+  const Tensor x = batch_norm_layout(input, g);
+  const auto acc = batch_norm_acc_type(input.scalar_type());
+  Tensor y = at::empty(input.sizes(), input.options().memory_format(g.fmt));
+  Tensor consts = at::empty({4, g.C}, input.options().dtype(acc));  // mean, invstd, scale, beta
+  Tensor save_mean = consts[0], save_invstd = consts[1];
+  const Tensor w = as_acc(weight, acc), b = as_acc(bias, acc);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  if (training && g.count == 0) {
+    consts.zero_();
+    return {y, save_mean.clone(), save_invstd.clone()};
+  }
+  const Split sp = make_split(g);
+  Tensor part = training ? at::empty({g.C * sp.parts() * 3}, input.options().dtype(at::kDouble))
+                         : Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "cnnkernels::batch_norm_forward_cuda", [&] {
+    using T = scalar_t;
+    using A = at::opmath_type<T>;
+    A* cm = consts.data_ptr<A>();
+    const int64_t C = g.C;
+    const A* wp = static_cast<const A*>(opt_ptr(w));
+    const A* bp = static_cast<const A*>(opt_ptr(b));
+    const bool r_acc = has_rm && running_mean->scalar_type() == acc;
+    if (training) {
+      Partial* pp = reinterpret_cast<Partial*>(part.data_ptr<double>());
+      if (g.interleaved) {
+        dim3 grid((C + 31) / 32, sp.sr);
+        stats_rows_kernel<T, A><<<grid, dim3(32, 8), 0, stream>>>(x.data_ptr<T>(), g.rows, C, sp, pp);
+      } else {
+        dim3 grid(C, sp.sn * sp.ss);
+        stats_planar_kernel<T, A><<<grid, kThreads, 0, stream>>>(x.data_ptr<T>(), g.N, C, g.S, sp, pp);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (r_acc || !has_rm) {
+        A* rm = has_rm ? running_mean->data_ptr<A>() : nullptr;
+        A* rv = has_rm ? running_var->data_ptr<A>() : nullptr;
+        finalize_stats_kernel<A, A><<<blocks_for(C), kThreads, 0, stream>>>(
+            pp, sp.parts(), C, eps, momentum, rm, rv, wp, bp, cm, cm + C, cm + 2 * C, cm + 3 * C);
+      } else {
+        finalize_stats_kernel<A, T><<<blocks_for(C), kThreads, 0, stream>>>(
+            pp, sp.parts(), C, eps, momentum, running_mean->data_ptr<T>(),
+            running_var->data_ptr<T>(), wp, bp, cm, cm + C, cm + 2 * C, cm + 3 * C);
+      }
+    } else if (r_acc) {
+      finalize_eval_kernel<A, A><<<blocks_for(C), kThreads, 0, stream>>>(
+          running_mean->data_ptr<A>(), running_var->data_ptr<A>(), C, eps, wp, bp, cm, cm + C,
+          cm + 2 * C, cm + 3 * C);
+    } else {
+      finalize_eval_kernel<A, T><<<blocks_for(C), kThreads, 0, stream>>>(
+          running_mean->data_ptr<T>(), running_var->data_ptr<T>(), C, eps, wp, bp, cm, cm + C,
+          cm + 2 * C, cm + 3 * C);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const ChannelArrays ch{cm, cm + 2 * C, cm + 3 * C, nullptr, nullptr};
+    launch_elementwise<false, T, A>(g, x.data_ptr<T>(), nullptr, y.data_ptr<T>(), ch, activation,
+                                    static_cast<A>(negative_slope), stream);
+  });
+  return {y, save_mean.clone(), save_invstd.clone()};
+}
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cuda(
+    const Tensor& grad_output, const Tensor& input, const c10::optional<Tensor>& weight,
+    const c10::optional<Tensor>& bias, const Tensor& save_mean, const Tensor& save_invstd,
+    bool training, int64_t activation, double negative_slope, std::array<bool, 3> mask) {
+  const char* op = "batch_norm_backward";
+  const BnGeometry g = batch_norm_geometry(op, input, weight, bias, c10::nullopt, c10::nullopt,
+                                           /*training=*/true, activation, /*cpu=*/false);
+  TORCH_CHECK(grad_output.sizes() == input.sizes(), op,
+              ": grad_output should have the input's shape ", input.sizes(), ", but got ",
+              grad_output.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op,
+              ": grad_output should have the input's dtype ", input.scalar_type(), ", but got ",
+              grad_output.scalar_type());
+  TORCH_CHECK(grad_output.device() == input.device(), op,
+              ": grad_output should be on the input's device ", input.device(), ", but is on ",
+              grad_output.device());
+  check_batch_norm_saved(op, input, save_mean, "save_mean", g.C);
+  check_batch_norm_saved(op, input, save_invstd, "save_invstd", g.C);
+  c10::cuda::CUDAGuard guard(input.device());
+  const Tensor x = batch_norm_layout(input, g);
+  const Tensor gy = batch_norm_layout(grad_output, g);
+  const auto acc = batch_norm_acc_type(input.scalar_type());
+  const bool has_w = weight.has_value() && weight->defined();
+  const auto pdtype = has_w ? weight->scalar_type() : input.scalar_type();
+  Tensor gx = mask[0] ? at::empty(input.sizes(), input.options().memory_format(g.fmt))
+                      : at::empty({0}, input.options());
+  const Tensor w = as_acc(weight, acc), b = as_acc(bias, acc);
+  const Tensor mean = save_mean.contiguous(), invstd = save_invstd.contiguous();
+  // scale, beta, k2, k3, grad_weight, grad_bias
+  Tensor consts = at::empty({6, g.C}, input.options().dtype(acc));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const bool need_sums = mask[1] || mask[2] || (training && mask[0]);
+  if (g.count == 0) {
+    consts.zero_();
+  } else {
+    const Split sp = make_split(g);
+    Tensor part = need_sums ? at::empty({g.C * sp.parts() * 3}, input.options().dtype(at::kDouble))
+                            : Tensor();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                    "cnnkernels::batch_norm_backward_cuda", [&] {
+      using T = scalar_t;
+      using A = at::opmath_type<T>;
+      const int64_t C = g.C;
+      A* cm = consts.data_ptr<A>();
+      const A* wp = static_cast<const A*>(opt_ptr(w));
+      const A* bp = static_cast<const A*>(opt_ptr(b));
+      const A* ip = invstd.data_ptr<A>();
+      scale_beta_kernel<A><<<blocks_for(C), kThreads, 0, stream>>>(C, wp, bp, ip, cm, cm + C);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      ChannelArrays ch{mean.data_ptr<A>(), cm, cm + C, cm + 2 * C, cm + 3 * C};
+      const A slope = static_cast<A>(negative_slope);
+      if (need_sums) {
+        Partial* pp = reinterpret_cast<Partial*>(part.data_ptr<double>());
+        launch_grad_sums<T, A>(g, sp, gy.data_ptr<T>(), x.data_ptr<T>(), ch, activation, slope, pp,
+                              stream);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        finalize_grads_kernel<A><<<blocks_for(C), kThreads, 0, stream>>>(
+            pp, sp.parts(), C, double(g.count), training, ip, cm + 4 * C, cm + 5 * C, cm + 2 * C,
+            cm + 3 * C);
+      } else {
+        eval_grad_consts_kernel<A><<<blocks_for(C), kThreads, 0, stream>>>(C, cm + 2 * C, cm + 3 * C);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (mask[0])
+        launch_elementwise<true, T, A>(g, x.data_ptr<T>(), gy.data_ptr<T>(), gx.data_ptr<T>(), ch,
+                                       activation, slope, stream);
+    });
+  }
+  const auto empty = at::empty({0}, input.options().dtype(pdtype));
+  Tensor gw = mask[1] ? consts[4].to(pdtype, false, /*copy=*/true) : empty;
+  Tensor gb = mask[2] ? consts[5].to(pdtype, false, /*copy=*/true) : empty.clone();
+  return {gx, gw, gb};
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace cnnkernels
+
+TORCH_LIBRARY_IMPL(cnnkernels, CUDA, m) {
+  m.impl("batch_norm_forward", &cnnkernels::cuda::batch_norm_forward_cuda);
+  m.impl("batch_norm_backward", &cnnkernels::cuda::batch_norm_backward_cuda);
+}
