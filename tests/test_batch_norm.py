@@ -344,3 +344,20 @@ def test_batch_norm_errors():
     if HAS_CUDA:
         with pytest.raises(RuntimeError, match="batch_norm: weight should be on the input's device"):
             CF.batch_norm(x.cuda(), None, None, torch.ones(3), training=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_batch_norm_statistics_robust_to_large_mean(device, layout):
+    """Mean 1000, std 1: sums of squares in float would lose the variance."""
+    g = torch.Generator().manual_seed(0)
+    x64 = torch.randn(8, 4, 33, 47, generator=g, dtype=torch.float64) + 1000
+    x = _layout(x64.float().to(device), layout)
+    rm, rv = torch.zeros(4, device=device), torch.ones(4, device=device)
+    y = CF.batch_norm(x, rm, rv, training=True, momentum=1.0)
+    xr = x.double().cpu()
+    mean = xr.mean(dim=(0, 2, 3))
+    var = xr.var(dim=(0, 2, 3), unbiased=False)
+    ref = (xr - mean[None, :, None, None]) / (var[None, :, None, None] + 1e-5).sqrt()
+    torch.testing.assert_close(y.double().cpu(), ref, rtol=0, atol=2e-3)
+    torch.testing.assert_close(rv.double().cpu(), xr.var(dim=(0, 2, 3)), rtol=1e-4, atol=0)

@@ -4,10 +4,12 @@
 // compiler's vectoriser (`omp simd` reductions along the contiguous axis).
 //
 // Statistics: a plane (or a chunk of rows) is cut into chunks of about 2048
-// elements; a chunk's mean comes from a float sum and its squared deviations
-// from a second sweep over the chunk while it is still in L1, then the chunk
-// is merged into double-precision moments (Chan's formula). One read of the
-// input from memory, no cancellation from sum-of-squares.
+// elements. Planes: one sweep of shifted sums, sum(x - k) and sum((x - k)^2)
+// with k the plane's first value, in float per chunk, turned into the
+// chunk's mean and squared deviations in double. Rows: a chunk's mean from a
+// float sum, its squared deviations from a second sweep while the chunk is in
+// L1. Chunks merge into double-precision moments (Chan's formula): one read
+// of the input from memory, and no sum-of-squares cancellation.
 //
 // The forward computes z = (x - mean) * scale + beta and backward recomputes
 // z with the same expression from the saved input, so the activation mask in
@@ -40,21 +42,21 @@ template <typename T>
 void stats_planar_t(const T* x, int64_t S, int64_t p0, int64_t p1, Moments* out) {
   for (int64_t p = p0; p < p1; ++p) {
     const T* xp = x + p * S;
+    const T k = xp[0];  // shift: sums of (x - k) do not cancel
     Moments m;
     for (int64_t s0 = 0; s0 < S; s0 += kPlanarChunk) {
       const int64_t L = S - s0 < kPlanarChunk ? S - s0 : kPlanarChunk;
       const T* xc = xp + s0;
-      T sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < L; ++i) sum += xc[i];
-      const T mu = sum / T(L);
-      T q = 0;
-#pragma omp simd reduction(+ : q)
+      T s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
       for (int64_t i = 0; i < L; ++i) {
-        const T d = xc[i] - mu;
-        q += d * d;
+        const T d = xc[i] - k;
+        s1 += d;
+        s2 += d * d;
       }
-      merge(m, double(L), double(mu), double(q));
+      const double mu = double(s1) / double(L);
+      const double q = double(s2) - double(s1) * mu;
+      merge(m, double(L), double(k) + mu, q > 0 ? q : 0.0);
     }
     out[p] = m;
   }
