@@ -25,6 +25,34 @@ void check_param(const char* op, const at::Tensor& input, const c10::optional<at
 
 }  // namespace
 
+void check_float_dtype(const char* op, const at::Tensor& t, const char* name, bool cpu) {
+  const auto dt = t.scalar_type();
+  if (cpu) {
+    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": ", name,
+                " dtype should be float32 or float64 on the CPU, but got ", dt);
+  } else {
+    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+                op, ": ", name, " dtype should be float16, bfloat16, float32 or float64 on CUDA, but got ",
+                dt);
+  }
+}
+
+void check_batch_norm_backward(const char* op, const at::Tensor& grad_output,
+                               const at::Tensor& input, const at::Tensor& save_mean,
+                               const at::Tensor& save_invstd, int64_t C) {
+  TORCH_CHECK(grad_output.sizes() == input.sizes(), op,
+              ": grad_output should have the input's shape ", input.sizes(), ", but got ",
+              grad_output.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op,
+              ": grad_output should have the input's dtype ", input.scalar_type(), ", but got ",
+              grad_output.scalar_type());
+  TORCH_CHECK(grad_output.device() == input.device(), op,
+              ": grad_output should be on the input's device ", input.device(), ", but is on ",
+              grad_output.device());
+  check_batch_norm_saved(op, input, save_mean, "save_mean", C);
+  check_batch_norm_saved(op, input, save_invstd, "save_invstd", C);
+}
+
 at::ScalarType batch_norm_acc_type(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -38,15 +66,7 @@ BnGeometry batch_norm_geometry(const char* op, const at::Tensor& input,
   TORCH_CHECK(input.dim() >= 2, op,
               ": input should have at least 2 dimensions (N, C, ...), but got a ", input.dim(),
               "-D input of shape ", int_list_str(input.sizes()));
-  const auto dt = input.scalar_type();
-  if (cpu) {
-    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op,
-                ": input dtype should be float32 or float64 on the CPU, but got ", dt);
-  } else {
-    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-                op, ": input dtype should be float16, bfloat16, float32 or float64 on CUDA, but got ",
-                dt);
-  }
+  check_float_dtype(op, input, "input", cpu);
   TORCH_CHECK(activation == kBnActNone || activation == kBnActRelu ||
                   activation == kBnActLeakyRelu,
               op, ": activation should be 0 (none), 1 (relu) or 2 (leaky_relu), but got ",

@@ -44,6 +44,14 @@ at::Tensor batch_norm_layout(const at::Tensor& t, const BnGeometry& g);
 void check_batch_norm_saved(const char* op, const at::Tensor& input, const at::Tensor& t,
                             const char* name, int64_t C);
 
+// float32/float64 (cpu) or also float16/bfloat16 (CUDA); shared with dropout.
+void check_float_dtype(const char* op, const at::Tensor& t, const char* name, bool cpu);
+
+// Checks grad_output (shape, dtype, device) and the saved mean / invstd.
+void check_batch_norm_backward(const char* op, const at::Tensor& grad_output,
+                               const at::Tensor& input, const at::Tensor& save_mean,
+                               const at::Tensor& save_invstd, int64_t C);
+
 // The dtype per-channel statistics are kept in: float for float16/bfloat16/
 // float32 input, double for float64.
 at::ScalarType batch_norm_acc_type(at::ScalarType input);

@@ -1,6 +1,7 @@
 // Definitions of the shared dropout checks (see dropout.h).
 #include "dropout.h"
 
+#include "batch_norm.h"  // check_float_dtype
 #include "philox.h"
 #include "pool.h"  // int_list_str
 
@@ -14,15 +15,7 @@ void check_dropout_p(const char* op, double p) {
 DropoutPlan dropout_plan(const char* op, const at::Tensor& input, double p, bool channelwise,
                          bool channels_last, bool cpu) {
   check_dropout_p(op, p);
-  const auto dt = input.scalar_type();
-  if (cpu) {
-    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op,
-                ": input dtype should be float32 or float64 on the CPU, but got ", dt);
-  } else {
-    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-                op, ": input dtype should be float16, bfloat16, float32 or float64 on CUDA, but got ",
-                dt);
-  }
+  check_float_dtype(op, input, "input", cpu);
   DropoutPlan plan;
   plan.threshold = dropout_threshold(p);
   plan.scale = p >= 1.0 ? 0.0 : 1.0 / (1.0 - p);

@@ -523,17 +523,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cuda(
   const char* op = "batch_norm_backward";
   const BnGeometry g = batch_norm_geometry(op, input, weight, bias, c10::nullopt, c10::nullopt,
                                            /*training=*/true, activation, /*cpu=*/false);
-  TORCH_CHECK(grad_output.sizes() == input.sizes(), op,
-              ": grad_output should have the input's shape ", input.sizes(), ", but got ",
-              grad_output.sizes());
-  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op,
-              ": grad_output should have the input's dtype ", input.scalar_type(), ", but got ",
-              grad_output.scalar_type());
-  TORCH_CHECK(grad_output.device() == input.device(), op,
-              ": grad_output should be on the input's device ", input.device(), ", but is on ",
-              grad_output.device());
-  check_batch_norm_saved(op, input, save_mean, "save_mean", g.C);
-  check_batch_norm_saved(op, input, save_invstd, "save_invstd", g.C);
+  check_batch_norm_backward(op, grad_output, input, save_mean, save_invstd, g.C);
   c10::cuda::CUDAGuard guard(input.device());
   const Tensor x = batch_norm_layout(input, g);
   const Tensor gy = batch_norm_layout(grad_output, g);

@@ -42,6 +42,7 @@ struct RngSource {
   int64_t* record;       // forward: where to write [seed, offset]
 };
 
+// The call's seed and offset; the forward's first thread also records them.
 __device__ __forceinline__ void get_seed(const RngSource& src, uint64_t& seed, uint64_t& offset) {
   if (src.saved != nullptr) {
     seed = static_cast<uint64_t>(src.saved[0]);
@@ -50,6 +51,10 @@ __device__ __forceinline__ void get_seed(const RngSource& src, uint64_t& seed, u
     const auto so = at::cuda::philox::unpack(src.state);
     seed = std::get<0>(so);
     offset = std::get<1>(so);
+  }
+  if (src.record != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
+    src.record[0] = static_cast<int64_t>(seed);
+    src.record[1] = static_cast<int64_t>(offset);
   }
 }
 
@@ -66,10 +71,6 @@ __global__ void dropout_kernel(const T* __restrict__ x, T* __restrict__ y, int64
   using A = at::opmath_type<T>;
   uint64_t seed, offset;
   get_seed(src, seed, offset);
-  if (src.record != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
-    src.record[0] = static_cast<int64_t>(seed);
-    src.record[1] = static_cast<int64_t>(offset);
-  }
   const A scale = sizeof(A) == 8 ? A(scale_d) : A(scale_f);
   const int64_t blocks = (n + 3) / 4;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -98,10 +99,6 @@ __global__ void dropout_channel_kernel(const T* __restrict__ x, T* __restrict__ 
   using A = at::opmath_type<T>;
   uint64_t seed, offset;
   get_seed(src, seed, offset);
-  if (src.record != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
-    src.record[0] = static_cast<int64_t>(seed);
-    src.record[1] = static_cast<int64_t>(offset);
-  }
   const A scale = sizeof(A) == 8 ? A(scale_d) : A(scale_f);
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride) {
