@@ -41,3 +41,21 @@ def tol(dtype):
         torch.float32: dict(rtol=1e-5, atol=1e-6),
         torch.float64: dict(rtol=1e-10, atol=1e-12),
     }[dtype]
+
+
+# Where a test runs: the CPU once per code path, CUDA once.
+DEVICE_PATHS = [pytest.param(("cpu", isa), id=f"cpu-{isa}") for isa in CPU_ISAS] + [
+    pytest.param(("cuda", None), id="cuda",
+                 marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build"))
+]
+
+
+@pytest.fixture(params=DEVICE_PATHS)
+def device_path(request):
+    """The device to run on, with the CPU code path selected for CPU runs."""
+    device, isa = request.param
+    old = cnnkernels.cpu_isa()
+    if isa is not None:
+        cnnkernels.set_cpu_isa(isa)
+    yield device
+    cnnkernels.set_cpu_isa(old)

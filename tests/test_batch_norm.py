@@ -123,27 +123,23 @@ FLAGS = [
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("act", [None, "relu", "leaky_relu"])
 @pytest.mark.parametrize("flags", FLAGS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()) or "default")
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontig"])
-def test_batch_norm2d_matches_torch(device, act, flags, layout, cpu_isa):
-    if device == "cuda" and cpu_isa != "generic":
-        pytest.skip("CPU code path does not apply")
+def test_batch_norm2d_matches_torch(device_path, act, flags, layout):
+    device = device_path
     for dtype in dtypes_for(device):
         ours, ref = _pair("2d", 6, act, dtype, device, **flags)
         _run_steps(ours, ref, act, (4, 6, 7, 9), layout, dtype, device)
         _run_steps(ours, ref, act, (4, 6, 7, 9), layout, dtype, device, steps=1, train=False)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(2, 3, 5, 5), (16, 64, 3, 3), (3, 40, 1, 1), (5, 3, 33, 65)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_batch_norm_relu2d_shapes(device, shape, layout, cpu_isa):
+def test_batch_norm_relu2d_shapes(device_path, shape, layout):
     """Few and many channels (the per-channel and the split paths), 1x1
     planes, planes longer than a chunk."""
-    if device == "cuda" and cpu_isa != "generic":
-        pytest.skip("CPU code path does not apply")
+    device = device_path
     ours, ref = _pair("2d", shape[1], "relu", torch.float32, device)
     _run_steps(ours, ref, "relu", shape, layout, torch.float32, device, steps=2)
 

@@ -28,10 +28,10 @@ def test_philox_known_answers():
     assert cnnkernels._C._philox(ones, ones, ones) == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("n", [1000, 100003])
-def test_drop_rate_and_scale(device, p, n, cpu_isa):
+def test_drop_rate_and_scale(device_path, p, n):
+    device = device_path
     for dtype in dtypes_for(device):
         x = (torch.rand(n, device=device) + 0.5).to(dtype)
         y = CF.dropout(x, p)
@@ -41,9 +41,9 @@ def test_drop_rate_and_scale(device, p, n, cpu_isa):
         torch.testing.assert_close(y[kept], x[kept] * (1.0 / (1.0 - p)))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontig", "5d", "scalar"])
-def test_backward_uses_the_forward_mask(device, layout, cpu_isa):
+def test_backward_uses_the_forward_mask(device_path, layout):
+    device = device_path
     x = torch.rand(4, 8, 9, 13, device=device) + 0.5
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -62,8 +62,8 @@ def test_backward_uses_the_forward_mask(device, layout, cpu_isa):
     torch.testing.assert_close(gx, gy * (y != 0) / 0.6)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_reproducible_and_fresh(device, cpu_isa):
+def test_reproducible_and_fresh(device_path):
+    device = device_path
     x = torch.randn(10007, device=device)
     torch.manual_seed(123)
     a, b = CF.dropout(x, 0.5), CF.dropout(x, 0.5)
