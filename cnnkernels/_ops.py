@@ -156,3 +156,67 @@ def _dropout_forward_inplace_fake(x, p, channelwise, channels_last):
 @torch.library.register_fake(_lib + "dropout_backward")
 def _dropout_backward_fake(grad_output, rng_state, p, channelwise, channels_last):
     return _empty(grad_output.shape, grad_output, _drop_fmt(grad_output, channels_last))
+
+
+def _conv_fmt(x, weight):
+    """The layout of conv outputs and input gradients (csrc/common/conv.cpp):
+    channels_last when the input or the weight suggests it."""
+    for t in (x, weight):
+        if t.dim() == 4 and suggest_memory_format(t) == torch.channels_last:
+            return torch.channels_last
+    return torch.contiguous_format
+
+
+def _conv_out_size(i, k, s, d, before, after):
+    return (i + before + after - d * (k - 1) - 1) // s + 1
+
+
+def _conv_pads(padding):
+    p = list(padding)
+    if len(p) == 4:
+        return p
+    ph, pw = _pair(p, "padding")
+    return [ph, ph, pw, pw]
+
+
+@torch.library.register_fake(_lib + "conv2d_forward")
+def _conv2d_forward_fake(x, weight, bias, stride, padding, dilation, groups):
+    sh, sw = _pair(stride, "stride")
+    dh, dw = _pair(dilation, "dilation")
+    pt, pb, pl, pr = _conv_pads(padding)
+    kh, kw = weight.shape[2], weight.shape[3]
+    shape = (x.shape[0], weight.shape[0], _conv_out_size(x.shape[2], kh, sh, dh, pt, pb),
+             _conv_out_size(x.shape[3], kw, sw, dw, pl, pr))
+    return _empty(shape, x, _conv_fmt(x, weight))
+
+
+def _conv_grads_fake(x, weight, output_mask, bias_len):
+    gx = _empty(x.shape, x, _conv_fmt(x, weight)) if output_mask[0] else x.new_empty((0,))
+    gw = x.new_empty(weight.shape if output_mask[1] else (0,))
+    gb = x.new_empty((bias_len,) if output_mask[2] else (0,))
+    return gx, gw, gb
+
+
+@torch.library.register_fake(_lib + "conv2d_backward")
+def _conv2d_backward_fake(grad_output, x, weight, stride, padding, dilation, groups, output_mask):
+    return _conv_grads_fake(x, weight, output_mask, weight.shape[0])
+
+
+@torch.library.register_fake(_lib + "conv_transpose2d_forward")
+def _conv_transpose2d_forward_fake(x, weight, bias, stride, padding, output_padding, groups,
+                                   dilation):
+    sh, sw = _pair(stride, "stride")
+    dh, dw = _pair(dilation, "dilation")
+    ph, pw = _pair(padding, "padding")
+    oph, opw = _pair(output_padding, "output_padding")
+    kh, kw = weight.shape[2], weight.shape[3]
+    shape = (x.shape[0], weight.shape[1] * groups,
+             (x.shape[2] - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1,
+             (x.shape[3] - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1)
+    return _empty(shape, x, _conv_fmt(x, weight))
+
+
+@torch.library.register_fake(_lib + "conv_transpose2d_backward")
+def _conv_transpose2d_backward_fake(grad_output, x, weight, stride, padding, output_padding,
+                                    groups, dilation, output_mask):
+    return _conv_grads_fake(x, weight, output_mask, weight.shape[1] * groups)

@@ -16,6 +16,9 @@ What each saves for backward (less than torch.nn saves):
                       keeps the input and the ReLU output: 8 bytes)
   DropoutFunction     a 2-element rng_state (seed, offset): 0 bytes per element
                       (torch keeps a 1-byte mask per element)
+  ConvFunction,       the input and the weight (as torch does); nothing else:
+  ConvTranspose-      no im2col buffer, no output
+  Function
 Double backward is not supported: asking for it raises a clear error.
 """
 
@@ -31,7 +34,9 @@ class _NoDoubleBackward(torch.autograd.Function):
     differentiated again (create_graph=True through a cnnkernels op)."""
 
     @staticmethod
-    def forward(ctx, name, grad):
+    def forward(ctx, name, grad, *deps):
+        # deps: the tensors the gradient depends on; the output requires a
+        # gradient when any of them does
         ctx.name = name
         return grad.view_as(grad)
 
@@ -43,9 +48,11 @@ class _NoDoubleBackward(torch.autograd.Function):
         )
 
 
-def _guard_double_backward(name, grad_in, grad_out):
-    if torch.is_grad_enabled() and grad_out.requires_grad:
-        return _NoDoubleBackward.apply(name, grad_in)
+def _guard_double_backward(name, grad_in, *deps):
+    """grad_in, made to raise a clear error if it is differentiated again
+    (only when a tensor it depends on, deps, requires a gradient)."""
+    if torch.is_grad_enabled() and any(d is not None and d.requires_grad for d in deps):
+        return _NoDoubleBackward.apply(name, grad_in, *deps)
     return grad_in
 
 
@@ -209,3 +216,49 @@ class DropoutInplaceFunction(torch.autograd.Function):
         return x
 
     backward = DropoutFunction.backward
+
+
+class ConvFunction(torch.autograd.Function):
+    """conv2d (cross-correlation). backward computes only the gradients asked
+    for: input (data gradient), weight, bias."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.args = (stride, padding, dilation, groups)
+        return _ops.conv2d_forward(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        mask = [bool(m) for m in ctx.needs_input_grad[:3]]
+        if not any(mask):
+            return None, None, None, None, None, None, None
+        gx, gw, gb = _ops.conv2d_backward(grad_out, x, weight, *ctx.args, mask)
+        grads = [_guard_double_backward("conv2d", g, grad_out, x, weight) if m else None
+                 for g, m in zip((gx, gw, gb), mask)]
+        return (*grads, None, None, None, None)
+
+
+class ConvTransposeFunction(torch.autograd.Function):
+    """conv_transpose2d: the convolution's data gradient. Its backward runs the
+    convolution forward (input gradient) and weight-gradient kernels."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, output_padding, groups, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.args = (stride, padding, output_padding, groups, dilation)
+        return _ops.conv_transpose2d_forward(
+            x, weight, bias, stride, padding, output_padding, groups, dilation
+        )
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        mask = [bool(m) for m in ctx.needs_input_grad[:3]]
+        if not any(mask):
+            return (None,) * 8
+        gx, gw, gb = _ops.conv_transpose2d_backward(grad_out, x, weight, *ctx.args, mask)
+        grads = [_guard_double_backward("conv_transpose2d", g, grad_out, x, weight) if m else None
+                 for g, m in zip((gx, gw, gb), mask)]
+        return (*grads, None, None, None, None, None)

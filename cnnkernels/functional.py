@@ -15,6 +15,8 @@ import warnings
 from .autograd import (
     AvgPool2dFunction,
     BatchNormFunction,
+    ConvFunction,
+    ConvTransposeFunction,
     DropoutFunction,
     DropoutInplaceFunction,
     MaxPool2dFunction,
@@ -30,6 +32,10 @@ __all__ = [
     "batch_norm_relu",
     "dropout",
     "dropout2d",
+    "conv1d",
+    "conv2d",
+    "conv_transpose1d",
+    "conv_transpose2d",
 ]
 
 _ops = torch.ops.cnnkernels
@@ -207,3 +213,105 @@ def dropout2d(input, p=0.5, training=True, inplace=False):
             stacklevel=2,
         )
     return _dropout(input, p, training, inplace, True)
+
+
+def _conv_padding(padding, weight, dilation, stride, nd, op):
+    """torch's padding argument (int, tuple, 'same', 'valid') as a list of
+    nd symmetric values or, for 'same' with an even dilated kernel, of 2*nd
+    (before, after) values with the extra one after."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return [0] * nd
+        if padding != "same":
+            raise RuntimeError(f"Invalid padding string: '{padding}'")
+        if any(s != 1 for s in stride):
+            raise RuntimeError("padding='same' is not supported for strided convolutions")
+        before, after = [], []
+        for d, k in zip(dilation, weight.shape[2:]):
+            total = d * (k - 1)
+            before.append(total // 2)
+            after.append(total - total // 2)
+        if before == after:
+            return before
+        return [v for pair in zip(before, after) for v in pair]
+    return _int_list(padding, "padding", op)
+
+
+def _ntuple(v, n, name, op):
+    v = _int_list(v, name, op)
+    return v * n if len(v) == 1 else v
+
+
+def _batched(input, nd, op):
+    """(input with a batch dimension, whether one was added)."""
+    if input.dim() == nd + 2:
+        return input, False
+    if input.dim() == nd + 1:
+        return input.unsqueeze(0), True
+    raise RuntimeError(
+        f"Expected {nd + 1}D (unbatched) or {nd + 2}D (batched) input to {op}, "
+        f"but got input of size: {list(input.shape)}"
+    )
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """torch.nn.functional.conv2d (cross-correlation), with padding as an int,
+    a pair, 'same' or 'valid'."""
+    stride = _ntuple(stride, 2, "stride", "conv2d")
+    dilation = _ntuple(dilation, 2, "dilation", "conv2d")
+    padding = _conv_padding(padding, weight, dilation, stride, 2, "conv2d")
+    x, added = _batched(input, 2, "conv2d")
+    y = ConvFunction.apply(x, weight, bias, stride, padding, dilation, groups)
+    return y.squeeze(0) if added else y
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """torch.nn.functional.conv1d, run as a 2-D convolution over (1, L)."""
+    stride = _ntuple(stride, 1, "stride", "conv1d")
+    dilation = _ntuple(dilation, 1, "dilation", "conv1d")
+    if weight.dim() != 3:
+        raise RuntimeError(
+            f"conv1d: expected a 3-D weight (out_channels, in_channels/groups, kernel), "
+            f"but got weight of size {list(weight.shape)}"
+        )
+    padding = _conv_padding(padding, weight, dilation, stride, 1, "conv1d")
+    pad2 = [0, padding[0]] if len(padding) == 1 else [0, 0, padding[0], padding[1]]
+    x, added = _batched(input, 1, "conv1d")
+    y = ConvFunction.apply(
+        x.unsqueeze(2), weight.unsqueeze(2), bias, [1, stride[0]], pad2, [1, dilation[0]], groups
+    ).squeeze(2)
+    return y.squeeze(0) if added else y
+
+
+def conv_transpose2d(
+    input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+):
+    """torch.nn.functional.conv_transpose2d."""
+    op = "conv_transpose2d"
+    args = [_ntuple(v, 2, name, op) for v, name in
+            ((stride, "stride"), (padding, "padding"), (output_padding, "output_padding"))]
+    x, added = _batched(input, 2, op)
+    y = ConvTransposeFunction.apply(
+        x, weight, bias, *args, groups, _ntuple(dilation, 2, "dilation", op)
+    )
+    return y.squeeze(0) if added else y
+
+
+def conv_transpose1d(
+    input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+):
+    """torch.nn.functional.conv_transpose1d, run as a 2-D one over (1, L)."""
+    op = "conv_transpose1d"
+    if weight.dim() != 3:
+        raise RuntimeError(
+            f"{op}: expected a 3-D weight (in_channels, out_channels/groups, kernel), "
+            f"but got weight of size {list(weight.shape)}"
+        )
+    s, p, o, d = (_ntuple(v, 1, name, op)[0] for v, name in (
+        (stride, "stride"), (padding, "padding"), (output_padding, "output_padding"),
+        (dilation, "dilation")))
+    x, added = _batched(input, 1, op)
+    y = ConvTransposeFunction.apply(
+        x.unsqueeze(2), weight.unsqueeze(2), bias, [1, s], [0, p], [0, o], groups, [1, d]
+    ).squeeze(2)
+    return y.squeeze(0) if added else y

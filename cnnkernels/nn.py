@@ -16,6 +16,9 @@ __all__ = [
     "BatchNormReLU2d",
     "Dropout",
     "Dropout2d",
+    "Conv1d",
+    "Conv2d",
+    "ConvTranspose2d",
 ]
 
 
@@ -117,3 +120,48 @@ class Dropout2d(torch.nn.Dropout2d):
 
     def forward(self, input):
         return fn.dropout2d(input, self.p, self.training, self.inplace)
+
+
+def _conv_input(self, input):
+    """The input and padding to convolve: non-zero padding modes pad first
+    (F.pad, as torch.nn does) and then convolve without padding."""
+    if self.padding_mode != "zeros":
+        input = torch.nn.functional.pad(
+            input, self._reversed_padding_repeated_twice, mode=self.padding_mode
+        )
+        return input, 0
+    return input, self.padding
+
+
+class Conv2d(torch.nn.Conv2d):
+    """Drop-in torch.nn.Conv2d (same parameters, init, repr and state_dict)."""
+
+    def _conv_forward(self, input, weight, bias):
+        input, padding = _conv_input(self, input)
+        return fn.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups)
+
+
+class Conv1d(torch.nn.Conv1d):
+    """Drop-in torch.nn.Conv1d, running on the 2-D kernels."""
+
+    def _conv_forward(self, input, weight, bias):
+        input, padding = _conv_input(self, input)
+        return fn.conv1d(input, weight, bias, self.stride, padding, self.dilation, self.groups)
+
+
+class ConvTranspose2d(torch.nn.ConvTranspose2d):
+    """Drop-in torch.nn.ConvTranspose2d; forward(input, output_size=None)
+    resolves output_size to output_padding exactly as torch does."""
+
+    def forward(self, input, output_size=None):
+        if self.padding_mode != "zeros":
+            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose2d")
+        num_spatial_dims = 2
+        output_padding = self._output_padding(
+            input, output_size, self.stride, self.padding, self.kernel_size,
+            num_spatial_dims, self.dilation,
+        )
+        return fn.conv_transpose2d(
+            input, self.weight, self.bias, self.stride, self.padding, output_padding,
+            self.groups, self.dilation,
+        )

@@ -46,6 +46,27 @@ TORCH_LIBRARY(cnnkernels, m) {
       "Tensor save_mean, Tensor save_invstd, bool training, int activation, "
       "float negative_slope, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 
+  // ---- convolution (csrc/cpu/conv.cpp, csrc/cuda/conv.cu)
+  // Cross-correlation, torch's conv2d. padding: 2 ints (symmetric) or 4
+  // (top, bottom, left, right: padding='same' with an even kernel).
+  // backward returns (grad_input, grad_weight, grad_bias), each computed only
+  // when output_mask asks for it (else an empty tensor).
+  m.def(
+      "conv2d_forward(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
+      "int[] dilation, int groups) -> Tensor");
+  m.def(
+      "conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[] stride, "
+      "int[] padding, int[] dilation, int groups, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  // The transposed convolution, torch's conv_transpose2d (argument order too).
+  m.def(
+      "conv_transpose2d_forward(Tensor input, Tensor weight, Tensor? bias, int[] stride, "
+      "int[] padding, int[] output_padding, int groups, int[] dilation) -> Tensor");
+  m.def(
+      "conv_transpose2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[] stride, "
+      "int[] padding, int[] output_padding, int groups, int[] dilation, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+
   // ---- dropout (csrc/cpu/dropout.cpp, csrc/cuda/dropout.cu)
   // channelwise: one draw per (dim 0, dim 1) pair (dropout2d). The forward
   // returns rng_state (int64 [seed, offset] on the input's device), from

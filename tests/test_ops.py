@@ -13,6 +13,7 @@ import cnnkernels.nn as cnn
 from conftest import DEVICES
 from test_batch_norm import opcheck_cases as batch_norm_opcheck_cases
 from test_dropout import opcheck_cases as dropout_opcheck_cases
+from test_conv import opcheck_cases as conv_opcheck_cases
 
 ops = torch.ops.cnnkernels
 
@@ -54,9 +55,9 @@ def test_opcheck_every_op(device):
         seen.add(op._qualified_op_name)
     registered = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith("cnnkernels::")}
     # batch norm and dropout ops are opchecked in their own test files
-    for op, _ in batch_norm_opcheck_cases(device) + dropout_opcheck_cases(device):
+    for op, _ in batch_norm_opcheck_cases(device) + dropout_opcheck_cases(device) + conv_opcheck_cases(device):
         seen.add(op._qualified_op_name)
-    assert len(registered) == 12 and registered <= seen, f"ops without an opcheck case: {registered - seen}"
+    assert len(registered) == 16 and registered <= seen, f"ops without an opcheck case: {registered - seen}"
 
 
 def test_gradcheck_float64():

@@ -1,0 +1,780 @@
+// CPU convolution and transposed convolution, float32 and float64: forward,
+// data gradient, weight gradient and bias gradient.
+//
+// Dense and grouped convolutions run as implicit GEMMs on one register-tiled
+// micro-kernel (conv_impl.h: 6 x 16 tile, AVX2/FMA or portable), reading
+// activations in NHWC order:
+//   forward   tile = 6 output pixels x 16 output channels; reduction over
+//             (kernel tap, input channel); a = input pixels, b = packed weights.
+//   data grad tile = 6 input pixels of one stride phase x 16 input channels;
+//             reduction over the taps that hit that phase and the output
+//             channels; a = grad_output pixels, b = packed transposed weights.
+//             (conv_transpose2d's forward is this pass.)
+//   weight    tile = 6 output channels x 16 (tap, input channel) columns;
+//   grad      reduction over output pixels, in fixed chunks of output rows.
+// An NCHW activation is copied once into a zero-bordered NHWC buffer (the
+// size of the input plus its padding, never input x kernel area); a
+// channels_last input without padding is read in place. When groups == 1 and
+// the width dilation is 1, the kw taps of one kernel row are contiguous in
+// NHWC and merge into one reduction run (long runs for 3-channel stems).
+//
+// Depthwise convolutions (one input channel per group) have their own loops:
+// NCHW along output rows, NHWC along channels.
+//
+// Parallelism: independent output tiles (at::parallel_for); every output
+// element is reduced by one thread in a fixed order, and the weight/bias
+// gradients merge fixed blocks in a fixed order, so results repeat bit for
+// bit whatever the thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+#include "../common/conv.h"
+#include "conv_kernels.h"
+#include "isa.h"
+
+namespace cnnkernels {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+using conv::kMR;
+using conv::kNR;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t floor_div(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+// The kernels of the selected code path.
+template <typename T>
+struct Kern {
+  bool avx2 = use_avx2();
+  void tile(const T* const* a, const int64_t* ao, const T* b, const int64_t* bo, int64_t nt,
+            int64_t len, int64_t acs, int64_t ldb, T* out) const {
+    avx2 ? conv::avx2::tile(a, ao, b, bo, nt, len, acs, ldb, out)
+         : conv::generic::tile(a, ao, b, bo, nt, len, acs, ldb, out);
+  }
+  void axpy(T* acc, const T* x, int64_t n, int64_t s, T w) const {
+    avx2 ? conv::avx2::axpy(acc, x, n, s, w) : conv::generic::axpy(acc, x, n, s, w);
+  }
+  void axpy_scatter(T* acc, const T* x, int64_t n, int64_t s, T w) const {
+    avx2 ? conv::avx2::axpy_scatter(acc, x, n, s, w) : conv::generic::axpy_scatter(acc, x, n, s, w);
+  }
+  double dot(const T* a, const T* x, int64_t n, int64_t s) const {
+    return avx2 ? conv::avx2::dot(a, x, n, s) : conv::generic::dot(a, x, n, s);
+  }
+  void vmac(T* acc, const T* w, const T* x, int64_t n) const {
+    avx2 ? conv::avx2::vmac(acc, w, x, n) : conv::generic::vmac(acc, w, x, n);
+  }
+};
+
+// An activation read in NHWC order: (n, row, col, ch) at p + n*sN + row*sR + col*sC + ch.
+template <typename T>
+struct Nhwc {
+  const T* p = nullptr;
+  int64_t sN = 0, sR = 0, sC = 0;
+};
+
+// Rows [r0, r0 + R) x cols [c0, c0 + Cn) of an (N, C, H, W) activation `t`
+// (contiguous NCHW, or channels_last when cl) in NHWC order, zero outside the
+// image. A channels_last tensor that covers the window is read in place
+// (unless `copy`); otherwise the window is copied into `buf` (plus kNR
+// elements of slack, so that a 16-wide read past the last channel stays
+// inside the allocation).
+template <typename T>
+Nhwc<T> nhwc_window(const Tensor& t, bool cl, int64_t r0, int64_t R, int64_t c0, int64_t Cn,
+                    bool copy, Tensor& buf) {
+  const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3);
+  const T* src = t.data_ptr<T>();
+  if (cl && !copy && r0 >= 0 && c0 >= 0 && r0 + R <= H && c0 + Cn <= W) {
+    return {src + (r0 * W + c0) * C, H * W * C, W * C, C};
+  }
+  buf = at::empty({N * R * Cn * C + kNR}, t.options().memory_format(at::MemoryFormat::Contiguous));
+  T* dst = buf.data_ptr<T>();
+  std::fill(dst + N * R * Cn * C, dst + N * R * Cn * C + kNR, T(0));
+  const int64_t lo = std::min(Cn, std::max<int64_t>(0, -c0));
+  const int64_t hi = std::max(lo, std::min(Cn, W - c0));
+  at::parallel_for(0, N * R, 4, [&](int64_t b, int64_t e) {
+    for (int64_t nr = b; nr < e; ++nr) {
+      const int64_t n = nr / R, r = nr % R, ih = r0 + r;
+      T* d = dst + nr * Cn * C;
+      if (ih < 0 || ih >= H || lo >= hi) {
+        std::fill(d, d + Cn * C, T(0));
+        continue;
+      }
+      std::fill(d, d + lo * C, T(0));
+      std::fill(d + hi * C, d + Cn * C, T(0));
+      if (cl) {
+        std::memcpy(d + lo * C, src + ((n * H + ih) * W + c0 + lo) * C, (hi - lo) * C * sizeof(T));
+      } else {
+        // transpose a C x (hi - lo) strip, 8 channels at a time for locality
+        const T* s = src + (n * C * H + ih) * W + c0;
+        for (int64_t cb = 0; cb < C; cb += 8) {
+          const int64_t ce = std::min(C, cb + 8);
+          for (int64_t col = lo; col < hi; ++col) {
+            T* dp = d + col * C;
+            for (int64_t ch = cb; ch < ce; ++ch) dp[ch] = s[ch * H * W + col];
+          }
+        }
+      }
+    }
+  });
+  return {dst, R * Cn * C, Cn * C, C};
+}
+
+// ---------------------------------------------------------------- forward
+
+template <typename T>
+void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, const T* bias,
+                  T* y) {
+  const Kern<T> K;
+  const int64_t Cg = g.Cg(), OCg = g.OCg(), KK = g.KH * g.KW, P = g.OH * g.OW;
+  const int64_t R = (g.OH - 1) * g.sh + (g.KH - 1) * g.dh + 1;
+  const int64_t Cn = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1;
+  Tensor xbuf;
+  const Nhwc<T> xp = nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, false, xbuf);
+
+  // weights packed as [G][column block][kh][kw][c][16 output channels]
+  const int64_t ncb = ceil_div(OCg, kNR), blk = KK * Cg * kNR;
+  std::vector<T> wp(g.G * ncb * blk);
+  at::parallel_for(0, g.G * ncb, 1, [&](int64_t b, int64_t e) {
+    for (int64_t gc = b; gc < e; ++gc) {
+      const int64_t grp = gc / ncb, cb = gc % ncb;
+      T* d = wp.data() + gc * blk;
+      for (int64_t t = 0; t < KK; ++t)
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int64_t j = 0; j < kNR; ++j) {
+            const int64_t oc = cb * kNR + j;
+            *d++ = oc < OCg ? w[((grp * OCg + oc) * Cg + c) * KK + t] : T(0);
+          }
+    }
+  });
+
+  std::vector<int64_t> a_off, b_off;
+  int64_t len;
+  if (g.G == 1 && g.dw == 1) {  // (kw, c) contiguous: one run per kernel row
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      a_off.push_back(kh * g.dh * xp.sR);
+      b_off.push_back(kh * g.KW * Cg * kNR);
+    }
+    len = g.KW * Cg;
+  } else {
+    for (int64_t kh = 0; kh < g.KH; ++kh)
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        a_off.push_back(kh * g.dh * xp.sR + kw * g.dw * xp.sC);
+        b_off.push_back((kh * g.KW + kw) * Cg * kNR);
+      }
+    len = Cg;
+  }
+  const int64_t ntaps = (int64_t)a_off.size();
+  const int64_t ntile = ceil_div(P, kMR), tpb = 16, nblk = ceil_div(ntile, tpb);
+  at::parallel_for(0, g.N * g.G * nblk, 1, [&](int64_t b, int64_t e) {
+    T out[kMR * kNR];
+    const T* ap[kMR];
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t n = task / (g.G * nblk), grp = (task / nblk) % g.G, bl = task % nblk;
+      const int64_t t0 = bl * tpb, t1 = std::min(ntile, t0 + tpb);
+      for (int64_t cb = 0; cb < ncb; ++cb) {
+        const T* bw = wp.data() + (grp * ncb + cb) * blk;
+        const int64_t oc0 = grp * OCg + cb * kNR, ncols = std::min<int64_t>(kNR, OCg - cb * kNR);
+        for (int64_t tl = t0; tl < t1; ++tl) {
+          const int64_t p0 = tl * kMR, rows = std::min<int64_t>(kMR, P - p0);
+          for (int i = 0; i < kMR; ++i) {
+            const int64_t p = p0 + std::min<int64_t>(i, rows - 1), oh = p / g.OW, ow = p % g.OW;
+            ap[i] = xp.p + n * xp.sN + oh * g.sh * xp.sR + ow * g.sw * xp.sC + grp * Cg;
+          }
+          K.tile(ap, a_off.data(), bw, b_off.data(), ntaps, len, 1, kNR, out);
+          if (cl) {
+            for (int64_t i = 0; i < rows; ++i) {
+              T* yr = y + (n * P + p0 + i) * g.OC + oc0;
+              for (int64_t j = 0; j < ncols; ++j) yr[j] = out[i * kNR + j] + (bias ? bias[oc0 + j] : T(0));
+            }
+          } else {
+            for (int64_t j = 0; j < ncols; ++j) {
+              T* yc = y + (n * g.OC + oc0 + j) * P + p0;
+              const T bj = bias ? bias[oc0 + j] : T(0);
+              for (int64_t i = 0; i < rows; ++i) yc[i] = out[i * kNR + j] + bj;
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------- data gradient
+
+// grad x (or conv_transpose2d's output, plus `bias` over its channels).
+template <typename T>
+void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, const T* bias,
+                T* gx) {
+  const Kern<T> K;
+  const int64_t Cg = g.Cg(), OCg = g.OCg(), KK = g.KH * g.KW;
+  // output rows / cols any input pixel reads (through any tap)
+  const int64_t oh_lo = floor_div(g.pt - (g.KH - 1) * g.dh, g.sh);
+  const int64_t oh_hi = floor_div(g.H - 1 + g.pt, g.sh);
+  const int64_t ow_lo = floor_div(g.pl - (g.KW - 1) * g.dw, g.sw);
+  const int64_t ow_hi = floor_div(g.W - 1 + g.pl, g.sw);
+  Tensor gbuf;
+  const Nhwc<T> gp =
+      nhwc_window<T>(gy, cl, oh_lo, oh_hi - oh_lo + 1, ow_lo, ow_hi - ow_lo + 1, false, gbuf);
+
+  // transposed weights packed as [G][column block][kh][kw][oc][16 input channels]
+  const int64_t ncb = ceil_div(Cg, kNR), blk = KK * OCg * kNR;
+  std::vector<T> wp(g.G * ncb * blk);
+  at::parallel_for(0, g.G * ncb, 1, [&](int64_t b, int64_t e) {
+    for (int64_t gc = b; gc < e; ++gc) {
+      const int64_t grp = gc / ncb, cb = gc % ncb;
+      T* d = wp.data() + gc * blk;
+      for (int64_t t = 0; t < KK; ++t)
+        for (int64_t oc = 0; oc < OCg; ++oc)
+          for (int64_t j = 0; j < kNR; ++j) {
+            const int64_t c = cb * kNR + j;
+            *d++ = c < Cg ? w[((grp * OCg + oc) * Cg + c) * KK + t] : T(0);
+          }
+    }
+  });
+
+  // stride phases: input pixels (rh + th*sh, rw + tw*sw) share their tap set
+  struct Phase {
+    int64_t rh, rw, TH, TW;
+    std::vector<int64_t> a_off, b_off;
+  };
+  std::vector<Phase> phases;
+  for (int64_t rh = 0; rh < std::min(g.sh, g.H); ++rh)
+    for (int64_t rw = 0; rw < std::min(g.sw, g.W); ++rw) {
+      Phase ph{rh, rw, ceil_div(g.H - rh, g.sh), ceil_div(g.W - rw, g.sw), {}, {}};
+      for (int64_t kh = 0; kh < g.KH; ++kh) {
+        const int64_t vh = rh + g.pt - kh * g.dh;
+        if (((vh % g.sh) + g.sh) % g.sh != 0) continue;
+        for (int64_t kw = 0; kw < g.KW; ++kw) {
+          const int64_t vw = rw + g.pl - kw * g.dw;
+          if (((vw % g.sw) + g.sw) % g.sw != 0) continue;
+          // output pixel (th + vh/sh, tw + vw/sw), relative to the window origin
+          ph.a_off.push_back((floor_div(vh, g.sh) - oh_lo) * gp.sR + (floor_div(vw, g.sw) - ow_lo) * gp.sC);
+          ph.b_off.push_back((kh * g.KW + kw) * OCg * kNR);
+        }
+      }
+      phases.push_back(std::move(ph));
+    }
+  const int64_t tpb = 16;
+  std::vector<int64_t> first;  // task index where each phase starts
+  int64_t ntask = 0;
+  for (const auto& ph : phases) {
+    first.push_back(ntask);
+    ntask += ceil_div(ceil_div(ph.TH * ph.TW, kMR), tpb);
+  }
+  const int64_t per_ng = ntask;
+  at::parallel_for(0, g.N * g.G * per_ng, 1, [&](int64_t b, int64_t e) {
+    T out[kMR * kNR];
+    const T* ap[kMR];
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t n = task / (g.G * per_ng), grp = (task / per_ng) % g.G, r = task % per_ng;
+      const int64_t pi = std::upper_bound(first.begin(), first.end(), r) - first.begin() - 1;
+      const Phase& ph = phases[pi];
+      const int64_t Q = ph.TH * ph.TW, ntile = ceil_div(Q, kMR);
+      const int64_t t0 = (r - first[pi]) * tpb, t1 = std::min(ntile, t0 + tpb);
+      const int64_t ntaps = (int64_t)ph.a_off.size();
+      for (int64_t cb = 0; cb < ncb; ++cb) {
+        const T* bw = wp.data() + (grp * ncb + cb) * blk;
+        const int64_t c0 = grp * Cg + cb * kNR, ncols = std::min<int64_t>(kNR, Cg - cb * kNR);
+        for (int64_t tl = t0; tl < t1; ++tl) {
+          const int64_t q0 = tl * kMR, rows = std::min<int64_t>(kMR, Q - q0);
+          if (ntaps > 0) {
+            for (int i = 0; i < kMR; ++i) {
+              const int64_t q = q0 + std::min<int64_t>(i, rows - 1);
+              ap[i] = gp.p + n * gp.sN + (q / ph.TW) * gp.sR + (q % ph.TW) * gp.sC + grp * OCg;
+            }
+            K.tile(ap, ph.a_off.data(), bw, ph.b_off.data(), ntaps, OCg, 1, kNR, out);
+          } else {
+            std::fill(out, out + kMR * kNR, T(0));
+          }
+          for (int64_t i = 0; i < rows; ++i) {
+            const int64_t q = q0 + i;
+            const int64_t ih = ph.rh + (q / ph.TW) * g.sh, iw = ph.rw + (q % ph.TW) * g.sw;
+            if (cl) {
+              T* xr = gx + ((n * g.H + ih) * g.W + iw) * g.C + c0;
+              for (int64_t j = 0; j < ncols; ++j) xr[j] = out[i * kNR + j] + (bias ? bias[c0 + j] : T(0));
+            } else {
+              T* xc = gx + (n * g.C + c0) * g.H * g.W + ih * g.W + iw;
+              for (int64_t j = 0; j < ncols; ++j)
+                xc[j * g.H * g.W] = out[i * kNR + j] + (bias ? bias[c0 + j] : T(0));
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// -------------------------------------------------------- weight gradient
+
+template <typename T>
+void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl, T* gw) {
+  const Kern<T> K;
+  const int64_t Cg = g.Cg(), OCg = g.OCg(), KK = g.KH * g.KW;
+  const int64_t R = (g.OH - 1) * g.sh + (g.KH - 1) * g.dh + 1;
+  const int64_t Cn = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1;
+  Tensor xbuf, gbuf;
+  const Nhwc<T> xp = nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, true, xbuf);
+  const Nhwc<T> gp = nhwc_window<T>(gy, cl, 0, g.OH, 0, g.OW, false, gbuf);
+
+  // columns: 16 (kw, c) pairs of one kernel row when they are contiguous in
+  // NHWC (groups == 1, dw == 1), else 16 channels of one tap
+  const bool merged = g.G == 1 && g.dw == 1;
+  struct Col {
+    int64_t kh, kw, c0, ncols;  // merged: c0 indexes the (kw, c) run of row kh
+  };
+  std::vector<Col> cols;
+  if (merged) {
+    for (int64_t kh = 0; kh < g.KH; ++kh)
+      for (int64_t q = 0; q < g.KW * Cg; q += kNR)
+        cols.push_back({kh, 0, q, std::min<int64_t>(kNR, g.KW * Cg - q)});
+  } else {
+    for (int64_t kh = 0; kh < g.KH; ++kh)
+      for (int64_t kw = 0; kw < g.KW; ++kw)
+        for (int64_t c = 0; c < Cg; c += kNR) cols.push_back({kh, kw, c, std::min<int64_t>(kNR, Cg - c)});
+  }
+  const int64_t ncol = (int64_t)cols.size(), nrb = ceil_div(OCg, kMR);
+  const int64_t ntiles = g.G * nrb * ncol;
+  // reduction: one tap per output row (n, oh), in chunks of rows
+  const int64_t nrows = g.N * g.OH, chunk = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, g.OW));
+  std::vector<int64_t> a_off(nrows), b_off(nrows);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+      a_off[n * g.OH + oh] = n * gp.sN + oh * gp.sR;
+      b_off[n * g.OH + oh] = n * xp.sN + oh * g.sh * xp.sR;
+    }
+  at::parallel_for(0, ntiles, 1, [&](int64_t b, int64_t e) {
+    T out[kMR * kNR];
+    const T* ap[kMR];
+    for (int64_t r0 = 0; r0 < nrows; r0 += chunk) {
+      const int64_t nr = std::min(chunk, nrows - r0);
+      for (int64_t tl = b; tl < e; ++tl) {
+        const int64_t grp = tl / (nrb * ncol), rb = (tl / ncol) % nrb;
+        const Col& cs = cols[tl % ncol];
+        const int64_t rows = std::min<int64_t>(kMR, OCg - rb * kMR);
+        for (int i = 0; i < kMR; ++i)
+          ap[i] = gp.p + grp * OCg + rb * kMR + std::min<int64_t>(i, rows - 1);
+        const T* bp = xp.p + cs.kh * g.dh * xp.sR + cs.kw * g.dw * xp.sC + grp * Cg + cs.c0;
+        K.tile(ap, a_off.data() + r0, bp, b_off.data() + r0, nr, g.OW, gp.sC, g.sw * xp.sC, out);
+        for (int64_t i = 0; i < rows; ++i) {
+          T* wr = gw + (grp * OCg + rb * kMR + i) * Cg * KK;
+          for (int64_t j = 0; j < cs.ncols; ++j) {
+            int64_t c = cs.c0 + j, kw = cs.kw;
+            if (merged) kw = c / Cg, c = c % Cg;
+            T& dst = wr[c * KK + cs.kh * g.KW + kw];
+            dst = r0 == 0 ? out[i * kNR + j] : dst + out[i * kNR + j];
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------- bias gradient
+
+template <typename T>
+void bias_grad(const Tensor& gy, bool cl, T* gb) {
+  const int64_t N = gy.size(0), C = gy.size(1), S = gy.size(2) * gy.size(3);
+  const T* p = gy.data_ptr<T>();
+  if (!cl) {
+    at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        double acc = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          const T* s = p + (n * C + c) * S;
+          T part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+          int64_t k = 0;
+          for (; k + 8 <= S; k += 8)
+            for (int l = 0; l < 8; ++l) part[l] += s[k + l];
+          for (; k < S; ++k) part[k & 7] += s[k];
+          for (int l = 0; l < 8; ++l) acc += part[l];
+        }
+        gb[c] = (T)acc;
+      }
+    });
+    return;
+  }
+  const int64_t rows = N * S, nblk = std::min<int64_t>(64, std::max<int64_t>(1, rows));
+  std::vector<double> part(nblk * C, 0.0);
+  at::parallel_for(0, nblk, 1, [&](int64_t b, int64_t e) {
+    std::vector<T> acc(C);
+    for (int64_t k = b; k < e; ++k) {
+      std::fill(acc.begin(), acc.end(), T(0));
+      const int64_t r0 = rows * k / nblk, r1 = rows * (k + 1) / nblk;
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* s = p + r * C;
+        for (int64_t c = 0; c < C; ++c) acc[c] += s[c];
+      }
+      for (int64_t c = 0; c < C; ++c) part[k * C + c] = acc[c];
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double acc = 0;
+    for (int64_t k = 0; k < nblk; ++k) acc += part[k * C + c];
+    gb[c] = (T)acc;
+  }
+}
+
+// ---------------------------------------------------------------- depthwise
+// One input channel per group; output channel oc reads input channel oc / M.
+
+// Output columns [lo, hi) whose tap kw lands inside the image.
+inline void col_range(const ConvGeometry& g, int64_t kw, int64_t& lo, int64_t& hi) {
+  const int64_t off = kw * g.dw - g.pl;  // iw = ow * sw + off
+  lo = std::max<int64_t>(0, ceil_div(std::max<int64_t>(0, -off), g.sw));
+  hi = std::min(g.OW, floor_div(g.W - 1 - off, g.sw) + 1);
+}
+
+template <typename T>
+void dw_forward(const ConvGeometry& g, const T* x, bool cl, const T* w, const T* bias, T* y) {
+  const Kern<T> K;
+  const int64_t M = g.OCg(), KK = g.KH * g.KW;
+  if (!cl) {
+    at::parallel_for(0, g.N * g.OC, 1, [&](int64_t b, int64_t e) {
+      for (int64_t pl = b; pl < e; ++pl) {
+        const int64_t n = pl / g.OC, oc = pl % g.OC, c = oc / M;
+        const T* xs = x + (n * g.C + c) * g.H * g.W;
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          T* yr = y + (pl * g.OH + oh) * g.OW;
+          std::fill(yr, yr + g.OW, bias ? bias[oc] : T(0));
+          for (int64_t kh = 0; kh < g.KH; ++kh) {
+            const int64_t ih = oh * g.sh + kh * g.dh - g.pt;
+            if (ih < 0 || ih >= g.H) continue;
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              int64_t lo, hi;
+              col_range(g, kw, lo, hi);
+              if (lo < hi)
+                K.axpy(yr + lo, xs + ih * g.W + lo * g.sw + kw * g.dw - g.pl, hi - lo, g.sw,
+                       w[oc * KK + kh * g.KW + kw]);
+            }
+          }
+        }
+      }
+    });
+    return;
+  }
+  std::vector<T> wt(KK * g.OC);  // [tap][oc]
+  for (int64_t oc = 0; oc < g.OC; ++oc)
+    for (int64_t t = 0; t < KK; ++t) wt[t * g.OC + oc] = w[oc * KK + t];
+  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t b, int64_t e) {
+    std::vector<T> xe(M > 1 ? g.OC : 0);
+    for (int64_t nr = b; nr < e; ++nr) {
+      const int64_t n = nr / g.OH, oh = nr % g.OH;
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        T* yp = y + (nr * g.OW + ow) * g.OC;
+        for (int64_t oc = 0; oc < g.OC; ++oc) yp[oc] = bias ? bias[oc] : T(0);
+        for (int64_t kh = 0; kh < g.KH; ++kh) {
+          const int64_t ih = oh * g.sh + kh * g.dh - g.pt;
+          if (ih < 0 || ih >= g.H) continue;
+          for (int64_t kw = 0; kw < g.KW; ++kw) {
+            const int64_t iw = ow * g.sw + kw * g.dw - g.pl;
+            if (iw < 0 || iw >= g.W) continue;
+            const T* xp = x + ((n * g.H + ih) * g.W + iw) * g.C;
+            if (M > 1) {
+              for (int64_t oc = 0; oc < g.OC; ++oc) xe[oc] = xp[oc / M];
+              xp = xe.data();
+            }
+            K.vmac(yp, wt.data() + (kh * g.KW + kw) * g.OC, xp, g.OC);
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void dw_dgrad(const ConvGeometry& g, const T* gy, bool cl, const T* w, const T* bias, T* gx) {
+  const Kern<T> K;
+  const int64_t M = g.OCg(), KK = g.KH * g.KW;
+  if (!cl) {
+    at::parallel_for(0, g.N * g.C, 1, [&](int64_t b, int64_t e) {
+      for (int64_t pl = b; pl < e; ++pl) {
+        const int64_t n = pl / g.C, c = pl % g.C;
+        T* xs = gx + pl * g.H * g.W;
+        std::fill(xs, xs + g.H * g.W, bias ? bias[c] : T(0));
+        for (int64_t m = 0; m < M; ++m) {
+          const int64_t oc = c * M + m;
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            const T* gr = gy + ((n * g.OC + oc) * g.OH + oh) * g.OW;
+            for (int64_t kh = 0; kh < g.KH; ++kh) {
+              const int64_t ih = oh * g.sh + kh * g.dh - g.pt;
+              if (ih < 0 || ih >= g.H) continue;
+              for (int64_t kw = 0; kw < g.KW; ++kw) {
+                int64_t lo, hi;
+                col_range(g, kw, lo, hi);
+                if (lo < hi)
+                  K.axpy_scatter(xs + ih * g.W + lo * g.sw + kw * g.dw - g.pl, gr + lo, hi - lo,
+                                 g.sw, w[oc * KK + kh * g.KW + kw]);
+              }
+            }
+          }
+        }
+      }
+    });
+    return;
+  }
+  std::vector<T> wt(KK * g.OC);
+  for (int64_t oc = 0; oc < g.OC; ++oc)
+    for (int64_t t = 0; t < KK; ++t) wt[t * g.OC + oc] = w[oc * KK + t];
+  at::parallel_for(0, g.N * g.H, 1, [&](int64_t b, int64_t e) {
+    std::vector<T> acc(g.OC);
+    for (int64_t nr = b; nr < e; ++nr) {
+      const int64_t n = nr / g.H, ih = nr % g.H;
+      for (int64_t iw = 0; iw < g.W; ++iw) {
+        std::fill(acc.begin(), acc.end(), T(0));
+        for (int64_t kh = 0; kh < g.KH; ++kh) {
+          const int64_t vh = ih + g.pt - kh * g.dh;
+          if (vh < 0 || vh % g.sh != 0 || vh / g.sh >= g.OH) continue;
+          for (int64_t kw = 0; kw < g.KW; ++kw) {
+            const int64_t vw = iw + g.pl - kw * g.dw;
+            if (vw < 0 || vw % g.sw != 0 || vw / g.sw >= g.OW) continue;
+            K.vmac(acc.data(), wt.data() + (kh * g.KW + kw) * g.OC,
+                   gy + ((n * g.OH + vh / g.sh) * g.OW + vw / g.sw) * g.OC, g.OC);
+          }
+        }
+        T* xp = gx + (nr * g.W + iw) * g.C;
+        for (int64_t c = 0; c < g.C; ++c) {
+          T s = bias ? bias[c] : T(0);
+          for (int64_t m = 0; m < M; ++m) s += acc[c * M + m];
+          xp[c] = s;
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void dw_wgrad(const ConvGeometry& g, const T* gy, const T* x, bool cl, T* gw) {
+  const Kern<T> K;
+  const int64_t M = g.OCg(), KK = g.KH * g.KW;
+  if (!cl) {
+    at::parallel_for(0, g.OC, 1, [&](int64_t b, int64_t e) {
+      std::vector<double> acc(KK);
+      for (int64_t oc = b; oc < e; ++oc) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        const int64_t c = oc / M;
+        for (int64_t n = 0; n < g.N; ++n) {
+          const T* xs = x + (n * g.C + c) * g.H * g.W;
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            const T* gr = gy + ((n * g.OC + oc) * g.OH + oh) * g.OW;
+            for (int64_t kh = 0; kh < g.KH; ++kh) {
+              const int64_t ih = oh * g.sh + kh * g.dh - g.pt;
+              if (ih < 0 || ih >= g.H) continue;
+              for (int64_t kw = 0; kw < g.KW; ++kw) {
+                int64_t lo, hi;
+                col_range(g, kw, lo, hi);
+                if (lo < hi)
+                  acc[kh * g.KW + kw] +=
+                      K.dot(gr + lo, xs + ih * g.W + lo * g.sw + kw * g.dw - g.pl, hi - lo, g.sw);
+              }
+            }
+          }
+        }
+        for (int64_t t = 0; t < KK; ++t) gw[oc * KK + t] = (T)acc[t];
+      }
+    });
+    return;
+  }
+  // channels_last: fixed blocks of output rows, partial sums merged in order
+  const int64_t rows = g.N * g.OH, nblk = std::min<int64_t>(64, rows);
+  std::vector<double> part(nblk * KK * g.OC, 0.0);
+  at::parallel_for(0, nblk, 1, [&](int64_t b, int64_t e) {
+    std::vector<T> acc(KK * g.OC), xe(M > 1 ? g.OC : 0);
+    for (int64_t k = b; k < e; ++k) {
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t nr = rows * k / nblk; nr < rows * (k + 1) / nblk; ++nr) {
+        const int64_t n = nr / g.OH, oh = nr % g.OH;
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const T* gp = gy + (nr * g.OW + ow) * g.OC;
+          for (int64_t kh = 0; kh < g.KH; ++kh) {
+            const int64_t ih = oh * g.sh + kh * g.dh - g.pt;
+            if (ih < 0 || ih >= g.H) continue;
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              const int64_t iw = ow * g.sw + kw * g.dw - g.pl;
+              if (iw < 0 || iw >= g.W) continue;
+              const T* xp = x + ((n * g.H + ih) * g.W + iw) * g.C;
+              if (M > 1) {
+                for (int64_t oc = 0; oc < g.OC; ++oc) xe[oc] = xp[oc / M];
+                xp = xe.data();
+              }
+              K.vmac(acc.data() + (kh * g.KW + kw) * g.OC, gp, xp, g.OC);
+            }
+          }
+        }
+      }
+      for (int64_t i = 0; i < KK * g.OC; ++i) part[k * KK * g.OC + i] = acc[i];
+    }
+  });
+  for (int64_t oc = 0; oc < g.OC; ++oc)
+    for (int64_t t = 0; t < KK; ++t) {
+      double s = 0;
+      for (int64_t k = 0; k < nblk; ++k) s += part[(k * KK + t) * g.OC + oc];
+      gw[oc * KK + t] = (T)s;
+    }
+}
+
+// ------------------------------------------------------------ dispatchers
+
+template <typename T>
+void run_forward(const ConvGeometry& g, const Tensor& x, bool cl, const Tensor& w,
+                 const Tensor& b, Tensor& y) {
+  const T* bias = b.defined() ? b.data_ptr<T>() : nullptr;
+  if (g.depthwise())
+    dw_forward<T>(g, x.data_ptr<T>(), cl, w.data_ptr<T>(), bias, y.data_ptr<T>());
+  else
+    conv_forward<T>(g, x, cl, w.data_ptr<T>(), bias, y.data_ptr<T>());
+}
+
+template <typename T>
+void run_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const Tensor& w,
+               const Tensor& b, Tensor& gx) {
+  const T* bias = b.defined() ? b.data_ptr<T>() : nullptr;
+  if (g.depthwise())
+    dw_dgrad<T>(g, gy.data_ptr<T>(), cl, w.data_ptr<T>(), bias, gx.data_ptr<T>());
+  else
+    conv_dgrad<T>(g, gy, cl, w.data_ptr<T>(), bias, gx.data_ptr<T>());
+}
+
+template <typename T>
+void run_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl, Tensor& gw) {
+  if (g.depthwise())
+    dw_wgrad<T>(g, gy.data_ptr<T>(), x.data_ptr<T>(), cl, gw.data_ptr<T>());
+  else
+    conv_wgrad<T>(g, gy, x, cl, gw.data_ptr<T>());
+}
+
+Tensor opt_contig(const c10::optional<Tensor>& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : Tensor();
+}
+
+Tensor empty_act(const Tensor& like, c10::IntArrayRef sizes, at::MemoryFormat fmt) {
+  return at::empty(sizes, like.options().memory_format(fmt));
+}
+
+// The three gradients of y = conv(x, w) + b (each only when asked for).
+// gy and x are in layout fmt; gx is returned in that layout, gw contiguous.
+std::tuple<Tensor, Tensor, Tensor> conv_grads(const ConvGeometry& g, const Tensor& gy,
+                                              const Tensor& x, const Tensor& w,
+                                              at::MemoryFormat fmt,
+                                              std::array<bool, 3> mask) {
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  Tensor gx = at::empty({0}, gy.options()), gw = at::empty({0}, gy.options()),
+         gb = at::empty({0}, gy.options());
+  if (mask[0]) gx = empty_act(gy, {g.N, g.C, g.H, g.W}, fmt);
+  if (mask[1]) gw = at::empty({g.OC, g.Cg(), g.KH, g.KW}, gy.options());
+  if (mask[2]) gb = at::empty({g.OC}, gy.options());
+  if (g.N == 0) {
+    if (mask[1]) gw.zero_();
+    if (mask[2]) gb.zero_();
+    return {gx, gw, gb};
+  }
+  AT_DISPATCH_FLOATING_TYPES(gy.scalar_type(), "cnnkernels_conv_backward", [&] {
+    if (mask[0]) run_dgrad<scalar_t>(g, gy, cl, w, Tensor(), gx);
+    if (mask[1]) run_wgrad<scalar_t>(g, gy, x, cl, gw);
+    if (mask[2]) bias_grad<scalar_t>(gy, cl, gb.data_ptr<scalar_t>());
+  });
+  return {gx, gw, gb};
+}
+
+// ----------------------------------------------------------------- the ops
+
+Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
+                          const c10::optional<Tensor>& bias, c10::IntArrayRef stride,
+                          c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
+  const char* op = "conv2d";
+  const ConvGeometry g =
+      conv2d_geometry(op, input, weight, bias, stride, padding, dilation, groups, true);
+  const at::MemoryFormat fmt = conv_memory_format(input, weight);
+  Tensor y = empty_act(input, {g.N, g.OC, g.OH, g.OW}, fmt);
+  if (g.N == 0) return y;
+  const Tensor x = input.contiguous(fmt), w = weight.contiguous(), b = opt_contig(bias);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkernels_conv2d_forward", [&] {
+    run_forward<scalar_t>(g, x, fmt == at::MemoryFormat::ChannelsLast, w, b, y);
+  });
+  return y;
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv2d_backward_cpu(
+    const Tensor& grad_output, const Tensor& input, const Tensor& weight,
+    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> output_mask) {
+  const char* op = "conv2d_backward";
+  const ConvGeometry g =
+      conv2d_geometry(op, input, weight, c10::nullopt, stride, padding, dilation, groups, true);
+  check_conv_grad(op, grad_output, "grad_output", {g.N, g.OC, g.OH, g.OW}, input);
+  const at::MemoryFormat fmt = conv_memory_format(input, weight);
+  return conv_grads(g, grad_output.contiguous(fmt), input.contiguous(fmt), weight.contiguous(),
+                    fmt, output_mask);
+}
+
+Tensor conv_transpose2d_forward_cpu(const Tensor& input, const Tensor& weight,
+                                    const c10::optional<Tensor>& bias, c10::IntArrayRef stride,
+                                    c10::IntArrayRef padding, c10::IntArrayRef output_padding,
+                                    int64_t groups, c10::IntArrayRef dilation) {
+  const char* op = "conv_transpose2d";
+  const ConvGeometry g = conv_transpose2d_geometry(op, input, weight, bias, stride, padding,
+                                                   output_padding, groups, dilation, true);
+  const at::MemoryFormat fmt = conv_memory_format(input, weight);
+  Tensor out = empty_act(input, {g.N, g.C, g.H, g.W}, fmt);
+  if (g.N == 0) return out;
+  const Tensor x = input.contiguous(fmt), w = weight.contiguous(), b = opt_contig(bias);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkernels_conv_transpose2d_forward", [&] {
+    run_dgrad<scalar_t>(g, x, fmt == at::MemoryFormat::ChannelsLast, w, b, out);
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv_transpose2d_backward_cpu(
+    const Tensor& grad_output, const Tensor& input, const Tensor& weight,
+    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef output_padding,
+    int64_t groups, c10::IntArrayRef dilation, std::array<bool, 3> output_mask) {
+  const char* op = "conv_transpose2d_backward";
+  const ConvGeometry g = conv_transpose2d_geometry(op, input, weight, c10::nullopt, stride,
+                                                   padding, output_padding, groups, dilation, true);
+  check_conv_grad(op, grad_output, "grad_output", {g.N, g.C, g.H, g.W}, input);
+  const at::MemoryFormat fmt = conv_memory_format(input, weight);
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  const Tensor go = grad_output.contiguous(fmt), x = input.contiguous(fmt), w = weight.contiguous();
+  Tensor gx = at::empty({0}, input.options()), gw = at::empty({0}, input.options()),
+         gb = at::empty({0}, input.options());
+  if (output_mask[0]) gx = empty_act(input, {g.N, g.OC, g.OH, g.OW}, fmt);
+  if (output_mask[1]) gw = at::empty({g.OC, g.Cg(), g.KH, g.KW}, input.options());
+  if (output_mask[2]) gb = at::empty({g.C}, input.options());
+  if (g.N == 0) {
+    if (output_mask[1]) gw.zero_();
+    if (output_mask[2]) gb.zero_();
+    return {gx, gw, gb};
+  }
+  // the transposed op is the convolution's data gradient: its input gradient
+  // is the convolution's forward of grad_output, its weight gradient the
+  // convolution's weight gradient with the roles of x and y swapped
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkernels_conv_transpose2d_backward", [&] {
+    if (output_mask[0]) run_forward<scalar_t>(g, go, cl, w, Tensor(), gx);
+    if (output_mask[1]) run_wgrad<scalar_t>(g, x, go, cl, gw);
+    if (output_mask[2]) bias_grad<scalar_t>(go, cl, gb.data_ptr<scalar_t>());
+  });
+  return {gx, gw, gb};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace cnnkernels
+
+TORCH_LIBRARY_IMPL(cnnkernels, CPU, m) {
+  m.impl("conv2d_forward", &cnnkernels::cpu::conv2d_forward_cpu);
+  m.impl("conv2d_backward", &cnnkernels::cpu::conv2d_backward_cpu);
+  m.impl("conv_transpose2d_forward", &cnnkernels::cpu::conv_transpose2d_forward_cpu);
+  m.impl("conv_transpose2d_backward", &cnnkernels::cpu::conv_transpose2d_backward_cpu);
+}

@@ -1,0 +1,177 @@
+// Convolution kernels, compiled once per code path (see conv_kernels.h).
+// CNNK_CONV_NS names the namespace; CNNK_CONV_AVX2 adds the float32 FMA tile.
+//
+// tile: an MR x NR (6 x 16) register tile; the float32 AVX2 version keeps the
+// 12 accumulators in ymm registers and per reduction step issues 2 loads of
+// b, 6 broadcasts of a and 12 FMAs (the BLIS-style outer product). The
+// portable version is the same loop nest in plain C++.
+#include <cstring>
+
+namespace cnnkernels {
+namespace cpu {
+namespace conv {
+namespace CNNK_CONV_NS {
+
+namespace {
+
+template <typename T>
+inline void tile_portable(const T* const* a, const int64_t* a_off, const T* b,
+                          const int64_t* b_off, int64_t ntaps, int64_t len, int64_t a_cs,
+                          int64_t ldb, T* out) {
+  T acc[kMR][kNR];
+  for (int i = 0; i < kMR; ++i)
+    for (int j = 0; j < kNR; ++j) acc[i][j] = T(0);
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const T* ap[kMR];
+    for (int i = 0; i < kMR; ++i) ap[i] = a[i] + a_off[t];
+    const T* bp = b + b_off[t];
+    for (int64_t c = 0; c < len; ++c) {
+      const T* br = bp + c * ldb;
+      for (int i = 0; i < kMR; ++i) {
+        const T av = ap[i][c * a_cs];
+        for (int j = 0; j < kNR; ++j) acc[i][j] += av * br[j];
+      }
+    }
+  }
+  std::memcpy(out, acc, sizeof(acc));
+}
+
+template <typename T>
+inline void axpy_impl(T* acc, const T* x, int64_t n, int64_t s, T w) {
+  if (s == 1) {
+    for (int64_t k = 0; k < n; ++k) acc[k] += w * x[k];
+  } else {
+    for (int64_t k = 0; k < n; ++k) acc[k] += w * x[k * s];
+  }
+}
+
+template <typename T>
+inline void axpy_scatter_impl(T* acc, const T* x, int64_t n, int64_t s, T w) {
+  if (s == 1) {
+    for (int64_t k = 0; k < n; ++k) acc[k] += w * x[k];
+  } else {
+    for (int64_t k = 0; k < n; ++k) acc[k * s] += w * x[k];
+  }
+}
+
+template <typename T>
+inline double dot_impl(const T* a, const T* x, int64_t n, int64_t s) {
+  T p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t k = 0;
+  if (s == 1) {
+    for (; k + 8 <= n; k += 8)
+      for (int l = 0; l < 8; ++l) p[l] += a[k + l] * x[k + l];
+  } else {
+    for (; k + 8 <= n; k += 8)
+      for (int l = 0; l < 8; ++l) p[l] += a[k + l] * x[(k + l) * s];
+  }
+  for (; k < n; ++k) p[k & 7] += a[k] * x[k * s];
+  double r = 0;
+  for (int l = 0; l < 8; ++l) r += (double)p[l];
+  return r;
+}
+
+template <typename T>
+inline void vmac_impl(T* acc, const T* w, const T* x, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) acc[c] += w[c] * x[c];
+}
+
+}  // namespace
+
+#ifdef CNNK_CONV_AVX2
+void tile(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
+          int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+#define CNNK_STEP(OFF)                                                   \
+  {                                                                      \
+    const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8); \
+    bp += ldb;                                                           \
+    __m256 av = _mm256_broadcast_ss(a0 + (OFF));                         \
+    c00 = _mm256_fmadd_ps(av, b0, c00);                                  \
+    c01 = _mm256_fmadd_ps(av, b1, c01);                                  \
+    av = _mm256_broadcast_ss(a1 + (OFF));                                \
+    c10 = _mm256_fmadd_ps(av, b0, c10);                                  \
+    c11 = _mm256_fmadd_ps(av, b1, c11);                                  \
+    av = _mm256_broadcast_ss(a2 + (OFF));                                \
+    c20 = _mm256_fmadd_ps(av, b0, c20);                                  \
+    c21 = _mm256_fmadd_ps(av, b1, c21);                                  \
+    av = _mm256_broadcast_ss(a3 + (OFF));                                \
+    c30 = _mm256_fmadd_ps(av, b0, c30);                                  \
+    c31 = _mm256_fmadd_ps(av, b1, c31);                                  \
+    av = _mm256_broadcast_ss(a4 + (OFF));                                \
+    c40 = _mm256_fmadd_ps(av, b0, c40);                                  \
+    c41 = _mm256_fmadd_ps(av, b1, c41);                                  \
+    av = _mm256_broadcast_ss(a5 + (OFF));                                \
+    c50 = _mm256_fmadd_ps(av, b0, c50);                                  \
+    c51 = _mm256_fmadd_ps(av, b1, c51);                                  \
+  }
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const float* a0 = a[0] + a_off[t];
+    const float* a1 = a[1] + a_off[t];
+    const float* a2 = a[2] + a_off[t];
+    const float* a3 = a[3] + a_off[t];
+    const float* a4 = a[4] + a_off[t];
+    const float* a5 = a[5] + a_off[t];
+    const float* bp = b + b_off[t];
+    if (a_cs == 1) {
+      int64_t c = 0;
+      for (; c + 4 <= len; c += 4) {
+        CNNK_STEP(c)
+        CNNK_STEP(c + 1)
+        CNNK_STEP(c + 2)
+        CNNK_STEP(c + 3)
+      }
+      for (; c < len; ++c) CNNK_STEP(c)
+    } else {
+      for (int64_t c = 0, off = 0; c < len; ++c, off += a_cs) CNNK_STEP(off)
+    }
+  }
+#undef CNNK_STEP
+  _mm256_storeu_ps(out + 0, c00);
+  _mm256_storeu_ps(out + 8, c01);
+  _mm256_storeu_ps(out + 16, c10);
+  _mm256_storeu_ps(out + 24, c11);
+  _mm256_storeu_ps(out + 32, c20);
+  _mm256_storeu_ps(out + 40, c21);
+  _mm256_storeu_ps(out + 48, c30);
+  _mm256_storeu_ps(out + 56, c31);
+  _mm256_storeu_ps(out + 64, c40);
+  _mm256_storeu_ps(out + 72, c41);
+  _mm256_storeu_ps(out + 80, c50);
+  _mm256_storeu_ps(out + 88, c51);
+}
+#else
+void tile(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
+          int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out) {
+  tile_portable(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
+}
+#endif
+
+void tile(const double* const* a, const int64_t* a_off, const double* b, const int64_t* b_off,
+          int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, double* out) {
+  tile_portable(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
+}
+
+#define CNNK_CONV_DEFINE(T)                                                      \
+  void axpy(T* acc, const T* x, int64_t n, int64_t s, T w) {                    \
+    axpy_impl(acc, x, n, s, w);                                                  \
+  }                                                                              \
+  void axpy_scatter(T* acc, const T* x, int64_t n, int64_t s, T w) {            \
+    axpy_scatter_impl(acc, x, n, s, w);                                          \
+  }                                                                              \
+  double dot(const T* a, const T* x, int64_t n, int64_t s) { return dot_impl(a, x, n, s); } \
+  void vmac(T* acc, const T* w, const T* x, int64_t n) { vmac_impl(acc, w, x, n); }
+
+CNNK_CONV_DEFINE(float)
+CNNK_CONV_DEFINE(double)
+#undef CNNK_CONV_DEFINE
+
+}  // namespace CNNK_CONV_NS
+}  // namespace conv
+}  // namespace cpu
+}  // namespace cnnkernels

@@ -1,0 +1,45 @@
+// Plain C++ interface of the CPU convolution kernels (no torch types), so that
+// conv_impl.h can be compiled twice: portably (conv_generic.cpp) and for
+// AVX2/FMA (conv_avx2.cpp); conv.cpp picks one at run time.
+//
+// The micro-kernel computes one MR x NR tile of a product whose reduction is
+// split into "taps" (a kernel offset, an output row ...):
+//   out[i][j] = sum_{t < ntaps} sum_{c < len} a[i][a_off[t] + c * a_cs] * b[b_off[t] + c * ldb + j]
+// a holds MR row pointers (broadcast operands), b is read NR values at a
+// time. Every pass of the convolution (forward, data gradient, weight
+// gradient) is this product over different pointers; conv.cpp builds them.
+#pragma once
+
+#include <cstdint>
+
+namespace cnnkernels {
+namespace cpu {
+namespace conv {
+
+constexpr int kMR = 6;
+constexpr int kNR = 16;
+
+#define CNNK_CONV_DECLARE(T)                                                                   \
+  void tile(const T* const* a, const int64_t* a_off, const T* b, const int64_t* b_off,         \
+            int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, T* out);                    \
+  /* acc[k] += w * x[k * s] for k < n */                                                       \
+  void axpy(T* acc, const T* x, int64_t n, int64_t s, T w);                                    \
+  /* acc[k * s] += w * x[k] for k < n */                                                       \
+  void axpy_scatter(T* acc, const T* x, int64_t n, int64_t s, T w);                            \
+  /* sum_k a[k] * x[k * s], in a fixed order (8 partial sums) */                               \
+  double dot(const T* a, const T* x, int64_t n, int64_t s);                                    \
+  /* acc[c] += w[c] * x[c] for c < n */                                                        \
+  void vmac(T* acc, const T* w, const T* x, int64_t n);
+
+namespace generic {
+CNNK_CONV_DECLARE(float)
+CNNK_CONV_DECLARE(double)
+}  // namespace generic
+namespace avx2 {
+CNNK_CONV_DECLARE(float)
+CNNK_CONV_DECLARE(double)
+}  // namespace avx2
+
+}  // namespace conv
+}  // namespace cpu
+}  // namespace cnnkernels

@@ -1,0 +1,391 @@
+"""Conv2d, Conv1d and ConvTranspose2d against torch.nn: outputs and input /
+weight / bias gradients over kernel sizes 1-7 (square and not), stride, every
+padding form, dilation, groups (depthwise too), bias or none, padding modes,
+output_padding / output_size; NCHW, channels_last, non-contiguous,
+unbatched and empty inputs; then gradcheck, opcheck, torch.compile,
+determinism and every argument error."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnkernels.functional as CF
+import cnnkernels.nn as cnn
+from conftest import DEVICES, HAS_CUDA, dtypes_for
+
+ops = torch.ops.cnnkernels
+
+
+def _tol(dtype):
+    return {
+        torch.float64: dict(rtol=1e-9, atol=1e-9),
+        torch.float32: dict(rtol=1e-4, atol=1e-3),
+        torch.float16: dict(rtol=1e-2, atol=5e-2),
+        torch.bfloat16: dict(rtol=5e-2, atol=3e-1),
+    }[dtype]
+
+
+def _layout(x, layout):
+    if layout == "channels_last" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "noncontig":
+        return torch.stack([x, x], dim=-1).flatten(-2)[..., ::2]  # same values, strided
+    return x
+
+
+def _run(fn, ref_fn, tensors, device, dtype, layout, grads=(True, True, True)):
+    """Calls fn and ref_fn (torch, in float64 on the CPU) on the same values;
+    compares outputs and the gradients of every tensor that requires one."""
+    ours_in, ref_in = [], []
+    for t, g in zip(tensors, grads):
+        if t is None:
+            ours_in.append(None), ref_in.append(None)
+            continue
+        o = _layout(t.to(device, dtype), layout if t.dim() >= 3 else "contiguous")
+        ours_in.append(o.detach().requires_grad_(g))
+        ref_in.append(t.double().detach().requires_grad_(g))
+    y = fn(*ours_in)
+    r = ref_fn(*ref_in)
+    tol = _tol(dtype)
+    torch.testing.assert_close(y.double().cpu(), r, **tol)
+    gy = torch.randn(r.shape, dtype=torch.float64)
+    want = [t for t in ours_in if t is not None and t.requires_grad]
+    want_r = [t for t in ref_in if t is not None and t.requires_grad]
+    if not want:
+        return y
+    g_ours = torch.autograd.grad(y, want, gy.to(device, dtype))
+    g_ref = torch.autograd.grad(r, want_r, gy)
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a.double().cpu(), b, **tol)
+    return y
+
+
+# (N, C, H, W), (OC, KH, KW), stride, padding, dilation, groups, bias
+CONV_CASES = [
+    ((2, 3, 9, 10), (4, 1, 1), 1, 0, 1, 1, True),
+    ((2, 5, 9, 10), (7, 3, 3), 1, 1, 1, 1, True),
+    ((2, 4, 11, 9), (6, 2, 2), 2, 0, 1, 1, False),
+    ((1, 3, 12, 13), (5, 4, 4), 2, 1, 1, 1, True),
+    ((2, 2, 13, 12), (3, 5, 5), 1, 2, 1, 1, True),
+    ((1, 3, 15, 14), (8, 7, 7), 2, 3, 1, 1, True),        # stem-like
+    ((2, 6, 10, 11), (4, 3, 5), (1, 2), (1, 2), 1, 1, True),  # non-square
+    ((2, 4, 12, 12), (6, 3, 3), 1, 2, 2, 1, False),       # dilation 2
+    ((2, 4, 12, 13), (4, 3, 2), (2, 1), (0, 1), (2, 3), 1, True),
+    ((2, 8, 9, 9), (12, 3, 3), 1, 1, 1, 4, True),         # groups
+    ((2, 6, 9, 10), (6, 3, 3), 1, 1, 1, 6, True),         # depthwise
+    ((2, 4, 10, 9), (8, 3, 3), 2, 1, 1, 4, False),        # depthwise, multiplier 2
+    ((2, 5, 11, 10), (5, 5, 5), 2, 2, 2, 5, True),        # depthwise, strided, dilated
+    ((2, 18, 8, 9), (20, 3, 3), 3, 2, 1, 1, True),        # stride > kernel rows skip
+    ((2, 33, 7, 8), (17, 1, 1), 1, 0, 1, 1, True),        # channel tails
+    ((3, 1, 12, 12), (6, 5, 5), 1, 0, 1, 1, True),        # LeNet-like
+    ((1, 2, 5, 6), (3, 6, 1), 1, (3, 0), 1, 1, True),     # kernel taller than input + padding
+    ((2, 4, 9, 9), (4, 3, 3), 1, "same", 1, 2, True),
+    ((2, 3, 9, 8), (5, 4, 2), 1, "same", (1, 2), 1, True),  # even kernel: extra padding right
+    ((2, 3, 9, 8), (5, 3, 3), 1, "valid", 1, 1, False),
+]
+
+
+def _conv_args(case):
+    shape, (oc, kh, kw), s, p, d, g, bias = case
+    x = torch.randn(shape, dtype=torch.float64)
+    w = torch.randn(oc, shape[1] // g, kh, kw, dtype=torch.float64)
+    b = torch.randn(oc, dtype=torch.float64) if bias else None
+    return x, w, b, s, p, d, g
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontig"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=[f"c{i}" for i in range(len(CONV_CASES))])
+def test_conv2d_matches_torch(device_path, case, layout):
+    torch.manual_seed(0)
+    x, w, b, s, p, d, g = _conv_args(case)
+    for dtype in dtypes_for(device_path):
+        _run(lambda x, w, b: CF.conv2d(x, w, b, s, p, d, g),
+             lambda x, w, b: F.conv2d(x, w, b, s, p, d, g), (x, w, b), device_path, dtype, layout)
+
+
+# (N, IC, H, W), (OC/groups, KH, KW), stride, padding, output_padding, groups, dilation, bias
+TRANSPOSED_CASES = [
+    ((2, 6, 7, 8), (4, 4, 4), 2, 1, 0, 1, 1, True),       # 4x4 stride 2
+    ((2, 5, 7, 6), (3, 3, 3), 2, 1, 1, 1, 1, True),       # 3x3 stride 2, output_padding 1
+    ((2, 4, 6, 7), (5, 2, 2), 2, 0, 0, 1, 1, False),      # 2x2 stride 2
+    ((1, 4, 5, 6), (3, 3, 3), 1, 1, 0, 1, 1, True),
+    ((2, 6, 5, 5), (2, 3, 5), (3, 2), (1, 2), (2, 1), 2, 1, True),
+    ((2, 4, 6, 5), (3, 3, 3), 1, 2, 1, 2, 2, True),       # output_padding < dilation
+    ((2, 4, 5, 6), (1, 3, 3), 2, 1, 1, 4, 1, True),       # depthwise
+    ((2, 4, 5, 6), (2, 3, 3), 1, 1, 0, 4, 2, False),      # depthwise, multiplier 2
+    ((2, 3, 4, 4), (17, 7, 7), 3, 0, 2, 1, 1, True),      # stride 3, kernel 7
+    ((2, 8, 4, 5), (3, 1, 1), 1, 0, 0, 1, 1, True),
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontig"])
+@pytest.mark.parametrize("case", TRANSPOSED_CASES, ids=[f"t{i}" for i in range(len(TRANSPOSED_CASES))])
+def test_conv_transpose2d_matches_torch(device_path, case, layout):
+    torch.manual_seed(0)
+    shape, (ocg, kh, kw), s, p, op, g, d, bias = case
+    x = torch.randn(shape, dtype=torch.float64)
+    w = torch.randn(shape[1], ocg, kh, kw, dtype=torch.float64)
+    b = torch.randn(ocg * g, dtype=torch.float64) if bias else None
+    for dtype in dtypes_for(device_path):
+        _run(lambda x, w, b: CF.conv_transpose2d(x, w, b, s, p, op, g, d),
+             lambda x, w, b: F.conv_transpose2d(x, w, b, s, p, op, g, d),
+             (x, w, b), device_path, dtype, layout)
+
+
+@pytest.mark.parametrize("case", [
+    ((2, 4, 17), (6, 3), 1, 1, 1, 1), ((2, 4, 17), (4, 4), 2, 0, 2, 2), ((3, 11), (5, 5), 1, "same", 1, 1),
+    ((2, 3, 12), (3, 4), 1, "same", 1, 3),
+], ids=["plain", "strided", "unbatched-same", "depthwise-same-even"])
+def test_conv1d_matches_torch(device_path, case):
+    torch.manual_seed(0)
+    shape, (oc, k), s, p, d, g = case
+    c = shape[-2]
+    x = torch.randn(shape, dtype=torch.float64)
+    w = torch.randn(oc, c // g, k, dtype=torch.float64)
+    b = torch.randn(oc, dtype=torch.float64)
+    for dtype in dtypes_for(device_path):
+        _run(lambda x, w, b: CF.conv1d(x, w, b, s, p, d, g),
+             lambda x, w, b: F.conv1d(x, w, b, s, p, d, g), (x, w, b), device_path, dtype, "contiguous")
+
+
+def test_conv_transpose1d_matches_torch(device_path):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 9, dtype=torch.float64)
+    w = torch.randn(4, 3, 4, dtype=torch.float64)
+    b = torch.randn(3, dtype=torch.float64)
+    _run(lambda x, w, b: CF.conv_transpose1d(x, w, b, 2, 1, 1),
+         lambda x, w, b: F.conv_transpose1d(x, w, b, 2, 1, 1), (x, w, b), device_path,
+         torch.float64, "contiguous")
+
+
+def test_unbatched_input(device_path):
+    torch.manual_seed(0)
+    x, w, b = torch.randn(3, 8, 9), torch.randn(5, 3, 3, 3), torch.randn(5)
+    y = _run(lambda x, w, b: CF.conv2d(x, w, b, 1, 1), lambda x, w, b: F.conv2d(x, w, b, 1, 1),
+             (x, w, b), device_path, torch.float32, "contiguous")
+    assert y.shape == (5, 8, 9)
+    wt = torch.randn(3, 2, 3, 3)
+    y = _run(lambda x, w, b: CF.conv_transpose2d(x, w, b, 2), lambda x, w, b: F.conv_transpose2d(x, w, b, 2),
+             (x, wt, None), device_path, torch.float32, "contiguous")
+    assert y.shape == (2, 17, 19)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_empty_batch(device_path, transposed):
+    x = torch.randn(0, 4, 6, 7, device=device_path, requires_grad=True)
+    w = torch.randn(4, 4, 3, 3, device=device_path).mul(100).requires_grad_()
+    b = torch.randn(4, device=device_path).add(7).requires_grad_()
+    fn, ref = (CF.conv_transpose2d, F.conv_transpose2d) if transposed else (CF.conv2d, F.conv2d)
+    y = fn(x, w, b, 2, 1)
+    assert y.shape == ref(x, w, b, 2, 1).shape
+    gx, gw, gb = torch.autograd.grad(y.sum(), (x, w, b))
+    assert gx.shape == x.shape
+    assert torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_conv2d_module_padding_modes(device_path, mode):
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(4, 6, (3, 5), stride=(2, 1), padding=(1, 2), padding_mode=mode, bias=True)
+    ours = cnn.Conv2d(4, 6, (3, 5), stride=(2, 1), padding=(1, 2), padding_mode=mode, bias=True)
+    ours.load_state_dict(ref.state_dict())
+    assert repr(ours).replace("Conv2d", "X") == repr(ref).replace("Conv2d", "X")
+    ref, ours = ref.to(device_path), ours.to(device_path)
+    x = torch.randn(2, 4, 9, 11, device=device_path, requires_grad=True)
+    y, r = ours(x), ref(x)
+    torch.testing.assert_close(y, r, rtol=1e-4, atol=1e-4)
+    g = torch.randn_like(r)
+    a = torch.autograd.grad(y, (x, ours.weight, ours.bias), g)
+    e = torch.autograd.grad(r, (x, ref.weight, ref.bias), g)
+    for u, v in zip(a, e):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
+
+
+def test_conv1d_module_and_init(device_path):
+    torch.manual_seed(3)
+    ref = torch.nn.Conv1d(4, 6, 3, padding="same", padding_mode="reflect", groups=2)
+    torch.manual_seed(3)
+    ours = cnn.Conv1d(4, 6, 3, padding="same", padding_mode="reflect", groups=2)
+    assert torch.equal(ours.weight, ref.weight) and torch.equal(ours.bias, ref.bias)  # same init
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    ref, ours = ref.to(device_path), ours.to(device_path)
+    x = torch.randn(3, 4, 10, device=device_path)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-4)
+    assert isinstance(ours, torch.nn.Conv1d)
+
+
+@pytest.mark.parametrize("output_size", [None, (13, 16), (14, 15), [2, 6, 14, 16]])
+def test_conv_transpose2d_module_output_size(device_path, output_size):
+    torch.manual_seed(0)
+    ref = torch.nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, dilation=1)
+    ours = cnn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, dilation=1)
+    ours.load_state_dict(ref.state_dict())
+    ref, ours = ref.to(device_path), ours.to(device_path)
+    x = torch.randn(2, 6, 7, 8, device=device_path, requires_grad=True)
+    y, r = ours(x, output_size), ref(x, output_size)
+    assert y.shape == r.shape
+    torch.testing.assert_close(y, r, rtol=1e-4, atol=1e-4)
+    g = torch.randn_like(r)
+    for u, v in zip(torch.autograd.grad(y, (x, ours.weight), g), torch.autograd.grad(r, (x, ref.weight), g)):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError):
+        ours(x, (20, 20))  # torch's own output_size check
+
+
+def test_conv_transpose2d_module_rejects_padding_mode():
+    m = cnn.ConvTranspose2d(2, 2, 3)
+    m.padding_mode = "reflect"
+    with pytest.raises(ValueError, match="zeros"):
+        m(torch.randn(1, 2, 5, 5))
+
+
+def test_only_requested_gradients_are_computed():
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    gy = torch.randn(2, 4, 6, 6)
+    gx, gw, gb = ops.conv2d_backward(gy, x, w, [1, 1], [0, 0], [1, 1], 1, [False, True, False])
+    assert gx.numel() == 0 and gb.numel() == 0
+    torch.testing.assert_close(gw, torch.nn.grad.conv2d_weight(x, w.shape, gy), rtol=1e-4, atol=1e-4)
+    # a frozen weight: only the input gradient flows
+    xr = x.clone().requires_grad_()
+    y = CF.conv2d(xr, w, None)
+    (g,) = torch.autograd.grad(y, (xr,), gy)
+    torch.testing.assert_close(g, torch.nn.grad.conv2d_input(x.shape, w, gy), rtol=1e-4, atol=1e-4)
+
+
+def test_output_layout_follows_torch(device_path):
+    x = torch.randn(2, 3, 8, 8, device=device_path)
+    w = torch.randn(4, 3, 3, 3, device=device_path)
+    for xi, wi in [(x, w), (x.contiguous(memory_format=torch.channels_last), w),
+                   (x, w.contiguous(memory_format=torch.channels_last))]:
+        y, r = CF.conv2d(xi, wi), F.conv2d(xi, wi)
+        assert y.is_contiguous(memory_format=torch.channels_last) == r.is_contiguous(
+            memory_format=torch.channels_last)
+        assert y.is_contiguous() == r.is_contiguous()
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_deterministic(device_path, transposed, layout):
+    torch.manual_seed(0)
+    x = _layout(torch.randn(4, 32, 20, 21, device=device_path), layout).requires_grad_()
+    if transposed:
+        w = torch.randn(32, 24, 3, 3, device=device_path, requires_grad=True)
+        fn = lambda: CF.conv_transpose2d(x, w, None, 2, 1, 1)  # noqa: E731
+    else:
+        w = torch.randn(24, 32, 3, 3, device=device_path, requires_grad=True)
+        fn = lambda: CF.conv2d(x, w, None, 1, 1)  # noqa: E731
+    runs = []
+    for _ in range(2):
+        y = fn()
+        runs.append((y,) + torch.autograd.grad(y, (x, w), torch.ones_like(y)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_gradcheck_float64():
+    torch.manual_seed(0)
+    d = dict(dtype=torch.float64, requires_grad=True)
+    x, w, b = torch.randn(2, 4, 6, 7, **d), torch.randn(6, 2, 3, 2, **d), torch.randn(6, **d)
+    assert torch.autograd.gradcheck(lambda x, w, b: CF.conv2d(x, w, b, (2, 1), 1, (1, 2), 2), (x, w, b))
+    wt = torch.randn(4, 3, 3, 3, **d)
+    assert torch.autograd.gradcheck(lambda x, w, b: CF.conv_transpose2d(x, w, b, 2, 1, 1), (x, wt, b[:3]))
+    xd, wd = torch.randn(1, 4, 5, 5, **d), torch.randn(4, 1, 3, 3, **d)
+    assert torch.autograd.gradcheck(lambda x, w: CF.conv2d(x, w, None, 2, 1, groups=4), (xd, wd))
+    x1, w1 = torch.randn(2, 3, 9, **d), torch.randn(2, 3, 4, **d)
+    assert torch.autograd.gradcheck(lambda x, w: CF.conv1d(x, w, None, 1, "same"), (x1, w1))
+
+
+def opcheck_cases(device):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 4, 7, 8, generator=g).to(device).contiguous(memory_format=fmt)
+        w = torch.randn(6, 2, 3, 3, generator=g).to(device)
+        b = torch.randn(6, generator=g).to(device)
+        gy = torch.randn(2, 6, 4, 8, generator=g).to(device).contiguous(memory_format=fmt)
+        wt = torch.randn(4, 3, 3, 3, generator=g).to(device)
+        gt = torch.randn(2, 6, 14, 16, generator=g).to(device).contiguous(memory_format=fmt)
+        out += [
+            (ops.conv2d_forward, (x, w, b, [2, 1], [1, 1], [1, 1], 2)),
+            (ops.conv2d_forward, (x, w, None, [1, 1], [0, 1, 2, 1], [1, 2], 2)),
+            (ops.conv2d_backward, (gy, x, w, [2, 1], [1, 1], [1, 1], 2, [True, True, True])),
+            (ops.conv2d_backward, (gy, x, w, [2, 1], [1, 1], [1, 1], 2, [False, True, False])),
+            (ops.conv_transpose2d_forward, (x, wt, b, [2, 2], [1, 1], [1, 1], 2, [1, 1])),
+            (ops.conv_transpose2d_backward, (gt, x, wt, [2, 2], [1, 1], [1, 1], 2, [1, 1], [True, True, True])),
+        ]
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv_opcheck(device):
+    for op, args in opcheck_cases(device):
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv_compile_fullgraph(device):
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(cnn.Conv2d(3, 8, 3, padding=1), cnn.ConvTranspose2d(8, 4, 2, 2)).to(device)
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ConvTranspose2d(8, 4, 2, 2)).to(device)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 3, 6, 7, device=device, requires_grad=True)
+    y = torch.compile(m, fullgraph=True, backend="aot_eager")(x)
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    yr = ref(x)
+    (gr,) = torch.autograd.grad(yr.sum(), x)
+    torch.testing.assert_close(y, yr, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gx, gr, rtol=1e-4, atol=1e-4)
+
+
+def test_double_backward_raises():
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, requires_grad=True)
+    (g,) = torch.autograd.grad(CF.conv2d(x, w).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="conv2d: double backward"):
+        g.sum().backward()
+
+
+def _x(*s, **k):
+    return torch.randn(*s, **k)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: CF.conv2d(_x(5, 5), _x(3, 1, 3, 3)), r"Expected 3D \(unbatched\) or 4D"),
+    (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3)), "conv2d: expected a 4-D weight"),
+    (lambda: CF.conv2d(_x(1, 4, 5, 5), _x(3, 2, 3, 3)), "conv2d: with groups=1 and weight of size"),
+    (lambda: CF.conv2d(_x(1, 4, 5, 5), _x(3, 2, 3, 3), groups=2), "conv2d: groups=2 should divide the output"),
+    (lambda: CF.conv2d(_x(1, 4, 5, 5), _x(4, 2, 3, 3), groups=0), "conv2d: groups should be positive"),
+    (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3), _x(4)), "conv2d: bias should be a 1-D tensor of 3"),
+    (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3), stride=0), "conv2d: stride should be positive"),
+    (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3), padding=-1), "conv2d: padding should be non-negative"),
+    (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3), dilation=0), "conv2d: dilation should be positive"),
+    (lambda: CF.conv2d(_x(1, 2, 2, 5), _x(3, 2, 3, 3)), r"conv2d: the padded input \(2 x 5\) is smaller"),
+    (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3), stride=2, padding="same"), "not supported for strided"),
+    (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3), padding="full"), "Invalid padding string: 'full'"),
+    (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3, dtype=torch.float64)), "conv2d: weight should have the input's dtype"),
+    (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3), _x(3, dtype=torch.float64)), "conv2d: bias should have the input's dtype"),
+    (lambda: CF.conv2d(torch.ones(1, 2, 5, 5, dtype=torch.int32), torch.ones(3, 2, 3, 3, dtype=torch.int32)),
+     "conv2d: input dtype should be float32 or float64"),
+    (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3), stride=(1, 2, 3)), "conv2d: stride must be a single int or a tuple of two"),
+    (lambda: CF.conv1d(_x(5), _x(3, 1, 3)), r"Expected 2D \(unbatched\) or 3D"),
+    (lambda: CF.conv1d(_x(1, 1, 5), _x(3, 1, 3, 3)), "conv1d: expected a 3-D weight"),
+    (lambda: CF.conv_transpose2d(_x(1, 4, 5, 5), _x(3, 2, 3, 3)), "conv_transpose2d: weight dimension 0 \\(3\\) should equal"),
+    (lambda: CF.conv_transpose2d(_x(1, 4, 5, 5), _x(4, 2, 3, 3), groups=3), "conv_transpose2d: groups=3 should divide"),
+    (lambda: CF.conv_transpose2d(_x(1, 4, 5, 5), _x(4, 2, 3, 3), stride=2, output_padding=2),
+     "conv_transpose2d: output_padding should be smaller than stride or dilation"),
+    (lambda: CF.conv_transpose2d(_x(1, 4, 2, 2), _x(4, 2, 1, 1), padding=1), "conv_transpose2d: the output would be empty"),
+    (lambda: CF.conv_transpose2d(_x(1, 4, 5, 5), _x(4, 2, 3, 3), _x(3)), "conv_transpose2d: bias should be a 1-D tensor of 2"),
+    (lambda: ops.conv2d_backward(_x(1, 3, 4, 4), _x(1, 2, 5, 5), _x(3, 2, 3, 3), [1], [0], [1], 1, [True] * 3),
+     r"conv2d_backward: grad_output should have size \[1, 3, 3, 3\]"),
+    (lambda: ops.conv_transpose2d_backward(_x(1, 2, 6, 6), _x(1, 4, 5, 5), _x(4, 2, 3, 3), [1], [0], [0], 1, [1],
+                                           [True] * 3), r"conv_transpose2d_backward: grad_output should have size \[1, 2, 7, 7\]"),
+])
+def test_errors(call, match):
+    with pytest.raises(RuntimeError, match=match):
+        call()
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build")
+def test_device_mismatch():
+    with pytest.raises(RuntimeError, match="conv2d: weight should be on the input's device"):
+        CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3, device="cuda"))
