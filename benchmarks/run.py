@@ -37,13 +37,26 @@ sys.path.insert(0, HERE)
 
 import cnnkernels  # noqa: E402
 from harness import Case, time_pair, copy_bandwidth  # noqa: E402
+import cases_conv  # noqa: E402
 import cases_norm  # noqa: E402
 import cases_pool  # noqa: E402
 
 FAMILIES = {
     "pool": cases_pool.cases,
     "norm": cases_norm.cases,
+    "conv": cases_conv.cases,
 }
+
+
+def matmul_peak(device, dtype, rounds):
+    """GFLOP/s of a large square matmul (torch's BLAS / cuBLAS): the
+    arithmetic ceiling the convolution rows are compared with."""
+    n = 2048 if device == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    fn = lambda: a @ b  # noqa: E731
+    t, _ = time_pair(fn, fn, device, rounds)
+    return 2 * n**3 / t / 1e9
 
 
 def _progress(i, n, label):
@@ -94,6 +107,7 @@ def main(argv=None):
 
     results = []
     copy_cache = {}
+    peak_cache = {}
     for i, c in enumerate(cases):
         _progress(i, len(cases), f"{c.device} {c.op} {c.config} {c.fmt} {c.mode}")
         ours, ref, nbytes, extra = c.setup()
@@ -109,6 +123,14 @@ def main(argv=None):
             gbs=gbs, copy_gbs=copy_gbs, pct_copy=100 * gbs / copy_gbs, bytes=nbytes,
         )
         row.update(extra)
+        if "flops" in extra:
+            pk = (c.device, c.dtype)
+            if pk not in peak_cache:
+                peak_cache[pk] = matmul_peak(c.device, getattr(torch, c.dtype), rounds)
+            row["gflops"] = extra["flops"] / t_ours / 1e9
+            row["torch_gflops"] = extra["flops"] / t_ref / 1e9
+            row["peak_gflops"] = peak_cache[pk]
+            row["pct_peak"] = 100 * row["gflops"] / peak_cache[pk]
         results.append(row)
         del ours, ref
     _progress(len(cases), len(cases), "done")
@@ -126,6 +148,13 @@ def main(argv=None):
         header.append("saved B/el ours/torch")
         for row, r in zip(rows, results):
             row.append(f"{r['saved_ours']:.2f}/{r['saved_torch']:.2f}" if "saved_ours" in r else "")
+    if any("gflops" in r for r in results):  # arithmetic rate against the matmul peak
+        header += ["GFLOP/s ours/torch", "% peak"]
+        for row, r in zip(rows, results):
+            if "gflops" in r:
+                row += [f"{r['gflops']:.0f}/{r['torch_gflops']:.0f}", f"{r['pct_peak']:.0f}%"]
+            else:
+                row += ["", ""]
     widths = [max(len(str(x[k])) for x in rows + [header]) for k in range(len(header))]
     print(f"\ncnnkernels {cnnkernels.__version__}, torch {torch.__version__}, CPU threads {threads}, "
           f"CPU path {cnnkernels.cpu_isa()}"
@@ -139,6 +168,17 @@ def main(argv=None):
     for r in rows:
         print(_fmt_row(r, widths))
 
+    if peak_cache:
+        print("\nmatmul peaks (GFLOP/s): " + ", ".join(f"{d} {t}: {v:.0f}" for (d, t), v in peak_cache.items()))
+        groups = {}
+        for r in results:
+            if "gflops" in r:
+                groups.setdefault((r["device"], r["op"], r["fmt"], r["mode"], r["dtype"]), []).append(r["speedup"])
+        print("geometric-mean speed-up over torch:")
+        for k, v in groups.items():
+            gm = statistics.geometric_mean(v)
+            print(f"  {k[0]} {k[1]} {k[2]} {k[3]} {k[4]}: {gm:.2f}x over {len(v)} cases")
+
     os.makedirs(args.out, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     tag = "-".join(devices)
@@ -150,6 +190,7 @@ def main(argv=None):
     jpath = os.path.join(args.out, f"bench-{tag}-{stamp}.json")
     with open(jpath, "w") as f:
         json.dump(dict(meta=meta, copy_gbs={f"{k[0]}:{k[1]}": v for k, v in copy_cache.items()},
+                       matmul_gflops={f"{k[0]}:{k[1]}": v for k, v in peak_cache.items()},
                        results=results), f, indent=1)
     print(f"\nwrote {jpath}")
     if not args.no_chart:

@@ -76,7 +76,42 @@ struct Kern {
   void vmac(T* acc, const T* w, const T* x, int64_t n) const {
     avx2 ? conv::avx2::vmac(acc, w, x, n) : conv::generic::vmac(acc, w, x, n);
   }
+  void dw_rows(const T* const* rows, const T* const* w, int64_t nrows, int64_t K,
+               const int64_t* coff, int64_t lo, int64_t hi, T init, T* y) const {
+    avx2 ? conv::avx2::dw_rows(rows, w, nrows, K, coff, lo, hi, init, y)
+         : conv::generic::dw_rows(rows, w, nrows, K, coff, lo, hi, init, y);
+  }
 };
+
+// One output row of a stride-1 (along the row) depthwise pass:
+//   y[o] = init + sum_r sum_k w[r][k] * rows[r][o + coff[k]]  for o < n,
+// taps reading outside [0, width) skipped. The interior (every tap inside)
+// runs in the vector kernel, the border columns here.
+template <typename T>
+void dw_row(const Kern<T>& K, const std::vector<const T*>& rows, const std::vector<const T*>& w,
+            int64_t KW, const int64_t* coff, int64_t width, int64_t n, T init, T* y) {
+  if (rows.empty()) {
+    std::fill(y, y + n, init);
+    return;
+  }
+  int64_t cmin = coff[0], cmax = coff[0];
+  for (int64_t k = 1; k < KW; ++k) cmin = std::min(cmin, coff[k]), cmax = std::max(cmax, coff[k]);
+  const int64_t lo = std::min(n, std::max<int64_t>(0, -cmin));
+  const int64_t hi = std::max(lo, std::min(n, width - cmax));
+  const int64_t nr = (int64_t)rows.size();
+  K.dw_rows(rows.data(), w.data(), nr, KW, coff, lo, hi, init, y);
+  auto edge = [&](int64_t o) {
+    T acc = init;
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t k = 0; k < KW; ++k) {
+        const int64_t i = o + coff[k];
+        if (i >= 0 && i < width) acc += w[r][k] * rows[r][i];
+      }
+    y[o] = acc;
+  };
+  for (int64_t o = 0; o < lo; ++o) edge(o);
+  for (int64_t o = hi; o < n; ++o) edge(o);
+}
 
 // An activation read in NHWC order: (n, row, col, ch) at p + n*sN + row*sR + col*sC + ch.
 template <typename T>
@@ -441,6 +476,29 @@ template <typename T>
 void dw_forward(const ConvGeometry& g, const T* x, bool cl, const T* w, const T* bias, T* y) {
   const Kern<T> K;
   const int64_t M = g.OCg(), KK = g.KH * g.KW;
+  if (!cl && g.sw == 1) {
+    std::vector<int64_t> coff(g.KW);
+    for (int64_t kw = 0; kw < g.KW; ++kw) coff[kw] = kw * g.dw - g.pl;
+    at::parallel_for(0, g.N * g.OC, 1, [&](int64_t b, int64_t e) {
+      std::vector<const T*> rows, wr;
+      for (int64_t pl = b; pl < e; ++pl) {
+        const int64_t n = pl / g.OC, oc = pl % g.OC, c = oc / M;
+        const T* xs = x + (n * g.C + c) * g.H * g.W;
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          rows.clear(), wr.clear();
+          for (int64_t kh = 0; kh < g.KH; ++kh) {
+            const int64_t ih = oh * g.sh + kh * g.dh - g.pt;
+            if (ih < 0 || ih >= g.H) continue;
+            rows.push_back(xs + ih * g.W);
+            wr.push_back(w + oc * KK + kh * g.KW);
+          }
+          dw_row(K, rows, wr, g.KW, coff.data(), g.W, g.OW, bias ? bias[oc] : T(0),
+                 y + (pl * g.OH + oh) * g.OW);
+        }
+      }
+    });
+    return;
+  }
   if (!cl) {
     at::parallel_for(0, g.N * g.OC, 1, [&](int64_t b, int64_t e) {
       for (int64_t pl = b; pl < e; ++pl) {
@@ -498,6 +556,32 @@ template <typename T>
 void dw_dgrad(const ConvGeometry& g, const T* gy, bool cl, const T* w, const T* bias, T* gx) {
   const Kern<T> K;
   const int64_t M = g.OCg(), KK = g.KH * g.KW;
+  if (!cl && g.sw == 1) {
+    // gather: gx[ih][iw] = sum over (m, kh, kw) of w * gy[(ih + pt - kh*dh) / sh][iw + pl - kw*dw]
+    std::vector<int64_t> coff(g.KW);
+    for (int64_t kw = 0; kw < g.KW; ++kw) coff[kw] = g.pl - kw * g.dw;
+    at::parallel_for(0, g.N * g.C, 1, [&](int64_t b, int64_t e) {
+      std::vector<const T*> rows, wr;
+      for (int64_t pl = b; pl < e; ++pl) {
+        const int64_t n = pl / g.C, c = pl % g.C;
+        for (int64_t ih = 0; ih < g.H; ++ih) {
+          rows.clear(), wr.clear();
+          for (int64_t m = 0; m < M; ++m) {
+            const int64_t oc = c * M + m;
+            for (int64_t kh = 0; kh < g.KH; ++kh) {
+              const int64_t vh = ih + g.pt - kh * g.dh;
+              if (vh < 0 || vh % g.sh != 0 || vh / g.sh >= g.OH) continue;
+              rows.push_back(gy + ((n * g.OC + oc) * g.OH + vh / g.sh) * g.OW);
+              wr.push_back(w + oc * KK + kh * g.KW);
+            }
+          }
+          dw_row(K, rows, wr, g.KW, coff.data(), g.OW, g.W, bias ? bias[c] : T(0),
+                 gx + (pl * g.H + ih) * g.W);
+        }
+      }
+    });
+    return;
+  }
   if (!cl) {
     at::parallel_for(0, g.N * g.C, 1, [&](int64_t b, int64_t e) {
       for (int64_t pl = b; pl < e; ++pl) {

@@ -5,6 +5,7 @@
 // 12 accumulators in ymm registers and per reduction step issues 2 loads of
 // b, 6 broadcasts of a and 12 FMAs (the BLIS-style outer product). The
 // portable version is the same loop nest in plain C++.
+#include <algorithm>
 #include <cstring>
 
 namespace cnnkernels {
@@ -76,7 +77,70 @@ inline void vmac_impl(T* acc, const T* w, const T* x, int64_t n) {
   for (int64_t c = 0; c < n; ++c) acc[c] += w[c] * x[c];
 }
 
+template <typename T>
+inline void dw_rows_portable(const T* const* rows, const T* const* w, int64_t nrows, int64_t K,
+                             const int64_t* coff, int64_t lo, int64_t hi, T init, T* y) {
+  for (int64_t o = lo; o < hi; o += 8) {
+    const int64_t b = o + 8 <= hi || hi - lo < 8 ? o : hi - 8;  // last block shifted back
+    const int nl = (int)std::min<int64_t>(8, hi - b);
+    T acc[8];
+    for (int l = 0; l < 8; ++l) acc[l] = init;
+    for (int64_t r = 0; r < nrows; ++r)
+      for (int64_t k = 0; k < K; ++k) {
+        const T wk = w[r][k];
+        const T* xp = rows[r] + b + coff[k];
+        for (int l = 0; l < nl; ++l) acc[l] += wk * xp[l];
+      }
+    for (int l = 0; l < nl; ++l) y[b + l] = acc[l];
+  }
+}
+
 }  // namespace
+
+#ifdef CNNK_CONV_AVX2
+// Outputs are recomputed from init (not accumulated), so the last 8-block can
+// be shifted back to overlap the previous one instead of running scalar.
+void dw_rows(const float* const* rows, const float* const* w, int64_t nrows, int64_t K,
+             const int64_t* coff, int64_t lo, int64_t hi, float init, float* y) {
+  if (hi - lo < 8) return dw_rows_portable(rows, w, nrows, K, coff, lo, hi, init, y);
+  const __m256 vi = _mm256_set1_ps(init);
+  int64_t o = lo;
+  for (; o + 32 <= hi; o += 32) {  // 4 accumulators cover the FMA latency
+    __m256 a0 = vi, a1 = vi, a2 = vi, a3 = vi;
+    for (int64_t r = 0; r < nrows; ++r)
+      for (int64_t k = 0; k < K; ++k) {
+        const __m256 wk = _mm256_set1_ps(w[r][k]);
+        const float* xp = rows[r] + o + coff[k];
+        a0 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(xp), a0);
+        a1 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(xp + 8), a1);
+        a2 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(xp + 16), a2);
+        a3 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(xp + 24), a3);
+      }
+    _mm256_storeu_ps(y + o, a0);
+    _mm256_storeu_ps(y + o + 8, a1);
+    _mm256_storeu_ps(y + o + 16, a2);
+    _mm256_storeu_ps(y + o + 24, a3);
+  }
+  for (; o < hi; o += 8) {
+    if (o + 8 > hi) o = hi - 8;
+    __m256 a0 = vi;
+    for (int64_t r = 0; r < nrows; ++r)
+      for (int64_t k = 0; k < K; ++k)
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[r][k]), _mm256_loadu_ps(rows[r] + o + coff[k]), a0);
+    _mm256_storeu_ps(y + o, a0);
+  }
+}
+#else
+void dw_rows(const float* const* rows, const float* const* w, int64_t nrows, int64_t K,
+             const int64_t* coff, int64_t lo, int64_t hi, float init, float* y) {
+  dw_rows_portable(rows, w, nrows, K, coff, lo, hi, init, y);
+}
+#endif
+
+void dw_rows(const double* const* rows, const double* const* w, int64_t nrows, int64_t K,
+             const int64_t* coff, int64_t lo, int64_t hi, double init, double* y) {
+  dw_rows_portable(rows, w, nrows, K, coff, lo, hi, init, y);
+}
 
 #ifdef CNNK_CONV_AVX2
 void tile(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,

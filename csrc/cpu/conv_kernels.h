@@ -29,7 +29,10 @@ constexpr int kNR = 16;
   /* sum_k a[k] * x[k * s], in a fixed order (8 partial sums) */                               \
   double dot(const T* a, const T* x, int64_t n, int64_t s);                                    \
   /* acc[c] += w[c] * x[c] for c < n */                                                        \
-  void vmac(T* acc, const T* w, const T* x, int64_t n);
+  void vmac(T* acc, const T* w, const T* x, int64_t n);                                        \
+  /* y[o] = init + sum_{r < nrows} sum_{k < K} w[r][k] * rows[r][o + coff[k]], o in [lo, hi) */ \
+  void dw_rows(const T* const* rows, const T* const* w, int64_t nrows, int64_t K,               \
+               const int64_t* coff, int64_t lo, int64_t hi, T init, T* y);
 
 namespace generic {
 CNNK_CONV_DECLARE(float)
