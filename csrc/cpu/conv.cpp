@@ -747,26 +747,40 @@ Tensor empty_act(const Tensor& like, c10::IntArrayRef sizes, at::MemoryFormat fm
   return at::empty(sizes, like.options().memory_format(fmt));
 }
 
-// The three gradients of y = conv(x, w) + b (each only when asked for).
-// gy and x are in layout fmt; gx is returned in that layout, gw contiguous.
+// The three gradients of one call (each only when asked for), in layout fmt
+// (the weight gradient contiguous).
+//   conv2d:           gy = grad of the output, x = the input.
+//   conv_transpose2d: gy = its grad_output (the convolution's input), x = its
+//   input (the convolution's output): the input gradient is the convolution's
+//   forward of gy, the weight gradient the convolution's with x and gy swapped.
 std::tuple<Tensor, Tensor, Tensor> conv_grads(const ConvGeometry& g, const Tensor& gy,
                                               const Tensor& x, const Tensor& w,
-                                              at::MemoryFormat fmt,
-                                              std::array<bool, 3> mask) {
+                                              at::MemoryFormat fmt, std::array<bool, 3> mask,
+                                              bool transposed) {
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
-  Tensor gx = at::empty({0}, gy.options()), gw = at::empty({0}, gy.options()),
-         gb = at::empty({0}, gy.options());
-  if (mask[0]) gx = empty_act(gy, {g.N, g.C, g.H, g.W}, fmt);
-  if (mask[1]) gw = at::empty({g.OC, g.Cg(), g.KH, g.KW}, gy.options());
-  if (mask[2]) gb = at::empty({g.OC}, gy.options());
+  Tensor gx = at::empty({0}, x.options()), gw = at::empty({0}, x.options()),
+         gb = at::empty({0}, x.options());
+  if (mask[0]) gx = empty_act(x, x.sizes(), fmt);
+  if (mask[1]) gw = at::empty({g.OC, g.Cg(), g.KH, g.KW}, x.options());
+  if (mask[2]) gb = at::empty({gy.size(1)}, x.options());
   if (g.N == 0) {
     if (mask[1]) gw.zero_();
     if (mask[2]) gb.zero_();
     return {gx, gw, gb};
   }
-  AT_DISPATCH_FLOATING_TYPES(gy.scalar_type(), "cnnkernels_conv_backward", [&] {
-    if (mask[0]) run_dgrad<scalar_t>(g, gy, cl, w, Tensor(), gx);
-    if (mask[1]) run_wgrad<scalar_t>(g, gy, x, cl, gw);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnnkernels_conv_backward", [&] {
+    if (mask[0]) {
+      if (transposed)
+        run_forward<scalar_t>(g, gy, cl, w, Tensor(), gx);
+      else
+        run_dgrad<scalar_t>(g, gy, cl, w, Tensor(), gx);
+    }
+    if (mask[1]) {
+      if (transposed)
+        run_wgrad<scalar_t>(g, x, gy, cl, gw);
+      else
+        run_wgrad<scalar_t>(g, gy, x, cl, gw);
+    }
     if (mask[2]) bias_grad<scalar_t>(gy, cl, gb.data_ptr<scalar_t>());
   });
   return {gx, gw, gb};
@@ -800,7 +814,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_cpu(
   check_conv_grad(op, grad_output, "grad_output", {g.N, g.OC, g.OH, g.OW}, input);
   const at::MemoryFormat fmt = conv_memory_format(input, weight);
   return conv_grads(g, grad_output.contiguous(fmt), input.contiguous(fmt), weight.contiguous(),
-                    fmt, output_mask);
+                    fmt, output_mask, false);
 }
 
 Tensor conv_transpose2d_forward_cpu(const Tensor& input, const Tensor& weight,
@@ -829,27 +843,8 @@ std::tuple<Tensor, Tensor, Tensor> conv_transpose2d_backward_cpu(
                                                    padding, output_padding, groups, dilation, true);
   check_conv_grad(op, grad_output, "grad_output", {g.N, g.C, g.H, g.W}, input);
   const at::MemoryFormat fmt = conv_memory_format(input, weight);
-  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
-  const Tensor go = grad_output.contiguous(fmt), x = input.contiguous(fmt), w = weight.contiguous();
-  Tensor gx = at::empty({0}, input.options()), gw = at::empty({0}, input.options()),
-         gb = at::empty({0}, input.options());
-  if (output_mask[0]) gx = empty_act(input, {g.N, g.OC, g.OH, g.OW}, fmt);
-  if (output_mask[1]) gw = at::empty({g.OC, g.Cg(), g.KH, g.KW}, input.options());
-  if (output_mask[2]) gb = at::empty({g.C}, input.options());
-  if (g.N == 0) {
-    if (output_mask[1]) gw.zero_();
-    if (output_mask[2]) gb.zero_();
-    return {gx, gw, gb};
-  }
-  // the transposed op is the convolution's data gradient: its input gradient
-  // is the convolution's forward of grad_output, its weight gradient the
-  // convolution's weight gradient with the roles of x and y swapped
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkernels_conv_transpose2d_backward", [&] {
-    if (output_mask[0]) run_forward<scalar_t>(g, go, cl, w, Tensor(), gx);
-    if (output_mask[1]) run_wgrad<scalar_t>(g, x, go, cl, gw);
-    if (output_mask[2]) bias_grad<scalar_t>(go, cl, gb.data_ptr<scalar_t>());
-  });
-  return {gx, gw, gb};
+  return conv_grads(g, grad_output.contiguous(fmt), input.contiguous(fmt), weight.contiguous(),
+                    fmt, output_mask, true);
 }
 
 }  // namespace
