@@ -2,6 +2,7 @@
 
     import cnnkernels
     pool = cnnkernels.nn.MaxPool2d(3, 2, 1)          # drop-in for torch.nn.MaxPool2d
+    model = cnnkernels.convert(model)                 # swap a model's torch.nn layers
     avg = cnnkernels.functional.avg_pool2d            # torch.nn.functional signature
 
 The ops themselves live in torch.ops.cnnkernels (forward and backward
@@ -13,6 +14,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import _C  # noqa: F401  (registers torch.ops.cnnkernels)
 from . import _ops  # noqa: F401  (fake kernels)
 from . import autograd, functional, nn
+from .convert import convert
 
 __version__ = "0.1.0"
 
@@ -33,4 +35,4 @@ def set_cpu_isa(name: str) -> None:
     _C._set_cpu_isa(name)
 
 
-__all__ = ["autograd", "functional", "nn", "cuda_built", "cpu_isa", "set_cpu_isa"]
+__all__ = ["autograd", "functional", "nn", "convert", "cuda_built", "cpu_isa", "set_cpu_isa"]
