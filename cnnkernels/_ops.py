@@ -139,6 +139,19 @@ def _batch_norm_backward_fake(grad_output, x, weight, bias, save_mean, save_invs
     return gx, gw, gb
 
 
+@torch.library.register_fake(_lib + "batch_norm_stats")
+def _batch_norm_stats_fake(x):
+    C = x.shape[1]
+    stat = _acc_dtype(x.dtype)
+    return x.new_empty((C,), dtype=stat), x.new_empty((C,), dtype=stat)
+
+
+@torch.library.register_fake(_lib + "batch_norm_backward_elemt")
+def _batch_norm_backward_elemt_fake(grad_output, x, weight, bias, mean, invstd, sum_dy,
+                                    sum_dy_xhat, count, activation, negative_slope):
+    return _empty(x.shape, x, _bn_fmt(x))
+
+
 def _drop_fmt(x, channels_last):
     return torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
 

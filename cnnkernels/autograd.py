@@ -262,3 +262,77 @@ class ConvTransposeFunction(torch.autograd.Function):
         grads = [_guard_double_backward("conv_transpose2d", g, grad_out, x, weight) if m else None
                  for g, m in zip((gx, gw, gb), mask)]
         return (*grads, None, None, None, None, None)
+
+
+class SyncBatchNormFunction(torch.autograd.Function):
+    """Training-mode batch norm (with a fused activation) whose statistics
+    span every process of a torch.distributed group.
+
+    Forward: each process's per-channel mean / biased variance and count
+    (batch_norm_stats) are all-gathered and merged (Chan's formula, float64),
+    the running statistics are updated from the merged ones, and the kernel
+    normalises with them (batch_norm_forward in its eval form).
+    Backward: the local sums of act'(z) * grad and of that times x-hat
+    (batch_norm_backward without the input gradient) are all-reduced, and
+    batch_norm_backward_elemt forms the input gradient. The weight and bias
+    gradients returned are this process's (as torch.nn.SyncBatchNorm's:
+    DistributedDataParallel sums them). Saves what BatchNormFunction does."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, activation,
+                negative_slope, process_group, world_size):
+        import torch.distributed as dist
+
+        C = x.shape[1]
+        mean, var = _ops.batch_norm_stats(x)
+        count = x.numel() // C if C > 0 else 0
+        local = torch.cat([mean.double(), var.double(), mean.new_full((1,), count, dtype=torch.float64)])
+        gathered = [torch.empty_like(local) for _ in range(world_size)]
+        dist.all_gather(gathered, local, group=process_group)
+        g = torch.stack(gathered)
+        n = g[:, 2 * C:]
+        total = int(n.sum().item())
+        if total <= 1:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got {total} over "
+                f"{world_size} processes (this one's input size {list(x.shape)})"
+            )
+        g_mean = (n * g[:, :C]).sum(0) / total
+        m2 = (n * (g[:, C:2 * C] + (g[:, :C] - g_mean) ** 2)).sum(0)
+        if running_mean is not None:
+            with torch.no_grad():
+                running_mean.copy_(running_mean.double() * (1.0 - momentum) + g_mean * momentum)
+                running_var.copy_(running_var.double() * (1.0 - momentum)
+                                  + (m2 / (total - 1)) * momentum)
+        y, smean, sinvstd = _ops.batch_norm_forward(
+            x, weight, bias, g_mean.to(mean.dtype), (m2 / total).to(mean.dtype), False, 0.0, eps,
+            activation, negative_slope,
+        )
+        ctx.save_for_backward(x, weight, bias, smean, sinvstd)
+        ctx.cfg = (activation, negative_slope, process_group, total)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        import torch.distributed as dist
+
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        activation, slope, process_group, total = ctx.cfg
+        need = ctx.needs_input_grad
+        C = x.shape[1]
+        # local sums (gw = sum(gz * x-hat), gb = sum(gz)); needed for the input
+        # gradient as well as for the parameters'
+        _, sdx, sd = _ops.batch_norm_backward(
+            grad_out, x, weight, bias, mean, invstd, False, activation, slope, [False, True, True]
+        )
+        gx = None
+        if need[0]:
+            sums = torch.cat([sd, sdx]).to(mean.dtype)
+            dist.all_reduce(sums, group=process_group)
+            gx = _ops.batch_norm_backward_elemt(
+                grad_out, x, weight, bias, mean, invstd, sums[:C], sums[C:], total, activation, slope
+            )
+            gx = _guard_double_backward("sync_batch_norm", gx, grad_out)
+        gw = sdx if need[1] and weight is not None else None
+        gb = sd if need[2] and bias is not None else None
+        return (gx, gw, gb) + (None,) * 8

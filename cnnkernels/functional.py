@@ -2,6 +2,16 @@
 
 These only normalise arguments (ints to pairs, stride=None to the kernel
 size); every check and all shape math happen in C++ (csrc/common/).
+
+Autocast (torch.autocast), applied here so that autograd records the casts:
+  CUDA  conv1d/conv2d/conv_transpose1d/conv_transpose2d run in the autocast
+        dtype (float16 or bfloat16; float64 tensors are left alone), as
+        torch's convolutions do. Pooling, batch norm and dropout run in their
+        input's dtype (batch norm keeps float32 weights and statistics), as
+        torch's do.
+  CPU   the CPU kernels are float32/float64 only: under CPU autocast, float16
+        and bfloat16 inputs of every cnnkernels op are cast to float32 and the
+        op runs (and returns) float32. (torch would run conv in bfloat16.)
 """
 
 from __future__ import annotations
@@ -63,6 +73,25 @@ def _stride_list(stride, op):
     return _int_list(stride, "stride", op)
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _autocast(lower, *tensors):
+    """The tensors as the autocast rule above casts them (unchanged outside
+    autocast). lower: the op runs in the autocast dtype on CUDA (conv)."""
+    dev = tensors[0].device.type
+    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
+        return tensors
+    if dev == "cpu":
+        return tuple(t.float() if t is not None and t.dtype in _LOW_PRECISION else t
+                     for t in tensors)
+    if not lower:
+        return tensors
+    dt = torch.get_autocast_dtype(dev)
+    return tuple(t.to(dt) if t is not None and t.is_floating_point() and t.dtype != torch.float64
+                 else t for t in tensors)
+
+
 def _needs_grad(x):
     return torch.is_grad_enabled() and x.requires_grad
 
@@ -79,6 +108,7 @@ def max_pool2d(
     """Like torch.nn.functional.max_pool2d; indices (int64, flattened per
     (N, C) plane) match torch's exactly."""
     op = "max_pool2d"
+    (input,) = _autocast(False, input)
     args = (
         _int_list(kernel_size, "kernel_size", op),
         _stride_list(stride, op),
@@ -95,6 +125,7 @@ def max_pool2d(
 def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None):
     """Like torch.nn.functional.max_unpool2d."""
     op = "max_unpool2d"
+    (input,) = _autocast(False, input)
     if output_size is not None:
         output_size = _int_list(output_size, "output_size", op)
     return MaxUnpool2dFunction.apply(
@@ -122,6 +153,7 @@ def avg_pool2d(
         isinstance(divisor_override, bool) or not isinstance(divisor_override, (int, torch.SymInt))
     ):
         raise TypeError(f"{op}: divisor_override must be an int or None, but got {divisor_override!r}")
+    (input,) = _autocast(False, input)
     return AvgPool2dFunction.apply(
         input,
         _int_list(kernel_size, "kernel_size", op),
@@ -160,6 +192,7 @@ def batch_norm(
     act = activation_code(activation)
     if training:
         _verify_batch_size(input.size())
+    input, weight, bias = _autocast(False, input, weight, bias)  # running stats: in place
     return BatchNormFunction.apply(
         input, weight, bias, running_mean, running_var, bool(training),
         float(momentum if momentum is not None else 0.0), float(eps), act, float(negative_slope),
@@ -184,6 +217,8 @@ def _check_p(p):
 def _dropout(input, p, training, inplace, channelwise):
     if not training or p == 0 or input.numel() == 0:
         return input  # torch returns the input itself here
+    if not inplace:
+        (input,) = _autocast(False, input)
     fn = DropoutInplaceFunction if inplace else DropoutFunction
     return fn.apply(input, float(p), channelwise)
 
@@ -260,6 +295,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     stride = _ntuple(stride, 2, "stride", "conv2d")
     dilation = _ntuple(dilation, 2, "dilation", "conv2d")
     padding = _conv_padding(padding, weight, dilation, stride, 2, "conv2d")
+    input, weight, bias = _autocast(True, input, weight, bias)
     x, added = _batched(input, 2, "conv2d")
     y = ConvFunction.apply(x, weight, bias, stride, padding, dilation, groups)
     return y.squeeze(0) if added else y
@@ -276,6 +312,7 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         )
     padding = _conv_padding(padding, weight, dilation, stride, 1, "conv1d")
     pad2 = [0, padding[0]] if len(padding) == 1 else [0, 0, padding[0], padding[1]]
+    input, weight, bias = _autocast(True, input, weight, bias)
     x, added = _batched(input, 1, "conv1d")
     y = ConvFunction.apply(
         x.unsqueeze(2), weight.unsqueeze(2), bias, [1, stride[0]], pad2, [1, dilation[0]], groups
@@ -290,6 +327,7 @@ def conv_transpose2d(
     op = "conv_transpose2d"
     args = [_ntuple(v, 2, name, op) for v, name in
             ((stride, "stride"), (padding, "padding"), (output_padding, "output_padding"))]
+    input, weight, bias = _autocast(True, input, weight, bias)
     x, added = _batched(input, 2, op)
     y = ConvTransposeFunction.apply(
         x, weight, bias, *args, groups, _ntuple(dilation, 2, "dilation", op)
@@ -310,6 +348,7 @@ def conv_transpose1d(
     s, p, o, d = (_ntuple(v, 1, name, op)[0] for v, name in (
         (stride, "stride"), (padding, "padding"), (output_padding, "output_padding"),
         (dilation, "dilation")))
+    input, weight, bias = _autocast(True, input, weight, bias)
     x, added = _batched(input, 1, op)
     y = ConvTransposeFunction.apply(
         x.unsqueeze(2), weight.unsqueeze(2), bias, [1, s], [0, p], [0, o], groups, [1, d]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from . import functional as fn
+from .autograd import SyncBatchNormFunction, activation_code
 
 __all__ = [
     "MaxPool2d",
@@ -14,6 +15,8 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNormReLU2d",
+    "SyncBatchNorm",
+    "SyncBatchNormReLU2d",
     "Dropout",
     "Dropout2d",
     "Conv1d",
@@ -61,9 +64,10 @@ class AvgPool2d(torch.nn.AvgPool2d):
         )
 
 
-def _batch_norm_forward(self, input, activation):
-    """torch.nn.modules.batchnorm._BatchNorm.forward's bookkeeping (momentum,
-    num_batches_tracked, which statistics to use), then the fused kernel."""
+def _batch_norm_state(self, input):
+    """torch.nn.modules.batchnorm._BatchNorm.forward's bookkeeping: checks,
+    num_batches_tracked, the momentum factor, whether to use batch statistics,
+    and the running statistics to pass (None when not tracked)."""
     self._check_input_dim(input)
     factor = 0.0 if self.momentum is None else self.momentum
     if self.training and self.track_running_stats and self.num_batches_tracked is not None:
@@ -72,17 +76,16 @@ def _batch_norm_forward(self, input, activation):
             factor = 1.0 / float(self.num_batches_tracked)
     use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
     track = not self.training or self.track_running_stats
-    return fn.batch_norm(
-        input,
-        self.running_mean if track else None,
-        self.running_var if track else None,
-        self.weight,
-        self.bias,
-        use_batch_stats,
-        factor,
-        self.eps,
-        activation=activation,
-    )
+    rm = self.running_mean if track else None
+    rv = self.running_var if track else None
+    return factor, use_batch_stats, rm, rv
+
+
+def _batch_norm_forward(self, input, activation):
+    """_BatchNorm.forward with the fused kernel."""
+    factor, use_batch_stats, rm, rv = _batch_norm_state(self, input)
+    return fn.batch_norm(input, rm, rv, self.weight, self.bias, use_batch_stats, factor, self.eps,
+                         activation=activation)
 
 
 class BatchNorm1d(torch.nn.BatchNorm1d):
@@ -106,6 +109,66 @@ class BatchNormReLU2d(torch.nn.BatchNorm2d):
 
     def forward(self, input):
         return _batch_norm_forward(self, input, "relu")
+
+
+class SyncBatchNorm(torch.nn.SyncBatchNorm):
+    """torch.nn.SyncBatchNorm on cnnkernels' kernels: in training, with a
+    torch.distributed process group of more than one process, the batch
+    statistics and the input gradient's sums are reduced over the group
+    (gloo on the CPU, nccl on CUDA); otherwise (eval, one process, no
+    process group) it is a plain BatchNorm. Same constructor, parameters,
+    buffers and state_dict as torch.nn.SyncBatchNorm; also runs on the CPU."""
+
+    _activation = None
+
+    def forward(self, input):
+        factor, use_batch_stats, rm, rv = _batch_norm_state(self, input)
+        group, world = None, 1
+        if use_batch_stats and self.training:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                group = self.process_group or dist.group.WORLD
+                world = dist.get_world_size(group)
+        if world <= 1:
+            return fn.batch_norm(input, rm, rv, self.weight, self.bias, use_batch_stats, factor,
+                                 self.eps, activation=self._activation)
+        (input,) = fn._autocast(False, input)
+        return SyncBatchNormFunction.apply(
+            input, self.weight, self.bias, rm, rv, float(factor), float(self.eps),
+            activation_code(self._activation), 0.0, group, world,
+        )
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module, process_group=None):
+        """Like torch.nn.SyncBatchNorm.convert_sync_batchnorm: every
+        BatchNorm1d/2d/3d and SyncBatchNorm (torch.nn's or cnnkernels')
+        becomes a cnnkernels SyncBatchNorm, and every cnnkernels
+        BatchNormReLU2d a SyncBatchNormReLU2d, sharing parameters and
+        buffers (state_dict keys unchanged). Exact types only: user
+        subclasses are left alone. Returns the module (a new object when
+        `module` itself was converted)."""
+        target = _SYNC_TWINS.get(type(module))
+        if target is not None:
+            new = target.__new__(target)
+            new.__dict__.update(module.__dict__)
+            new.process_group = process_group
+            return new
+        for name, child in module._modules.items():
+            if child is not None:
+                module._modules[name] = cls.convert_sync_batchnorm(child, process_group)
+        return module
+
+
+class SyncBatchNormReLU2d(SyncBatchNorm):
+    """SyncBatchNorm followed by ReLU in one fused kernel, for 4-D input
+    (the distributed form of BatchNormReLU2d)."""
+
+    _activation = "relu"
+
+    def _check_input_dim(self, input):
+        if input.dim() != 4:
+            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
 
 
 class Dropout(torch.nn.Dropout):
@@ -165,3 +228,14 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
             input, self.weight, self.bias, self.stride, self.padding, output_padding,
             self.groups, self.dilation,
         )
+
+
+_SYNC_TWINS = {
+    torch.nn.BatchNorm1d: SyncBatchNorm,
+    torch.nn.BatchNorm2d: SyncBatchNorm,
+    torch.nn.BatchNorm3d: SyncBatchNorm,
+    torch.nn.SyncBatchNorm: SyncBatchNorm,
+    BatchNorm1d: SyncBatchNorm,
+    BatchNorm2d: SyncBatchNorm,
+    BatchNormReLU2d: SyncBatchNormReLU2d,
+}

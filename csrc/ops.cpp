@@ -45,6 +45,18 @@ TORCH_LIBRARY(cnnkernels, m) {
       "batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
       "Tensor save_mean, Tensor save_invstd, bool training, int activation, "
       "float negative_slope, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // The pieces of a batch norm whose statistics span several processes
+  // (SyncBatchNorm, cnnkernels/distributed.py): this process's per-channel
+  // mean and biased variance (in the statistics dtype); and the input
+  // gradient from statistics and gradient sums that were reduced over all
+  // processes (sum_dy = sum of act'(z) * grad_output, sum_dy_xhat = the same
+  // times (x - mean) * invstd; count: the values per channel in all processes).
+  // The local sums come from batch_norm_backward(training=False).
+  m.def("batch_norm_stats(Tensor input) -> (Tensor, Tensor)");
+  m.def(
+      "batch_norm_backward_elemt(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor mean, Tensor invstd, Tensor sum_dy, Tensor sum_dy_xhat, int count, int activation, "
+      "float negative_slope) -> Tensor");
 
   // ---- convolution (csrc/cpu/conv.cpp, csrc/cuda/conv.cu)
   // Cross-correlation, torch's conv2d. padding: 2 ints (symmetric) or 4

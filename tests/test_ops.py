@@ -14,6 +14,7 @@ from conftest import DEVICES
 from test_batch_norm import opcheck_cases as batch_norm_opcheck_cases
 from test_dropout import opcheck_cases as dropout_opcheck_cases
 from test_conv import opcheck_cases as conv_opcheck_cases
+from test_sync_batch_norm import opcheck_cases as sync_bn_opcheck_cases
 
 ops = torch.ops.cnnkernels
 
@@ -55,9 +56,10 @@ def test_opcheck_every_op(device):
         seen.add(op._qualified_op_name)
     registered = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith("cnnkernels::")}
     # batch norm and dropout ops are opchecked in their own test files
-    for op, _ in batch_norm_opcheck_cases(device) + dropout_opcheck_cases(device) + conv_opcheck_cases(device):
+    for op, _ in (batch_norm_opcheck_cases(device) + dropout_opcheck_cases(device) + conv_opcheck_cases(device)
+                  + sync_bn_opcheck_cases(device)):
         seen.add(op._qualified_op_name)
-    assert len(registered) == 16 and registered <= seen, f"ops without an opcheck case: {registered - seen}"
+    assert len(registered) == 18 and registered <= seen, f"ops without an opcheck case: {registered - seen}"
 
 
 def test_gradcheck_float64():

@@ -1,6 +1,8 @@
 // Definitions of the shared batch-norm checks (see batch_norm.h).
 #include "batch_norm.h"
 
+#include <ATen/ops/zeros.h>
+
 #include "pool.h"  // int_list_str
 
 namespace cnnkernels {
@@ -51,6 +53,45 @@ void check_batch_norm_backward(const char* op, const at::Tensor& grad_output,
               grad_output.device());
   check_batch_norm_saved(op, input, save_mean, "save_mean", C);
   check_batch_norm_saved(op, input, save_invstd, "save_invstd", C);
+}
+
+BnGeometry batch_norm_stats_geometry(const char* op, const at::Tensor& input, bool cpu,
+                                     at::Tensor& mean, at::Tensor& var) {
+  TORCH_CHECK(input.dim() >= 2, op, ": input should have at least 2 dimensions (N, C, ...), but got ",
+              input.dim());
+  check_float_dtype(op, input, "input", cpu);
+  const auto opts = input.options().dtype(batch_norm_acc_type(input.scalar_type()));
+  mean = at::zeros({input.size(1)}, opts);
+  var = at::zeros({input.size(1)}, opts);
+  // as eval-mode statistics: no "more than 1 value per channel" rule here
+  return batch_norm_geometry(op, input, c10::nullopt, c10::nullopt, mean, var,
+                             /*training=*/false, 0, cpu);
+}
+
+std::pair<at::Tensor, at::Tensor> batch_norm_elemt_sums(const char* op, const at::Tensor& input,
+                                                        const at::Tensor& sum_dy,
+                                                        const at::Tensor& sum_dy_xhat,
+                                                        int64_t count, int64_t C) {
+  const auto acc = batch_norm_acc_type(input.scalar_type());
+  at::Tensor out[2];
+  const at::Tensor* in[2] = {&sum_dy, &sum_dy_xhat};
+  const char* names[2] = {"sum_dy", "sum_dy_xhat"};
+  for (int i = 0; i < 2; ++i) {
+    const at::Tensor& t = *in[i];
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == C, op, ": ", names[i],
+                " should be a 1-D tensor of C=", C, " elements, but got a tensor of shape ",
+                int_list_str(t.sizes()));
+    TORCH_CHECK(t.device() == input.device(), op, ": ", names[i],
+                " should be on the input's device ", input.device(), ", but is on ", t.device());
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", names[i],
+                " should have a floating dtype, but got ", t.scalar_type());
+    out[i] = t.to(acc).contiguous();
+  }
+  const int64_t local = C > 0 ? input.numel() / C : 0;
+  TORCH_CHECK(count >= local && count >= 1, op,
+              ": count (the values per channel over all processes) should be at least this "
+              "input's ", local, " and at least 1, but got ", count);
+  return {out[0], out[1]};
 }
 
 at::ScalarType batch_norm_acc_type(at::ScalarType input) {

@@ -13,6 +13,7 @@
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <utility>
 
 namespace cnnkernels {
 
@@ -37,6 +38,12 @@ BnGeometry batch_norm_geometry(const char* op, const at::Tensor& input,
                                const c10::optional<at::Tensor>& running_var, bool training,
                                int64_t activation, bool cpu);
 
+// batch_norm_stats' checks (one process's share of a batch may hold a single
+// value per channel) and its zero-filled outputs, mean and var, of C values
+// in the statistics dtype.
+BnGeometry batch_norm_stats_geometry(const char* op, const at::Tensor& input, bool cpu,
+                                     at::Tensor& mean, at::Tensor& var);
+
 // The input (or a gradient) in the layout the kernels read.
 at::Tensor batch_norm_layout(const at::Tensor& t, const BnGeometry& g);
 
@@ -51,6 +58,14 @@ void check_float_dtype(const char* op, const at::Tensor& t, const char* name, bo
 void check_batch_norm_backward(const char* op, const at::Tensor& grad_output,
                                const at::Tensor& input, const at::Tensor& save_mean,
                                const at::Tensor& save_invstd, int64_t C);
+
+// Checks batch_norm_backward_elemt's reduced gradient sums (1-D, C values,
+// the input's device, a floating dtype) and count (positive when the input
+// has elements); returns the sums in the statistics dtype.
+std::pair<at::Tensor, at::Tensor> batch_norm_elemt_sums(const char* op, const at::Tensor& input,
+                                                        const at::Tensor& sum_dy,
+                                                        const at::Tensor& sum_dy_xhat,
+                                                        int64_t count, int64_t C);
 
 // The dtype per-channel statistics are kept in: float for float16/bfloat16/
 // float32 input, double for float64.

@@ -328,11 +328,73 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cpu(
   return {gx, gw, gb};
 }
 
+std::tuple<Tensor, Tensor> batch_norm_stats_cpu(const Tensor& input) {
+  const char* op = "batch_norm_stats";
+  Tensor mean, var;
+  const BnGeometry g = batch_norm_stats_geometry(op, input, /*cpu=*/true, mean, var);
+  const Tensor x = batch_norm_layout(input, g);
+  if (g.count == 0) return {mean, var};  // no values: zeros, weighted by a count of 0
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkernels::batch_norm_stats", [&] {
+    using T = scalar_t;
+    const std::vector<Moments> mo = channel_moments(Path<T>(), x.data_ptr<T>(), g);
+    T* m = mean.data_ptr<T>();
+    T* v = var.data_ptr<T>();
+    for (int64_t c = 0; c < g.C; ++c) m[c] = T(mo[c].mean), v[c] = T(mo[c].m2 / mo[c].n);
+  });
+  return {mean, var};
+}
+
+Tensor batch_norm_backward_elemt_cpu(const Tensor& grad_output, const Tensor& input,
+                                     const c10::optional<Tensor>& weight,
+                                     const c10::optional<Tensor>& bias, const Tensor& save_mean,
+                                     const Tensor& save_invstd, const Tensor& sum_dy,
+                                     const Tensor& sum_dy_xhat, int64_t count, int64_t activation,
+                                     double negative_slope) {
+  const char* op = "batch_norm_backward_elemt";
+  const BnGeometry g = batch_norm_geometry(op, input, weight, bias, c10::nullopt, c10::nullopt,
+                                           /*training=*/true, activation, /*cpu=*/true);
+  check_batch_norm_backward(op, grad_output, input, save_mean, save_invstd, g.C);
+  const auto sums = batch_norm_elemt_sums(op, input, sum_dy, sum_dy_xhat, count, g.C);
+  const Tensor x = batch_norm_layout(input, g);
+  const Tensor gy = batch_norm_layout(grad_output, g);
+  Tensor gx = at::empty(input.sizes(), input.options().memory_format(g.fmt));
+  if (g.count == 0) return gx;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkernels::batch_norm_backward_elemt", [&] {
+    using T = scalar_t;
+    const Path<T> path;
+    const T* mean = save_mean.data_ptr<T>();
+    const T* invstd = save_invstd.data_ptr<T>();
+    const T* w = opt_ptr<T>(weight);
+    const T* b = opt_ptr<T>(bias);
+    const T* sg = sums.first.data_ptr<T>();
+    const T* sgxh = sums.second.data_ptr<T>();
+    std::vector<T> scale(g.C), beta(g.C), k2(g.C), k3(g.C);
+    for (int64_t c = 0; c < g.C; ++c) {
+      scale[c] = (w ? w[c] : T(1)) * invstd[c];
+      beta[c] = b ? b[c] : T(0);
+      // as batch_norm_backward's training constants, with sum_dy_xhat =
+      // invstd * sum(gz * (x - mean))
+      k2[c] = T(double(sg[c]) / double(count));
+      k3[c] = T(double(invstd[c]) * double(sgxh[c]) / double(count));
+    }
+    const Channel<T> ch{mean, scale.data(), beta.data(), k2.data(), k3.data(), int(activation),
+                        T(negative_slope)};
+    const T* xp = x.data_ptr<T>();
+    const T* gp = gy.data_ptr<T>();
+    T* gxp = gx.data_ptr<T>();
+    at::parallel_for(0, units(g), grain(g),
+                     [&](int64_t a, int64_t e) { path.grad_input(gp, xp, gxp, g, a, e, ch); });
+  });
+  return gx;
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace cnnkernels
 
 TORCH_LIBRARY_IMPL(cnnkernels, CPU, m) {
+  m.impl("batch_norm_stats", &cnnkernels::cpu::batch_norm_stats_cpu);
+  m.impl("batch_norm_backward_elemt", &cnnkernels::cpu::batch_norm_backward_elemt_cpu);
   m.impl("batch_norm_forward", &cnnkernels::cpu::batch_norm_forward_cpu);
   m.impl("batch_norm_backward", &cnnkernels::cpu::batch_norm_backward_cpu);
 }

@@ -236,6 +236,42 @@ __global__ void finalize_eval_kernel(const R* __restrict__ running_mean,
   beta[c] = b ? b[c] : A(0);
 }
 
+// One thread per channel: a channel's partials merged in order into its
+// mean and biased variance (batch_norm_stats).
+template <typename A>
+__global__ void finalize_moments_kernel(const Partial* __restrict__ part, int64_t parts,
+                                        int64_t C, A* mean, A* var) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  double n = 0, m = 0, q = 0;
+  for (int64_t i = 0; i < parts; ++i) {
+    const Partial p = part[c * parts + i];
+    if (p.n == 0) continue;
+    const double t = n + p.n, d = p.a - m;
+    m += d * p.n / t;
+    q += p.b + d * d * n * p.n / t;
+    n = t;
+  }
+  mean[c] = static_cast<A>(m);
+  var[c] = static_cast<A>(n > 0 ? q / n : 0.0);
+}
+
+// Input-gradient constants from sums reduced over all processes
+// (batch_norm_backward_elemt): as finalize_grads_kernel's training ones,
+// with sum_dy_xhat = invstd * sum(gz * (x - mean)).
+template <typename A>
+__global__ void elemt_consts_kernel(int64_t C, const A* __restrict__ w, const A* __restrict__ b,
+                                    const A* __restrict__ invstd, const A* __restrict__ sg,
+                                    const A* __restrict__ sgxh, double count, A* scale, A* beta,
+                                    A* k2, A* k3) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  scale[c] = (w ? w[c] : A(1)) * invstd[c];
+  beta[c] = b ? b[c] : A(0);
+  k2[c] = static_cast<A>(double(sg[c]) / count);
+  k3[c] = static_cast<A>(double(invstd[c]) * double(sgxh[c]) / count);
+}
+
 // ---- elementwise passes. Planar: a block takes a chunk of one plane (no
 // per-element division). Interleaved: the channel index advances by the
 // block size modulo C (one modulo per thread).
@@ -580,11 +616,83 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cuda(
   return {gx, gw, gb};
 }
 
+std::tuple<Tensor, Tensor> batch_norm_stats_cuda(const Tensor& input) {
+  const char* op = "batch_norm_stats";
+  Tensor mean, var;
+  const BnGeometry g = batch_norm_stats_geometry(op, input, /*cpu=*/false, mean, var);
+  if (g.count == 0) return {mean, var};
+  c10::cuda::CUDAGuard guard(input.device());
+  const Tensor x = batch_norm_layout(input, g);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const Split sp = make_split(g);
+  Tensor part = at::empty({g.C * sp.parts() * 3}, input.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "cnnkernels::batch_norm_stats_cuda", [&] {
+    using T = scalar_t;
+    using A = at::opmath_type<T>;
+    const int64_t C = g.C;
+    Partial* pp = reinterpret_cast<Partial*>(part.data_ptr<double>());
+    if (g.interleaved) {
+      dim3 grid((C + 31) / 32, sp.sr);
+      stats_rows_kernel<T, A><<<grid, dim3(32, 8), 0, stream>>>(x.data_ptr<T>(), g.rows, C, sp, pp);
+    } else {
+      dim3 grid(C, sp.sn * sp.ss);
+      stats_planar_kernel<T, A><<<grid, kThreads, 0, stream>>>(x.data_ptr<T>(), g.N, C, g.S, sp, pp);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    finalize_moments_kernel<A><<<blocks_for(C), kThreads, 0, stream>>>(
+        pp, sp.parts(), C, mean.data_ptr<A>(), var.data_ptr<A>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {mean, var};
+}
+
+Tensor batch_norm_backward_elemt_cuda(const Tensor& grad_output, const Tensor& input,
+                                      const c10::optional<Tensor>& weight,
+                                      const c10::optional<Tensor>& bias, const Tensor& save_mean,
+                                      const Tensor& save_invstd, const Tensor& sum_dy,
+                                      const Tensor& sum_dy_xhat, int64_t count,
+                                      int64_t activation, double negative_slope) {
+  const char* op = "batch_norm_backward_elemt";
+  const BnGeometry g = batch_norm_geometry(op, input, weight, bias, c10::nullopt, c10::nullopt,
+                                           /*training=*/true, activation, /*cpu=*/false);
+  check_batch_norm_backward(op, grad_output, input, save_mean, save_invstd, g.C);
+  const auto sums = batch_norm_elemt_sums(op, input, sum_dy, sum_dy_xhat, count, g.C);
+  Tensor gx = at::empty(input.sizes(), input.options().memory_format(g.fmt));
+  if (g.count == 0) return gx;
+  c10::cuda::CUDAGuard guard(input.device());
+  const Tensor x = batch_norm_layout(input, g);
+  const Tensor gy = batch_norm_layout(grad_output, g);
+  const auto acc = batch_norm_acc_type(input.scalar_type());
+  const Tensor w = as_acc(weight, acc), b = as_acc(bias, acc);
+  const Tensor mean = save_mean.contiguous(), invstd = save_invstd.contiguous();
+  Tensor consts = at::empty({4, g.C}, input.options().dtype(acc));  // scale, beta, k2, k3
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "cnnkernels::batch_norm_backward_elemt_cuda", [&] {
+    using T = scalar_t;
+    using A = at::opmath_type<T>;
+    const int64_t C = g.C;
+    A* cm = consts.data_ptr<A>();
+    elemt_consts_kernel<A><<<blocks_for(C), kThreads, 0, stream>>>(
+        C, static_cast<const A*>(opt_ptr(w)), static_cast<const A*>(opt_ptr(b)),
+        invstd.data_ptr<A>(), sums.first.data_ptr<A>(), sums.second.data_ptr<A>(), double(count),
+        cm, cm + C, cm + 2 * C, cm + 3 * C);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const ChannelArrays ch{mean.data_ptr<A>(), cm, cm + C, cm + 2 * C, cm + 3 * C};
+    launch_elementwise<true, T, A>(g, x.data_ptr<T>(), gy.data_ptr<T>(), gx.data_ptr<T>(), ch,
+                                   activation, static_cast<A>(negative_slope), stream);
+  });
+  return gx;
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace cnnkernels
 
 TORCH_LIBRARY_IMPL(cnnkernels, CUDA, m) {
+  m.impl("batch_norm_stats", &cnnkernels::cuda::batch_norm_stats_cuda);
+  m.impl("batch_norm_backward_elemt", &cnnkernels::cuda::batch_norm_backward_elemt_cuda);
   m.impl("batch_norm_forward", &cnnkernels::cuda::batch_norm_forward_cuda);
   m.impl("batch_norm_backward", &cnnkernels::cuda::batch_norm_backward_cuda);
 }
