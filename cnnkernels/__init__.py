@@ -13,7 +13,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.cnnkernels)
 from . import _ops  # noqa: F401  (fake kernels)
-from . import autograd, functional, nn
+from . import autograd, functional, models, nn
 from .convert import convert
 
 __version__ = "0.1.0"
@@ -35,4 +35,4 @@ def set_cpu_isa(name: str) -> None:
     _C._set_cpu_isa(name)
 
 
-__all__ = ["autograd", "functional", "nn", "convert", "cuda_built", "cpu_isa", "set_cpu_isa"]
+__all__ = ["autograd", "functional", "models", "nn", "convert", "cuda_built", "cpu_isa", "set_cpu_isa"]
