@@ -3,6 +3,7 @@
     python benchmarks/run.py                  # every family, CPU (and CUDA if present)
     python benchmarks/run.py --quick          # fewer repetitions
     python benchmarks/run.py --ops pool --device cpu
+    python benchmarks/run.py --ops models     # whole-model training steps and inference
 
 Each case times our op and torch's on the same tensors, interleaved (ours,
 torch, torch, ours, ...) so that machine noise hits both alike, and reports
@@ -38,6 +39,7 @@ sys.path.insert(0, HERE)
 import cnnkernels  # noqa: E402
 from harness import Case, time_pair, copy_bandwidth  # noqa: E402
 import cases_conv  # noqa: E402
+import cases_models  # noqa: E402
 import cases_norm  # noqa: E402
 import cases_pool  # noqa: E402
 
@@ -45,6 +47,7 @@ FAMILIES = {
     "pool": cases_pool.cases,
     "norm": cases_norm.cases,
     "conv": cases_conv.cases,
+    "models": cases_models.cases,
 }
 
 
