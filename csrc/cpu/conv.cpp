@@ -354,6 +354,16 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
 
 // -------------------------------------------------------- weight gradient
 
+// The product gw[oc][(kh, kw, c)] = sum over output pixels p of
+// gy[p][oc] * x[p + tap][c], reduced in chunks of kc pixels. Per chunk the
+// gradient rows are packed into 6-wide panels ([rb][k][6], all of them, kept
+// in L2) and, one column block at a time, the input columns into a 16-wide
+// panel ([k][16], kept in L1); the micro-kernel then runs every 6-row block
+// against that panel with unit-stride reads. Packing both sides avoids the
+// strided, cache-set-conflicting reads of the unpacked operands.
+// Work items: (group, reduction split, column range). Each output value is
+// summed by one item per split, the splits (a fixed count that depends on
+// the shapes only) are added in order: results repeat bit for bit.
 template <typename T>
 void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl, T* gw) {
   const Kern<T> K;
@@ -361,7 +371,7 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   const int64_t R = (g.OH - 1) * g.sh + (g.KH - 1) * g.dh + 1;
   const int64_t Cn = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1;
   Tensor xbuf, gbuf;
-  const Nhwc<T> xp = nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, true, xbuf);
+  const Nhwc<T> xp = nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, false, xbuf);
   const Nhwc<T> gp = nhwc_window<T>(gy, cl, 0, g.OH, 0, g.OW, false, gbuf);
 
   // columns: 16 (kw, c) pairs of one kernel row when they are contiguous in
@@ -369,52 +379,108 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   const bool merged = g.G == 1 && g.dw == 1;
   struct Col {
     int64_t kh, kw, c0, ncols;  // merged: c0 indexes the (kw, c) run of row kh
+    int64_t off;                // offset of the column block from a pixel's base
   };
   std::vector<Col> cols;
   if (merged) {
     for (int64_t kh = 0; kh < g.KH; ++kh)
       for (int64_t q = 0; q < g.KW * Cg; q += kNR)
-        cols.push_back({kh, 0, q, std::min<int64_t>(kNR, g.KW * Cg - q)});
+        cols.push_back({kh, 0, q, std::min<int64_t>(kNR, g.KW * Cg - q), kh * g.dh * xp.sR + q});
   } else {
     for (int64_t kh = 0; kh < g.KH; ++kh)
       for (int64_t kw = 0; kw < g.KW; ++kw)
-        for (int64_t c = 0; c < Cg; c += kNR) cols.push_back({kh, kw, c, std::min<int64_t>(kNR, Cg - c)});
+        for (int64_t c = 0; c < Cg; c += kNR)
+          cols.push_back({kh, kw, c, std::min<int64_t>(kNR, Cg - c),
+                          kh * g.dh * xp.sR + kw * g.dw * xp.sC + c});
   }
   const int64_t ncol = (int64_t)cols.size(), nrb = ceil_div(OCg, kMR);
-  const int64_t ntiles = g.G * nrb * ncol;
-  // reduction: one tap per output row (n, oh), in chunks of rows
-  const int64_t nrows = g.N * g.OH, chunk = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, g.OW));
-  std::vector<int64_t> a_off(nrows), b_off(nrows);
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t oh = 0; oh < g.OH; ++oh) {
-      a_off[n * g.OH + oh] = n * gp.sN + oh * gp.sR;
-      b_off[n * g.OH + oh] = n * xp.sN + oh * g.sh * xp.sR;
-    }
-  at::parallel_for(0, ntiles, 1, [&](int64_t b, int64_t e) {
+  const int64_t P = g.N * g.OH * g.OW, wsize = g.OC * Cg * KK;
+  const int64_t kc = std::clamp<int64_t>(32768 / (nrb * kMR), 64, 256);
+  const int64_t ksplit =
+      g.G * ncol >= 8 ? 1
+                      : std::clamp<int64_t>(std::min(ceil_div(8, g.G * ncol), P / (4 * kc)), 1, 8);
+  const int64_t ncg = std::min<int64_t>(
+      ncol, std::max<int64_t>(1, ceil_div(2 * at::get_num_threads(), g.G * ksplit)));
+  std::fill(gw, gw + wsize, T(0));  // (every value is written below unless P == 0)
+  std::vector<T> partial((ksplit - 1) * wsize, T(0));
+
+  at::parallel_for(0, g.G * ksplit * ncg, 1, [&](int64_t b, int64_t e) {
+    std::vector<T> Ap(nrb * kMR * kc), Bp(kc * kNR), acc;  // acc: [col][rb][6][16]
+    std::vector<int64_t> xo(kc), go(kc);
     T out[kMR * kNR];
     const T* ap[kMR];
-    for (int64_t r0 = 0; r0 < nrows; r0 += chunk) {
-      const int64_t nr = std::min(chunk, nrows - r0);
-      for (int64_t tl = b; tl < e; ++tl) {
-        const int64_t grp = tl / (nrb * ncol), rb = (tl / ncol) % nrb;
-        const Col& cs = cols[tl % ncol];
-        const int64_t rows = std::min<int64_t>(kMR, OCg - rb * kMR);
-        for (int i = 0; i < kMR; ++i)
-          ap[i] = gp.p + grp * OCg + rb * kMR + std::min<int64_t>(i, rows - 1);
-        const T* bp = xp.p + cs.kh * g.dh * xp.sR + cs.kw * g.dw * xp.sC + grp * Cg + cs.c0;
-        K.tile(ap, a_off.data() + r0, bp, b_off.data() + r0, nr, g.OW, gp.sC, g.sw * xp.sC, out);
-        for (int64_t i = 0; i < rows; ++i) {
-          T* wr = gw + (grp * OCg + rb * kMR + i) * Cg * KK;
-          for (int64_t j = 0; j < cs.ncols; ++j) {
-            int64_t c = cs.c0 + j, kw = cs.kw;
-            if (merged) kw = c / Cg, c = c % Cg;
-            T& dst = wr[c * KK + cs.kh * g.KW + kw];
-            dst = r0 == 0 ? out[i * kNR + j] : dst + out[i * kNR + j];
+    const int64_t zero = 0;
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t grp = item / (ksplit * ncg), sp = (item / ncg) % ksplit, cg = item % ncg;
+      const int64_t c_lo = ncol * cg / ncg, c_hi = ncol * (cg + 1) / ncg;
+      const int64_t p_lo = P * sp / ksplit, p_hi = P * (sp + 1) / ksplit;
+      T* dst = sp == 0 ? gw : partial.data() + (sp - 1) * wsize;
+      acc.assign((c_hi - c_lo) * nrb * kMR * kNR, T(0));
+      for (int64_t p0 = p_lo; p0 < p_hi; p0 += kc) {
+        const int64_t n = std::min(kc, p_hi - p0);
+        // pixel bases of the chunk, walking (image, row, column)
+        int64_t img = p0 / (g.OH * g.OW), oh = (p0 / g.OW) % g.OH, ow = p0 % g.OW;
+        for (int64_t k = 0; k < n; ++k) {
+          xo[k] = img * xp.sN + oh * g.sh * xp.sR + ow * g.sw * xp.sC + grp * Cg;
+          go[k] = img * gp.sN + oh * gp.sR + ow * gp.sC + grp * OCg;
+          if (++ow == g.OW) {
+            ow = 0;
+            if (++oh == g.OH) oh = 0, ++img;
+          }
+        }
+        for (int64_t rb = 0; rb < nrb; ++rb) {
+          const int64_t rows = std::min<int64_t>(kMR, OCg - rb * kMR);
+          T* a = Ap.data() + rb * kc * kMR;
+          if (rows == kMR) {
+            for (int64_t k = 0; k < n; ++k) std::memcpy(a + k * kMR, gp.p + go[k] + rb * kMR, kMR * sizeof(T));
+          } else {
+            for (int64_t k = 0; k < n; ++k) {
+              const T* src = gp.p + go[k] + rb * kMR;
+              for (int64_t i = 0; i < kMR; ++i) a[k * kMR + i] = i < rows ? src[i] : T(0);
+            }
+          }
+        }
+        for (int64_t ci = c_lo; ci < c_hi; ++ci) {
+          const Col& cs = cols[ci];
+          for (int64_t k = 0; k < n; ++k) {
+            const T* src = xp.p + xo[k] + cs.off;
+            T* d = Bp.data() + k * kNR;
+            if (cs.ncols == kNR) {
+              std::memcpy(d, src, kNR * sizeof(T));
+            } else {
+              for (int64_t j = 0; j < kNR; ++j) d[j] = j < cs.ncols ? src[j] : T(0);
+            }
+          }
+          for (int64_t rb = 0; rb < nrb; ++rb) {
+            for (int i = 0; i < kMR; ++i) ap[i] = Ap.data() + rb * kc * kMR + i;
+            K.tile(ap, &zero, Bp.data(), &zero, 1, n, kMR, kNR, out);
+            T* t = acc.data() + ((ci - c_lo) * nrb + rb) * kMR * kNR;
+            for (int64_t q = 0; q < kMR * kNR; ++q) t[q] += out[q];
+          }
+        }
+      }
+      // the item's tiles into the weight-gradient layout [oc][c][kh][kw]
+      for (int64_t ci = c_lo; ci < c_hi; ++ci) {
+        const Col& cs = cols[ci];
+        for (int64_t rb = 0; rb < nrb; ++rb) {
+          const T* t = acc.data() + ((ci - c_lo) * nrb + rb) * kMR * kNR;
+          const int64_t rows = std::min<int64_t>(kMR, OCg - rb * kMR);
+          for (int64_t i = 0; i < rows; ++i) {
+            T* wr = dst + (grp * OCg + rb * kMR + i) * Cg * KK;
+            for (int64_t j = 0; j < cs.ncols; ++j) {
+              int64_t c = cs.c0 + j, kw = cs.kw;
+              if (merged) kw = c / Cg, c = c % Cg;
+              wr[c * KK + cs.kh * g.KW + kw] = t[i * kNR + j];
+            }
           }
         }
       }
     }
   });
+  for (int64_t s2 = 1; s2 < ksplit; ++s2) {
+    const T* src = partial.data() + (s2 - 1) * wsize;
+    for (int64_t i = 0; i < wsize; ++i) gw[i] += src[i];
+  }
 }
 
 // ---------------------------------------------------------- bias gradient
