@@ -98,6 +98,21 @@ inline void dw_rows_portable(const T* const* rows, const T* const* w, int64_t nr
 }  // namespace
 
 #ifdef CNNK_CONV_AVX2
+template <int NB>
+void dw_rows_tail(const float* const* rows, const float* const* w, int64_t nrows, int64_t K,
+                  const int64_t* coff, int64_t o, int64_t hi, __m256 vi, float* y) {
+  int64_t b[NB];
+  __m256 acc[NB];
+  for (int i = 0; i < NB; ++i) b[i] = std::min<int64_t>(o + 8 * i, hi - 8), acc[i] = vi;
+  for (int64_t r = 0; r < nrows; ++r)
+    for (int64_t k = 0; k < K; ++k) {
+      const __m256 wk = _mm256_set1_ps(w[r][k]);
+      const float* xp = rows[r] + coff[k];
+      for (int i = 0; i < NB; ++i) acc[i] = _mm256_fmadd_ps(wk, _mm256_loadu_ps(xp + b[i]), acc[i]);
+    }
+  for (int i = 0; i < NB; ++i) _mm256_storeu_ps(y + b[i], acc[i]);
+}
+
 // Outputs are recomputed from init (not accumulated), so the last 8-block can
 // be shifted back to overlap the previous one instead of running scalar.
 void dw_rows(const float* const* rows, const float* const* w, int64_t nrows, int64_t K,
@@ -121,13 +136,14 @@ void dw_rows(const float* const* rows, const float* const* w, int64_t nrows, int
     _mm256_storeu_ps(y + o + 16, a2);
     _mm256_storeu_ps(y + o + 24, a3);
   }
-  for (; o < hi; o += 8) {
-    if (o + 8 > hi) o = hi - 8;
-    __m256 a0 = vi;
-    for (int64_t r = 0; r < nrows; ++r)
-      for (int64_t k = 0; k < K; ++k)
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[r][k]), _mm256_loadu_ps(rows[r] + o + coff[k]), a0);
-    _mm256_storeu_ps(y + o, a0);
+  // the last (hi - o) < 32 outputs: up to 4 blocks of 8 in one sweep over the
+  // taps (independent accumulators), the last block shifted back
+  switch ((hi - o + 7) / 8) {
+    case 1: return dw_rows_tail<1>(rows, w, nrows, K, coff, o, hi, vi, y);
+    case 2: return dw_rows_tail<2>(rows, w, nrows, K, coff, o, hi, vi, y);
+    case 3: return dw_rows_tail<3>(rows, w, nrows, K, coff, o, hi, vi, y);
+    case 4: return dw_rows_tail<4>(rows, w, nrows, K, coff, o, hi, vi, y);
+    default: return;
   }
 }
 #else
