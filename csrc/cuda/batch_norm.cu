@@ -186,6 +186,20 @@ __global__ void stats_rows_kernel(const T* __restrict__ x, int64_t R, int64_t C,
   }
 }
 
+// The statistics kernel for the layout: one Partial per (channel, block).
+template <typename T, typename A>
+void launch_stats(const BnGeometry& g, const Split& sp, const T* x, Partial* pp,
+                  cudaStream_t stream) {
+  if (g.interleaved) {
+    dim3 grid((g.C + 31) / 32, sp.sr);
+    stats_rows_kernel<T, A><<<grid, dim3(32, 8), 0, stream>>>(x, g.rows, g.C, sp, pp);
+  } else {
+    dim3 grid(g.C, sp.sn * sp.ss);
+    stats_planar_kernel<T, A><<<grid, kThreads, 0, stream>>>(x, g.N, g.C, g.S, sp, pp);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // One thread per channel: merge the partials in order; mean, invstd, the
 // running-statistics update and the normalisation constants.
 template <typename A, typename R>
@@ -517,14 +531,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward_cuda(
     const bool r_acc = has_rm && running_mean->scalar_type() == acc;
     if (training) {
       Partial* pp = reinterpret_cast<Partial*>(part.data_ptr<double>());
-      if (g.interleaved) {
-        dim3 grid((C + 31) / 32, sp.sr);
-        stats_rows_kernel<T, A><<<grid, dim3(32, 8), 0, stream>>>(x.data_ptr<T>(), g.rows, C, sp, pp);
-      } else {
-        dim3 grid(C, sp.sn * sp.ss);
-        stats_planar_kernel<T, A><<<grid, kThreads, 0, stream>>>(x.data_ptr<T>(), g.N, C, g.S, sp, pp);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_stats<T, A>(g, sp, x.data_ptr<T>(), pp, stream);
       if (r_acc || !has_rm) {
         A* rm = has_rm ? running_mean->data_ptr<A>() : nullptr;
         A* rv = has_rm ? running_var->data_ptr<A>() : nullptr;
@@ -632,14 +639,7 @@ std::tuple<Tensor, Tensor> batch_norm_stats_cuda(const Tensor& input) {
     using A = at::opmath_type<T>;
     const int64_t C = g.C;
     Partial* pp = reinterpret_cast<Partial*>(part.data_ptr<double>());
-    if (g.interleaved) {
-      dim3 grid((C + 31) / 32, sp.sr);
-      stats_rows_kernel<T, A><<<grid, dim3(32, 8), 0, stream>>>(x.data_ptr<T>(), g.rows, C, sp, pp);
-    } else {
-      dim3 grid(C, sp.sn * sp.ss);
-      stats_planar_kernel<T, A><<<grid, kThreads, 0, stream>>>(x.data_ptr<T>(), g.N, C, g.S, sp, pp);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_stats<T, A>(g, sp, x.data_ptr<T>(), pp, stream);
     finalize_moments_kernel<A><<<blocks_for(C), kThreads, 0, stream>>>(
         pp, sp.parts(), C, mean.data_ptr<A>(), var.data_ptr<A>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
