@@ -83,6 +83,7 @@ CONV_CASES = [
     ((2, 3, 9, 8), (5, 4, 2), 1, "same", (1, 2), 1, True),  # even kernel: extra padding right
     ((2, 3, 9, 8), (5, 3, 3), 1, "valid", 1, 1, False),
     ((2, 1, 40, 40), (6, 5, 5), 1, 0, 1, 1, False),       # few weight-gradient columns: split reduction
+    ((1, 300, 5, 6), (260, 1, 1), 1, 0, 1, 1, True),      # 1x1 with more than 256 channels: chunked GEMM
 ]
 
 

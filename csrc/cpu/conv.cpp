@@ -775,6 +775,72 @@ void dw_wgrad(const ConvGeometry& g, const T* gy, const T* x, bool cl, T* gw) {
     }
 }
 
+// ------------------------------------------- 1x1 convolutions over NCHW
+// A 1x1, stride-1, unpadded, ungrouped convolution of NCHW tensors is, per
+// image, a plain GEMM over contiguous pixel rows, with no layout change:
+//   dst[n][m][p] = bias[m] + sum_k A[m][k] * src[n][k][p]
+// (forward: A = W, src = x; data gradient: A = W^T, src = grad_output).
+// A is packed once as 6-row panels [rb][k][6]; each 16-pixel column block of
+// src is packed per chunk of K as [k][16] and stays in L1 while every row
+// panel runs against it; the 6x16 tiles are stored straight into dst rows.
+bool nchw_1x1(const ConvGeometry& g, bool cl) {
+  return !cl && g.G == 1 && g.KH == 1 && g.KW == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 &&
+         g.pl == 0 && g.OH == g.H && g.OW == g.W;
+}
+
+template <typename T>
+void nchw_gemm(int64_t M, int64_t K, int64_t N, int64_t HW, const T* A, int64_t a_rs,
+               int64_t a_cs, const T* src, const T* bias, T* dst) {
+  const Kern<T> Kn;
+  const int64_t nrb = ceil_div(M, kMR), kc = std::min<int64_t>(K, 256), npb = ceil_div(HW, kNR);
+  std::vector<T> ap(nrb * K * kMR);
+  for (int64_t rb = 0; rb < nrb; ++rb)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t i = 0; i < kMR; ++i) {
+        const int64_t m = rb * kMR + i;
+        ap[(rb * K + k) * kMR + i] = m < M ? A[m * a_rs + k * a_cs] : T(0);
+      }
+  at::parallel_for(0, N * npb, 1, [&](int64_t b, int64_t e) {
+    std::vector<T> bp(kc * kNR);
+    T out[kMR * kNR];
+    const T* a[kMR];
+    const int64_t zero = 0;
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t n = item / npb, p0 = (item % npb) * kNR, np = std::min<int64_t>(kNR, HW - p0);
+      const T* s = src + n * K * HW + p0;
+      T* d = dst + n * M * HW + p0;
+      for (int64_t k0 = 0; k0 < K; k0 += kc) {
+        const int64_t kn = std::min(kc, K - k0);
+        for (int64_t k = 0; k < kn; ++k) {
+          const T* row = s + (k0 + k) * HW;
+          T* dk = bp.data() + k * kNR;
+          if (np == kNR) {
+            std::memcpy(dk, row, kNR * sizeof(T));
+          } else {
+            for (int64_t j = 0; j < kNR; ++j) dk[j] = j < np ? row[j] : T(0);
+          }
+        }
+        for (int64_t rb = 0; rb < nrb; ++rb) {
+          for (int i = 0; i < kMR; ++i) a[i] = ap.data() + (rb * K + k0) * kMR + i;
+          Kn.tile(a, &zero, bp.data(), &zero, 1, kn, kMR, kNR, out);
+          const int64_t rows = std::min<int64_t>(kMR, M - rb * kMR);
+          for (int64_t i = 0; i < rows; ++i) {
+            const int64_t m = rb * kMR + i;
+            T* dr = d + m * HW;
+            const T* o = out + i * kNR;
+            if (k0 == 0) {
+              const T b0 = bias ? bias[m] : T(0);
+              for (int64_t j = 0; j < np; ++j) dr[j] = o[j] + b0;
+            } else {
+              for (int64_t j = 0; j < np; ++j) dr[j] += o[j];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 // ------------------------------------------------------------ dispatchers
 
 template <typename T>
@@ -783,6 +849,9 @@ void run_forward(const ConvGeometry& g, const Tensor& x, bool cl, const Tensor& 
   const T* bias = b.defined() ? b.data_ptr<T>() : nullptr;
   if (g.depthwise())
     dw_forward<T>(g, x.data_ptr<T>(), cl, w.data_ptr<T>(), bias, y.data_ptr<T>());
+  else if (nchw_1x1(g, cl))
+    nchw_gemm<T>(g.OC, g.C, g.N, g.H * g.W, w.data_ptr<T>(), g.C, 1, x.data_ptr<T>(), bias,
+                 y.data_ptr<T>());
   else
     conv_forward<T>(g, x, cl, w.data_ptr<T>(), bias, y.data_ptr<T>());
 }
@@ -793,6 +862,9 @@ void run_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const Tensor& w
   const T* bias = b.defined() ? b.data_ptr<T>() : nullptr;
   if (g.depthwise())
     dw_dgrad<T>(g, gy.data_ptr<T>(), cl, w.data_ptr<T>(), bias, gx.data_ptr<T>());
+  else if (nchw_1x1(g, cl))
+    nchw_gemm<T>(g.C, g.OC, g.N, g.H * g.W, w.data_ptr<T>(), 1, g.C, gy.data_ptr<T>(), bias,
+                 gx.data_ptr<T>());
   else
     conv_dgrad<T>(g, gy, cl, w.data_ptr<T>(), bias, gx.data_ptr<T>());
 }
