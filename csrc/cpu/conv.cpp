@@ -841,6 +841,64 @@ void nchw_gemm(int64_t M, int64_t K, int64_t N, int64_t HW, const T* A, int64_t 
   });
 }
 
+// The weight gradient of the same 1x1 NCHW case:
+//   gw[oc][c] = sum_n sum_p gy[n][oc][p] * x[n][c][p]
+// The 6 gradient rows are read in place (unit stride along p); per chunk of
+// 256 pixels, each block of 16 input channels is transposed into a [p][16]
+// panel. Work items are ranges of channel blocks (each output value has one
+// owner, summed over (image, chunk) in order: independent of the threads).
+template <typename T>
+void nchw_1x1_wgrad(const ConvGeometry& g, const T* gy, const T* x, T* gw) {
+  const Kern<T> Kn;
+  const int64_t OC = g.OC, C = g.C, HW = g.H * g.W;
+  const int64_t nrb = ceil_div(OC, kMR), ncb = ceil_div(C, kNR), kc = 256;
+  const int64_t ncg = std::min<int64_t>(ncb, 2 * at::get_num_threads());
+  std::fill(gw, gw + OC * C, T(0));
+  at::parallel_for(0, ncg, 1, [&](int64_t b, int64_t e) {
+    std::vector<T> bp(kc * kNR), acc;
+    T out[kMR * kNR];
+    const T* a[kMR];
+    const int64_t zero = 0;
+    for (int64_t cg = b; cg < e; ++cg) {
+      const int64_t cb_lo = ncb * cg / ncg, cb_hi = ncb * (cg + 1) / ncg;
+      acc.assign((cb_hi - cb_lo) * nrb * kMR * kNR, T(0));
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t p0 = 0; p0 < HW; p0 += kc) {
+          const int64_t pn = std::min(kc, HW - p0);
+          for (int64_t cb = cb_lo; cb < cb_hi; ++cb) {
+            const int64_t nc = std::min<int64_t>(kNR, C - cb * kNR);
+            for (int64_t j = 0; j < kNR; ++j) {
+              T* d = bp.data() + j;
+              if (j < nc) {
+                const T* row = x + (n * C + cb * kNR + j) * HW + p0;
+                for (int64_t p = 0; p < pn; ++p) d[p * kNR] = row[p];
+              } else {
+                for (int64_t p = 0; p < pn; ++p) d[p * kNR] = T(0);
+              }
+            }
+            for (int64_t rb = 0; rb < nrb; ++rb) {
+              const int64_t rows = std::min<int64_t>(kMR, OC - rb * kMR);
+              for (int i = 0; i < kMR; ++i)
+                a[i] = gy + (n * OC + rb * kMR + std::min<int64_t>(i, rows - 1)) * HW + p0;
+              Kn.tile(a, &zero, bp.data(), &zero, 1, pn, 1, kNR, out);
+              T* t = acc.data() + ((cb - cb_lo) * nrb + rb) * kMR * kNR;
+              for (int64_t q = 0; q < kMR * kNR; ++q) t[q] += out[q];
+            }
+          }
+        }
+      for (int64_t cb = cb_lo; cb < cb_hi; ++cb) {
+        const int64_t nc = std::min<int64_t>(kNR, C - cb * kNR);
+        for (int64_t rb = 0; rb < nrb; ++rb) {
+          const T* t = acc.data() + ((cb - cb_lo) * nrb + rb) * kMR * kNR;
+          const int64_t rows = std::min<int64_t>(kMR, OC - rb * kMR);
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < nc; ++j) gw[(rb * kMR + i) * C + cb * kNR + j] = t[i * kNR + j];
+        }
+      }
+    }
+  });
+}
+
 // ------------------------------------------------------------ dispatchers
 
 template <typename T>
@@ -873,6 +931,8 @@ template <typename T>
 void run_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl, Tensor& gw) {
   if (g.depthwise())
     dw_wgrad<T>(g, gy.data_ptr<T>(), x.data_ptr<T>(), cl, gw.data_ptr<T>());
+  else if (nchw_1x1(g, cl))
+    nchw_1x1_wgrad<T>(g, gy.data_ptr<T>(), x.data_ptr<T>(), gw.data_ptr<T>());
   else
     conv_wgrad<T>(g, gy, x, cl, gw.data_ptr<T>());
 }
