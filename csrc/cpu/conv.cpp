@@ -901,11 +901,14 @@ void nchw_1x1_wgrad(const ConvGeometry& g, const T* gy, const T* x, T* gw) {
 
 // ------------------------------------------------------------ dispatchers
 
+// A single input channel (C == G == 1, LeNet's first layer) counts as
+// depthwise, but its forward and weight gradient run faster as a plain
+// convolution (merged kw taps); its data gradient stays on the row loops.
 template <typename T>
 void run_forward(const ConvGeometry& g, const Tensor& x, bool cl, const Tensor& w,
                  const Tensor& b, Tensor& y) {
   const T* bias = b.defined() ? b.data_ptr<T>() : nullptr;
-  if (g.depthwise())
+  if (g.depthwise() && g.G > 1)
     dw_forward<T>(g, x.data_ptr<T>(), cl, w.data_ptr<T>(), bias, y.data_ptr<T>());
   else if (nchw_1x1(g, cl))
     nchw_gemm<T>(g.OC, g.C, g.N, g.H * g.W, w.data_ptr<T>(), g.C, 1, x.data_ptr<T>(), bias,
@@ -929,7 +932,7 @@ void run_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const Tensor& w
 
 template <typename T>
 void run_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl, Tensor& gw) {
-  if (g.depthwise())
+  if (g.depthwise() && g.G > 1)
     dw_wgrad<T>(g, gy.data_ptr<T>(), x.data_ptr<T>(), cl, gw.data_ptr<T>());
   else if (nchw_1x1(g, cl))
     nchw_1x1_wgrad<T>(g, gy.data_ptr<T>(), x.data_ptr<T>(), gw.data_ptr<T>());
