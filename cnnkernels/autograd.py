@@ -320,19 +320,23 @@ class SyncBatchNormFunction(torch.autograd.Function):
         activation, slope, process_group, total = ctx.cfg
         need = ctx.needs_input_grad
         C = x.shape[1]
-        # local sums (gw = sum(gz * x-hat), gb = sum(gz)); needed for the input
-        # gradient as well as for the parameters'
+        # local sums (gw = sum(gz * x-hat), gb = sum(gz)), needed for the input
+        # gradient as well as for the parameters', kept in the statistics dtype
+        # (float32 for half input: the all-reduced sums must not round to half)
+        acc = mean.dtype
+        w_acc = weight.to(acc) if weight is not None else mean.new_ones(C)
+        b_acc = bias.to(acc) if bias is not None else None
         _, sdx, sd = _ops.batch_norm_backward(
-            grad_out, x, weight, bias, mean, invstd, False, activation, slope, [False, True, True]
+            grad_out, x, w_acc, b_acc, mean, invstd, False, activation, slope, [False, True, True]
         )
         gx = None
         if need[0]:
-            sums = torch.cat([sd, sdx]).to(mean.dtype)
+            sums = torch.cat([sd, sdx])
             dist.all_reduce(sums, group=process_group)
             gx = _ops.batch_norm_backward_elemt(
                 grad_out, x, weight, bias, mean, invstd, sums[:C], sums[C:], total, activation, slope
             )
             gx = _guard_double_backward("sync_batch_norm", gx, grad_out)
-        gw = sdx if need[1] and weight is not None else None
-        gb = sd if need[2] and bias is not None else None
+        gw = sdx.to(weight.dtype) if need[1] and weight is not None else None
+        gb = sd.to(bias.dtype) if need[2] and bias is not None else None
         return (gx, gw, gb) + (None,) * 8

@@ -7,9 +7,16 @@ were: a checkpoint saved from either model loads into the other. Only exact
 torch.nn types are replaced; user subclasses (which may have their own
 forward) and modules that already are cnnkernels' are left alone.
 
-With fuse_bn_relu, a BatchNorm2d followed directly by a ReLU inside an
-nn.Sequential becomes one BatchNormReLU2d and the ReLU an nn.Identity, so
-module indices (and the keys) do not move.
+With fuse_bn_relu, a BatchNorm2d followed directly by a ReLU inside a plain
+nn.Sequential (not a subclass, which may have its own forward), neither of
+them with hooks, becomes one BatchNormReLU2d and the ReLU an nn.Identity, so
+module indices (and the keys) do not move. A BatchNormReLU2d is a
+torch.nn.BatchNorm2d subclass: convert a fused model to synchronised batch
+norm with cnnkernels.nn.SyncBatchNorm.convert_sync_batchnorm (which keeps the
+ReLU), not torch.nn.SyncBatchNorm's (which would drop it).
+
+The kernels run float32/float64 on the CPU (and also float16/bfloat16 on
+CUDA): a model kept in bfloat16 on the CPU fails with the op's dtype error.
 """
 
 from __future__ import annotations
@@ -57,6 +64,13 @@ def _twin(module, cls):
     return new
 
 
+def _has_hooks(module):
+    """Whether anything observes the module's input or output (hooks): fusing
+    BN + ReLU would change what a BN hook sees and drop the ReLU's hooks."""
+    return any(getattr(module, name, None) for name in (
+        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+
+
 def _qualname(cls):
     mod = cls.__module__
     if mod.startswith("torch.nn.modules"):
@@ -96,9 +110,10 @@ def convert(model: torch.nn.Module, fuse_bn_relu: bool = True, *, return_report:
         # _modules, not named_children(): that skips a module seen before
         children = [(n, m) for n, m in parent._modules.items() if m is not None]
         fuse_next = set()  # names of ReLUs to replace with Identity
-        if fuse_bn_relu and isinstance(parent, torch.nn.Sequential):
+        if fuse_bn_relu and type(parent) is torch.nn.Sequential:
             for (n1, m1), (n2, m2) in zip(children, children[1:]):
-                if type(m1) is torch.nn.BatchNorm2d and type(m2) is torch.nn.ReLU:
+                if (type(m1) is torch.nn.BatchNorm2d and type(m2) is torch.nn.ReLU
+                        and not _has_hooks(m1) and not _has_hooks(m2)):
                     fuse_next.add(n2)
         for i, (name, child) in enumerate(children):
             qual = f"{prefix}{name}"

@@ -217,8 +217,10 @@ def _check_p(p):
 def _dropout(input, p, training, inplace, channelwise):
     if not training or p == 0 or input.numel() == 0:
         return input  # torch returns the input itself here
-    if not inplace:
-        (input,) = _autocast(False, input)
+    (cast,) = _autocast(False, input)
+    if cast is not input:  # CPU autocast of a low-precision input: runs in float32
+        y = DropoutFunction.apply(cast, float(p), channelwise)
+        return input.copy_(y) if inplace else y
     fn = DropoutInplaceFunction if inplace else DropoutFunction
     return fn.apply(input, float(p), channelwise)
 

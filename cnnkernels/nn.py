@@ -105,7 +105,12 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
 class BatchNormReLU2d(torch.nn.BatchNorm2d):
     """torch.nn.BatchNorm2d followed by ReLU, fused into one kernel: same
     constructor, parameters, buffers and state_dict as BatchNorm2d; saves
-    only the input for backward (the ReLU mask is recomputed)."""
+    only the input for backward (the ReLU mask is recomputed).
+
+    Being a BatchNorm2d subclass, it is also what isinstance-based tools
+    see: torch.nn.SyncBatchNorm.convert_sync_batchnorm would turn it into a
+    plain SyncBatchNorm and lose the ReLU; use
+    cnnkernels.nn.SyncBatchNorm.convert_sync_batchnorm (SyncBatchNormReLU2d)."""
 
     def forward(self, input):
         return _batch_norm_forward(self, input, "relu")
@@ -122,6 +127,8 @@ class SyncBatchNorm(torch.nn.SyncBatchNorm):
     _activation = None
 
     def forward(self, input):
+        if input.dim() >= 2 and input.shape[1] == 0:
+            raise ValueError("SyncBatchNorm number of input channels should be non-zero")
         factor, use_batch_stats, rm, rv = _batch_norm_state(self, input)
         group, world = None, 1
         if use_batch_stats and self.training:
@@ -235,6 +242,8 @@ _SYNC_TWINS = {
     torch.nn.BatchNorm2d: SyncBatchNorm,
     torch.nn.BatchNorm3d: SyncBatchNorm,
     torch.nn.SyncBatchNorm: SyncBatchNorm,
+    SyncBatchNorm: SyncBatchNorm,
+    SyncBatchNormReLU2d: SyncBatchNormReLU2d,
     BatchNorm1d: SyncBatchNorm,
     BatchNorm2d: SyncBatchNorm,
     BatchNormReLU2d: SyncBatchNormReLU2d,

@@ -46,8 +46,8 @@ TORCH_LIBRARY(cnnkernels, m) {
       "Tensor save_mean, Tensor save_invstd, bool training, int activation, "
       "float negative_slope, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // The pieces of a batch norm whose statistics span several processes
-  // (SyncBatchNorm, cnnkernels/distributed.py): this process's per-channel
-  // mean and biased variance (in the statistics dtype); and the input
+  // (SyncBatchNormFunction in cnnkernels/autograd.py): this process's
+  // per-channel mean and biased variance (in the statistics dtype); and the input
   // gradient from statistics and gradient sums that were reduced over all
   // processes (sum_dy = sum of act'(z) * grad_output, sum_dy_xhat = the same
   // times (x - mean) * invstd; count: the values per channel in all processes).

@@ -152,3 +152,24 @@ def test_training_step_matches_torch(channels_last):
     ref.eval(), ours.eval()
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), **tol)
+
+
+def test_no_fusion_where_it_would_be_observable():
+    class Taps(tnn.Sequential):  # a Sequential subclass may use its children its own way
+        def forward(self, x):
+            return [m(x) for m in self]
+
+    model = Taps(tnn.BatchNorm2d(4), tnn.ReLU())
+    cnnkernels.convert(model)
+    assert type(model[0]) is knn.BatchNorm2d and type(model[1]) is tnn.ReLU
+    seen = []
+    hooked = tnn.Sequential(tnn.BatchNorm2d(4), tnn.ReLU())
+    hooked[0].register_forward_hook(lambda m, i, o: seen.append(float(o.min())))
+    cnnkernels.convert(hooked)
+    assert type(hooked[0]) is knn.BatchNorm2d and type(hooked[1]) is tnn.ReLU
+    hooked(torch.randn(2, 4, 3, 3))
+    assert seen[0] < 0  # the hook still sees the BatchNorm's own output
+    relu_hooked = tnn.Sequential(tnn.BatchNorm2d(4), tnn.ReLU())
+    relu_hooked[1].register_forward_pre_hook(lambda m, i: None)
+    cnnkernels.convert(relu_hooked)
+    assert type(relu_hooked[1]) is tnn.ReLU

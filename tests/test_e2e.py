@@ -184,3 +184,16 @@ def test_deterministic_training_repeats_bit_for_bit():
             assert torch.equal(states[0][k], states[1][k]), k
     finally:
         torch.use_deterministic_algorithms(old)
+
+
+def test_autocast_cpu_inplace_dropout():
+    torch.manual_seed(0)
+    lin = tnn.Linear(8, 64)
+    drop = knn.Dropout(0.5, inplace=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = lin(torch.randn(4, 8))
+        assert h.dtype == torch.bfloat16
+        out = drop(h)
+    assert out is h and out.dtype == torch.bfloat16  # in place, as torch's
+    zeros = (out == 0).float().mean().item()
+    assert 0.2 < zeros < 0.8

@@ -206,3 +206,10 @@ def opcheck_cases(device):
 def test_opcheck(device):
     for op, args in opcheck_cases(device):
         torch.library.opcheck(op, args)
+
+
+def test_zero_channels_and_regrouping():
+    with pytest.raises(ValueError, match="number of input channels should be non-zero"):
+        knn.SyncBatchNorm(0)(torch.randn(2, 0, 3))
+    m = knn.SyncBatchNorm.convert_sync_batchnorm(knn.SyncBatchNormReLU2d(3), process_group="g2")
+    assert type(m) is knn.SyncBatchNormReLU2d and m.process_group == "g2"

@@ -627,7 +627,7 @@ std::tuple<Tensor, Tensor> batch_norm_stats_cuda(const Tensor& input) {
   const char* op = "batch_norm_stats";
   Tensor mean, var;
   const BnGeometry g = batch_norm_stats_geometry(op, input, /*cpu=*/false, mean, var);
-  if (g.count == 0) return {mean, var};
+  if (g.count == 0 || g.C == 0) return {mean, var};
   c10::cuda::CUDAGuard guard(input.device());
   const Tensor x = batch_norm_layout(input, g);
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -659,7 +659,7 @@ Tensor batch_norm_backward_elemt_cuda(const Tensor& grad_output, const Tensor& i
   check_batch_norm_backward(op, grad_output, input, save_mean, save_invstd, g.C);
   const auto sums = batch_norm_elemt_sums(op, input, sum_dy, sum_dy_xhat, count, g.C);
   Tensor gx = at::empty(input.sizes(), input.options().memory_format(g.fmt));
-  if (g.count == 0) return gx;
+  if (g.count == 0 || g.C == 0) return gx;
   c10::cuda::CUDAGuard guard(input.device());
   const Tensor x = batch_norm_layout(input, g);
   const Tensor gy = batch_norm_layout(grad_output, g);
