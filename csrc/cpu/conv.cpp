@@ -374,24 +374,40 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   const Nhwc<T> xp = nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, false, xbuf);
   const Nhwc<T> gp = nhwc_window<T>(gy, cl, 0, g.OH, 0, g.OW, false, gbuf);
 
-  // columns: 16 (kw, c) pairs of one kernel row when they are contiguous in
-  // NHWC (groups == 1, dw == 1), else 16 channels of one tap
-  const bool merged = g.G == 1 && g.dw == 1;
-  struct Col {
-    int64_t kh, kw, c0, ncols;  // merged: c0 indexes the (kw, c) run of row kh
-    int64_t off;                // offset of the column block from a pixel's base
+  // The reduction columns, all (kh, kw, c) of one group, in the order the
+  // input holds them: each kernel row's (kw, c) run is contiguous in NHWC
+  // when dw == 1. Per column: its offset from a pixel's base and its index
+  // in gw's [c][kh][kw]. A block takes 16 consecutive columns, gathered as
+  // runs of consecutive offsets (a block may span two kernel rows, so a
+  // 3-channel 11x11 kernel needs 23 blocks, not 33).
+  std::vector<int64_t> src_off, dst_idx;
+  for (int64_t kh = 0; kh < g.KH; ++kh)
+    for (int64_t kw = 0; kw < g.KW; ++kw)
+      for (int64_t c = 0; c < Cg; ++c) {
+        src_off.push_back(kh * g.dh * xp.sR + kw * g.dw * xp.sC + c);
+        dst_idx.push_back(c * KK + kh * g.KW + kw);
+      }
+  struct Seg {
+    int64_t pos, off, len;  // columns [pos, pos + len) of a block read from off..off + len
   };
+  struct Col {
+    int64_t first, ncols, seg0, nseg;
+  };
+  std::vector<Seg> segs;
   std::vector<Col> cols;
-  if (merged) {
-    for (int64_t kh = 0; kh < g.KH; ++kh)
-      for (int64_t q = 0; q < g.KW * Cg; q += kNR)
-        cols.push_back({kh, 0, q, std::min<int64_t>(kNR, g.KW * Cg - q), kh * g.dh * xp.sR + q});
-  } else {
-    for (int64_t kh = 0; kh < g.KH; ++kh)
-      for (int64_t kw = 0; kw < g.KW; ++kw)
-        for (int64_t c = 0; c < Cg; c += kNR)
-          cols.push_back({kh, kw, c, std::min<int64_t>(kNR, Cg - c),
-                          kh * g.dh * xp.sR + kw * g.dw * xp.sC + c});
+  const int64_t ncolumns = (int64_t)src_off.size();
+  for (int64_t first = 0; first < ncolumns; first += kNR) {
+    const int64_t n = std::min<int64_t>(kNR, ncolumns - first);
+    Col col{first, n, (int64_t)segs.size(), 0};
+    for (int64_t j = 0; j < n; ++j) {
+      if (j > 0 && src_off[first + j] == src_off[first + j - 1] + 1) {
+        ++segs.back().len;
+      } else {
+        segs.push_back({j, src_off[first + j], 1});
+        ++col.nseg;
+      }
+    }
+    cols.push_back(col);
   }
   const int64_t ncol = (int64_t)cols.size(), nrb = ceil_div(OCg, kMR);
   const int64_t P = g.N * g.OH * g.OW, wsize = g.OC * Cg * KK;
@@ -442,13 +458,16 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
         }
         for (int64_t ci = c_lo; ci < c_hi; ++ci) {
           const Col& cs = cols[ci];
+          const Seg* sg = segs.data() + cs.seg0;
           for (int64_t k = 0; k < n; ++k) {
-            const T* src = xp.p + xo[k] + cs.off;
+            const T* src = xp.p + xo[k];
             T* d = Bp.data() + k * kNR;
-            if (cs.ncols == kNR) {
-              std::memcpy(d, src, kNR * sizeof(T));
+            if (cs.nseg == 1 && cs.ncols == kNR) {
+              std::memcpy(d, src + sg[0].off, kNR * sizeof(T));
             } else {
-              for (int64_t j = 0; j < kNR; ++j) d[j] = j < cs.ncols ? src[j] : T(0);
+              for (int64_t q = 0; q < cs.nseg; ++q)
+                std::memcpy(d + sg[q].pos, src + sg[q].off, sg[q].len * sizeof(T));
+              for (int64_t j = cs.ncols; j < kNR; ++j) d[j] = T(0);
             }
           }
           for (int64_t rb = 0; rb < nrb; ++rb) {
@@ -467,11 +486,7 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
           const int64_t rows = std::min<int64_t>(kMR, OCg - rb * kMR);
           for (int64_t i = 0; i < rows; ++i) {
             T* wr = dst + (grp * OCg + rb * kMR + i) * Cg * KK;
-            for (int64_t j = 0; j < cs.ncols; ++j) {
-              int64_t c = cs.c0 + j, kw = cs.kw;
-              if (merged) kw = c / Cg, c = c % Cg;
-              wr[c * KK + cs.kh * g.KW + kw] = t[i * kNR + j];
-            }
+            for (int64_t j = 0; j < cs.ncols; ++j) wr[dst_idx[cs.first + j]] = t[i * kNR + j];
           }
         }
       }
