@@ -59,3 +59,14 @@ def device_path(request):
         cnnkernels.set_cpu_isa(isa)
     yield device
     cnnkernels.set_cpu_isa(old)
+
+
+@pytest.fixture(autouse=True)
+def _exact_float32_conv():
+    """torch's CUDA convolutions (and ours, which follow the same switch) run
+    float32 as TF32 by default; the parity tests compare at float32
+    precision, so they turn it off. test_conv.py checks the TF32 mode itself."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = old

@@ -392,3 +392,57 @@ def test_errors(call, match):
 def test_device_mismatch():
     with pytest.raises(RuntimeError, match="conv2d: weight should be on the input's device"):
         CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3, device="cuda"))
+
+
+def _rel(a, b):
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), (OC, KH, KW), stride, padding, dilation, groups
+    ((4, 70, 20, 19), (100, 3, 3), 1, 1, 1, 1),
+    ((3, 64, 21, 22), (130, 3, 3), 2, 1, 1, 2),
+    ((2, 48, 17, 18), (64, 5, 5), (2, 1), (2, 1), (1, 2), 1),
+    ((5, 200, 9, 9), (72, 1, 1), 1, 0, 1, 1),
+])
+def test_cuda_large_tiles_all_dtypes(case, layout):
+    """Shapes that span several GEMM tiles in every dimension (and several K
+    chunks in the weight gradient), per dtype, as ||ours - ref|| / ||ref||
+    against float64 on the CPU; float32 both exact and as TF32."""
+    shape, (oc, kh, kw), stride, padding, dilation, groups = case
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=g)
+    w = torch.randn(oc, shape[1] // groups, kh, kw, generator=g) / (shape[1] // groups * kh * kw) ** 0.5
+    b = torch.randn(oc, generator=g)
+    args = (stride, padding, dilation, groups)
+    for transposed in (False, True):
+        if transposed:  # the transposed op of the same geometry: weight (C_in, C_out / G, ...)
+            xin = torch.randn(F.conv2d(x, w, None, *args).shape, generator=g)
+            wt = w
+            bt = torch.randn(shape[1], generator=g)
+            fn = lambda xx, ww, bb: CF.conv_transpose2d(xx, ww, bb, stride, padding, 0, groups, dilation)  # noqa: E731
+            ref_fn = lambda xx, ww, bb: F.conv_transpose2d(xx, ww, bb, stride, padding, 0, groups, dilation)  # noqa: E731
+            tensors = (xin, wt, bt)
+        else:
+            fn = lambda xx, ww, bb: CF.conv2d(xx, ww, bb, *args)  # noqa: E731
+            ref_fn = lambda xx, ww, bb: F.conv2d(xx, ww, bb, *args)  # noqa: E731
+            tensors = (x, w, b)
+        ref_in = [t.double().requires_grad_() for t in tensors]
+        r = ref_fn(*ref_in)
+        gy = torch.randn(r.shape, generator=g, dtype=torch.float64)
+        ref_grads = torch.autograd.grad(r, ref_in, gy)
+        for dtype, tf32, bound in [(torch.float64, False, 1e-12), (torch.float32, False, 1e-5),
+                                   (torch.float32, True, 3e-3), (torch.float16, False, 3e-3),
+                                   (torch.bfloat16, False, 2e-2)]:
+            torch.backends.cudnn.allow_tf32 = tf32
+            ins = [_layout(t.to("cuda", dtype), layout if t.dim() == 4 else "contiguous").requires_grad_()
+                   for t in tensors]
+            y = fn(*ins)
+            grads = torch.autograd.grad(y, ins, gy.to("cuda", dtype))
+            errs = [_rel(y, r)] + [_rel(a, b) for a, b in zip(grads, ref_grads)]
+            assert max(errs) < bound, (transposed, dtype, tf32, errs)
+            assert torch.isfinite(y).all()
+        torch.backends.cudnn.allow_tf32 = False

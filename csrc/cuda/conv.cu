@@ -12,6 +12,7 @@
 //               bit for bit; the bias gradient likewise, one block per channel.
 // This is the correctness baseline: no shared-memory tiling and no tensor
 // cores yet (see benchmarks/results/NOTES.md).
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -24,6 +25,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
 #include <array>
 #include <tuple>
 
@@ -181,13 +185,526 @@ __global__ void bias_grad_kernel(const T* __restrict__ gy, Str gs, T* __restrict
   if (threadIdx.x == 0) gb[c] = static_cast<T>(s);
 }
 
+// ---------------------------------------------------------------------------
+// Implicit GEMM. Every pass is C[m, n] = sum_k A[m, k] * B[k, n] over one
+// group, with A and B gathered from the tensors on the fly (no im2col):
+//   forward (MODE 0)  m = (n, oh, ow), n = oc, k = (c, kh, kw): A = x, B = w
+//   data grad (1)     m = (n, ih, iw), n = c,  k = (oc, kh, kw): A = gy, B = w
+//                     (a tap counts when the stride divides ih + pad - kh*dil)
+//   weight grad (2)   m = oc, n = (c, kh, kw), k = (n, oh, ow): A = gy, B = x,
+//                     K split into fixed chunks, partial sums reduced in order
+// A block owns a BM x BN tile of C; each K step gathers a BM x BK slice of A
+// and a BN x BK slice of B into shared memory through per-row and per-k
+// tables (offset, h, w) so that a gathered element costs two table reads, an
+// add and a bounds test. The next slice is loaded into registers while the
+// current one is multiplied. float16/bfloat16 multiply on the tensor cores
+// (mma m16n8k16, float accumulation); float32 too, as TF32 (m16n8k8), when
+// torch.backends.cudnn.allow_tf32 is on, as torch's own convolutions do;
+// otherwise float32 and float64 use CUDA-core FMAs.
+namespace gemm {
+
+constexpr int BM = 128, BN = 64, NT = 256;
+constexpr int kBad = -(1 << 30);  // h of an entry that is out of range
+
+struct Ent {
+  int64_t off;
+  int h, w;
+};
+
+struct Operand {
+  int limH, limW;  // the gathered element exists when 0 <= h < limH, 0 <= w < limW
+  int sh, sw;      // strided (data grad, stride > 1): h must be a multiple of sh
+  int64_t sH, sW;  // then the element is at off + (h / sh) * sH + (w / sw) * sW
+  bool strided, kfast;  // kfast: consecutive threads load consecutive k
+};
+
+struct Params {
+  int M, Nn, K, kchunk, splits;
+  int N, C, H, W, OC, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, Cg, OCg, KK;
+  Str xs, ys;  // strides of the convolution's input side (x / gx) and output side (y / gy)
+  bool cfast;  // k (or n) orders channels fastest (channels_last)
+  Operand a, b;
+  int64_t split_stride;  // weight grad: elements between two K chunks' partial sums
+  int bias_base;         // bias index of n = 0 is bias_base * group + n
+};
+
+__device__ __forceinline__ void split3(int k, int inner, int mid, bool cfast, int KH, int KW,
+                                       int& c, int& kh, int& kw) {
+  // k over (c, kh, kw); channels fastest when cfast, else kw fastest
+  if (cfast) {
+    c = k % inner;
+    const int t = k / inner;
+    kw = t % KW;
+    kh = t / KW;
+  } else {
+    kw = k % KW;
+    const int t = k / KW;
+    kh = t % KH;
+    c = t / KH;
+  }
+  (void)mid;
+}
+
+template <int MODE>
+__device__ __forceinline__ Ent row_a(const Params& p, int g, int m) {
+  if (m >= p.M) return {0, kBad, kBad};
+  if (MODE == 2) return {int64_t(g * p.OCg + m) * p.ys.c, 0, 0};
+  const int P = MODE == 0 ? p.OH * p.OW : p.H * p.W, Wd = MODE == 0 ? p.OW : p.W;
+  const int n = m / P, r = m - n * P, y = r / Wd, x = r - y * Wd;
+  if (MODE == 0) {
+    const int h = y * p.sh - p.pt, w = x * p.sw - p.pl;
+    return {n * p.xs.n + int64_t(g) * p.Cg * p.xs.c + h * p.xs.h + w * p.xs.w, h, w};
+  }
+  const int h = y + p.pt, w = x + p.pl;
+  int64_t off = n * p.ys.n + int64_t(g) * p.OCg * p.ys.c;
+  if (!p.a.strided) off += h * p.ys.h + w * p.ys.w;
+  return {off, h, w};
+}
+
+template <int MODE>
+__device__ __forceinline__ Ent k_a(const Params& p, int k, int kend) {
+  if (k >= kend) return {0, kBad, kBad};
+  if (MODE == 2) {
+    const int P = p.OH * p.OW, n = k / P, r = k - n * P, oh = r / p.OW, ow = r - oh * p.OW;
+    return {n * p.ys.n + oh * p.ys.h + ow * p.ys.w, 0, 0};
+  }
+  int c, kh, kw;
+  split3(k, MODE == 0 ? p.Cg : p.OCg, 0, p.cfast, p.KH, p.KW, c, kh, kw);
+  if (MODE == 0) {
+    const int h = kh * p.dh, w = kw * p.dw;
+    return {c * p.xs.c + h * p.xs.h + w * p.xs.w, h, w};
+  }
+  const int h = -kh * p.dh, w = -kw * p.dw;
+  int64_t off = c * p.ys.c;
+  if (!p.a.strided) off += h * p.ys.h + w * p.ys.w;
+  return {off, h, w};
+}
+
+template <int MODE>
+__device__ __forceinline__ Ent row_b(const Params& p, int g, int n) {
+  if (n >= p.Nn) return {0, kBad, kBad};
+  if (MODE == 0) return {int64_t(g * p.OCg + n) * p.Cg * p.KK, 0, 0};
+  if (MODE == 1) return {int64_t(g) * p.OCg * p.Cg * p.KK + int64_t(n) * p.KK, 0, 0};
+  int c, kh, kw;
+  split3(n, p.Cg, 0, p.cfast, p.KH, p.KW, c, kh, kw);
+  const int h = kh * p.dh, w = kw * p.dw;
+  return {int64_t(g * p.Cg + c) * p.xs.c + h * p.xs.h + w * p.xs.w, h, w};
+}
+
+template <int MODE>
+__device__ __forceinline__ Ent k_b(const Params& p, int k, int kend) {
+  if (k >= kend) return {0, kBad, kBad};
+  if (MODE == 2) {
+    const int P = p.OH * p.OW, n = k / P, r = k - n * P, oh = r / p.OW, ow = r - oh * p.OW;
+    const int h = oh * p.sh - p.pt, w = ow * p.sw - p.pl;
+    return {n * p.xs.n + h * p.xs.h + w * p.xs.w, h, w};
+  }
+  int c, kh, kw;
+  split3(k, MODE == 0 ? p.Cg : p.OCg, 0, p.cfast, p.KH, p.KW, c, kh, kw);
+  if (MODE == 0) return {int64_t(c) * p.KK + kh * p.KW + kw, 0, 0};
+  return {int64_t(c) * p.Cg * p.KK + kh * p.KW + kw, 0, 0};
+}
+
+template <int MODE>
+__device__ __forceinline__ int64_t out_m(const Params& p, int g, int m) {
+  if (m >= p.M) return 0;
+  if (MODE == 2) return int64_t(g * p.OCg + m) * p.Cg * p.KK;
+  const int P = MODE == 0 ? p.OH * p.OW : p.H * p.W, Wd = MODE == 0 ? p.OW : p.W;
+  const int n = m / P, r = m - n * P, y = r / Wd, x = r - y * Wd;
+  const Str& s = MODE == 0 ? p.ys : p.xs;
+  return n * s.n + y * s.h + x * s.w;
+}
+
+template <int MODE>
+__device__ __forceinline__ int64_t out_n(const Params& p, int g, int n) {
+  if (n >= p.Nn) return 0;
+  if (MODE == 0) return int64_t(g * p.OCg + n) * p.ys.c;
+  if (MODE == 1) return int64_t(g * p.Cg + n) * p.xs.c;
+  int c, kh, kw;
+  split3(n, p.Cg, 0, p.cfast, p.KH, p.KW, c, kh, kw);
+  return int64_t(c) * p.KK + kh * p.KW + kw;
+}
+
+// One gathered element: its offset, or -1 when it lies in the padding.
+__device__ __forceinline__ int64_t gather_off(const Operand& o, const Ent& r, const Ent& k) {
+  const int v = r.h + k.h, u = r.w + k.w;
+  if (!o.strided) {
+    if ((unsigned)v >= (unsigned)o.limH || (unsigned)u >= (unsigned)o.limW) return -1;
+    return r.off + k.off;
+  }
+  if (v < 0 || u < 0 || v % o.sh != 0 || u % o.sw != 0) return -1;
+  const int qv = v / o.sh, qu = u / o.sw;
+  if (qv >= o.limH || qu >= o.limW) return -1;
+  return r.off + k.off + qv * o.sH + qu * o.sW;
+}
+
+template <typename T>
+struct Smem {
+  // float16/bfloat16 stay 16-bit in shared memory; float32 is stored as float
+  // (already rounded to TF32 when the tensor cores are used)
+  using type = T;
+};
+
+__device__ __forceinline__ uint32_t to_tf32(float f) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(f));
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float* c, const uint32_t* a, const uint32_t* b);
+
+template <>
+__device__ __forceinline__ void mma_16816<at::Half>(float* c, const uint32_t* a, const uint32_t* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <>
+__device__ __forceinline__ void mma_16816<at::BFloat16>(float* c, const uint32_t* a,
+                                                        const uint32_t* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void mma_tf32(float* c, const uint32_t* a, const uint32_t* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// KIND: 0 CUDA-core FMAs, 1 TF32 mma (float), 2 16-bit mma (half, bfloat16)
+template <typename T, int KIND>
+struct Cfg {
+  static constexpr int BK = sizeof(T) == 8 ? 16 : 32;
+  static constexpr int PAD = sizeof(T) == 2 ? 8 : (sizeof(T) == 8 ? 2 : 4);
+  static constexpr int LD = BK + PAD;
+};
+
+// Stores C (accumulated in A) at out[om[m] + on[n]], plus the bias.
+template <typename T, typename A, typename O>
+__device__ __forceinline__ void store_c(O* out, const T* bias, int bias0, const int64_t* om,
+                                        const int64_t* on, int ml, int nl, int M, int Nn,
+                                        int m0, int n0, A v) {
+  if (m0 + ml >= M || n0 + nl >= Nn) return;
+  if (bias) v += static_cast<A>(bias[bias0 + n0 + nl]);
+  out[om[ml] + on[nl]] = static_cast<O>(v);
+}
+
+template <typename T, int KIND, int MODE, typename O>
+__global__ void __launch_bounds__(NT) conv_gemm_kernel(const T* __restrict__ asrc,
+                                                       const T* __restrict__ bsrc,
+                                                       const T* __restrict__ bias,
+                                                       O* __restrict__ out, Params p) {
+  using C = Cfg<T, KIND>;
+  using Acc = at::opmath_type<T>;
+  constexpr int BK = C::BK, LD = C::LD;
+  constexpr int EA = BM * BK / NT, EB = BN * BK / NT;
+  __shared__ __align__(16) T As[BM][LD];
+  __shared__ __align__(16) T Bs[BN][LD];
+  __shared__ Ent ra[BM], rb[BN], ka[BK], kb[BK];
+  __shared__ int64_t om[BM], on[BN];
+
+  const int tid = threadIdx.x;
+  const int g = blockIdx.z / p.splits, s = blockIdx.z % p.splits;
+  const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+  const int kbeg = s * p.kchunk, kend = min(p.K, kbeg + p.kchunk);
+  for (int i = tid; i < BM; i += NT) {
+    ra[i] = row_a<MODE>(p, g, m0 + i);
+    om[i] = out_m<MODE>(p, g, m0 + i);
+  }
+  for (int i = tid; i < BN; i += NT) {
+    rb[i] = row_b<MODE>(p, g, n0 + i);
+    on[i] = out_n<MODE>(p, g, n0 + i);
+  }
+  if (tid < BK) ka[tid] = k_a<MODE>(p, kbeg + tid, kend);
+  else if (tid < 2 * BK) kb[tid - BK] = k_b<MODE>(p, kbeg + tid - BK, kend);
+  __syncthreads();
+
+  T ra_reg[EA], rb_reg[EB];
+  auto a_rk = [&](int e, int& r, int& k) {
+    if (p.a.kfast) r = tid / BK + (NT / BK) * e, k = tid % BK;
+    else r = tid % BM, k = tid / BM + (NT / BM) * e;
+  };
+  auto b_rk = [&](int e, int& r, int& k) {
+    if (p.b.kfast) r = tid / BK + (NT / BK) * e, k = tid % BK;
+    else r = tid % BN, k = tid / BN + (NT / BN) * e;
+  };
+  auto load = [&]() {
+#pragma unroll
+    for (int e = 0; e < EA; ++e) {
+      int r, k;
+      a_rk(e, r, k);
+      const int64_t o = gather_off(p.a, ra[r], ka[k]);
+      ra_reg[e] = o >= 0 ? asrc[o] : T(0);
+    }
+#pragma unroll
+    for (int e = 0; e < EB; ++e) {
+      int r, k;
+      b_rk(e, r, k);
+      const int64_t o = gather_off(p.b, rb[r], kb[k]);
+      rb_reg[e] = o >= 0 ? bsrc[o] : T(0);
+    }
+  };
+  auto stash = [&]() {
+#pragma unroll
+    for (int e = 0; e < EA; ++e) {
+      int r, k;
+      a_rk(e, r, k);
+      T v = ra_reg[e];
+      if constexpr (KIND == 1) v = __uint_as_float(to_tf32(v));
+      As[r][k] = v;
+    }
+#pragma unroll
+    for (int e = 0; e < EB; ++e) {
+      int r, k;
+      b_rk(e, r, k);
+      T v = rb_reg[e];
+      if constexpr (KIND == 1) v = __uint_as_float(to_tf32(v));
+      Bs[r][k] = v;
+    }
+  };
+
+  const int warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;
+  const int wm = (warp % 4) * 32, wn = (warp / 4) * 32;
+  float acc_mma[2][4][4];
+  Acc acc_f[8][4];
+  if constexpr (KIND == 0) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc_f[i][j] = Acc(0);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc_mma[i][j][q] = 0.f;
+  }
+
+  load();
+  for (int k0 = kbeg; k0 < kend; k0 += BK) {
+    __syncthreads();  // the previous slice has been multiplied
+    stash();
+    __syncthreads();  // slice in shared memory; the k tables are free
+    if (k0 + BK < kend) {
+      if (tid < BK) ka[tid] = k_a<MODE>(p, k0 + BK + tid, kend);
+      else if (tid < 2 * BK) kb[tid - BK] = k_b<MODE>(p, k0 + BK + tid - BK, kend);
+      __syncthreads();
+      load();  // in flight while this slice is multiplied
+    }
+    if constexpr (KIND == 0) {
+      const int tm = tid % 16, tn = tid / 16;
+#pragma unroll 4
+      for (int k = 0; k < BK; ++k) {
+        Acc av[8], bv[4];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) av[i] = static_cast<Acc>(As[tm + 16 * i][k]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) bv[j] = static_cast<Acc>(Bs[tn + 16 * j][k]);
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc_f[i][j] = fma(av[i], bv[j], acc_f[i][j]);
+      }
+    } else if constexpr (KIND == 1) {
+#pragma unroll
+      for (int kk = 0; kk < BK; kk += 8) {
+        uint32_t af[2][4], bf[4][2];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          const int r = wm + mi * 16 + gid;
+          af[mi][0] = __float_as_uint(As[r][kk + tig]);
+          af[mi][1] = __float_as_uint(As[r + 8][kk + tig]);
+          af[mi][2] = __float_as_uint(As[r][kk + tig + 4]);
+          af[mi][3] = __float_as_uint(As[r + 8][kk + tig + 4]);
+        }
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+          const int c = wn + ni * 8 + gid;
+          bf[ni][0] = __float_as_uint(Bs[c][kk + tig]);
+          bf[ni][1] = __float_as_uint(Bs[c][kk + tig + 4]);
+        }
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) mma_tf32(acc_mma[mi][ni], af[mi], bf[ni]);
+      }
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < BK; kk += 16) {
+        uint32_t af[2][4], bf[4][2];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          const int r = wm + mi * 16 + gid;
+          af[mi][0] = *reinterpret_cast<const uint32_t*>(&As[r][kk + 2 * tig]);
+          af[mi][1] = *reinterpret_cast<const uint32_t*>(&As[r + 8][kk + 2 * tig]);
+          af[mi][2] = *reinterpret_cast<const uint32_t*>(&As[r][kk + 2 * tig + 8]);
+          af[mi][3] = *reinterpret_cast<const uint32_t*>(&As[r + 8][kk + 2 * tig + 8]);
+        }
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+          const int c = wn + ni * 8 + gid;
+          bf[ni][0] = *reinterpret_cast<const uint32_t*>(&Bs[c][kk + 2 * tig]);
+          bf[ni][1] = *reinterpret_cast<const uint32_t*>(&Bs[c][kk + 2 * tig + 8]);
+        }
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) mma_16816<T>(acc_mma[mi][ni], af[mi], bf[ni]);
+      }
+    }
+  }
+
+  O* dst = out + (MODE == 2 ? s * p.split_stride : 0);
+  const T* bptr = MODE == 2 ? nullptr : bias;
+  const int bias0 = p.bias_base * g;
+  if constexpr (KIND == 0) {
+    const int tm = tid % 16, tn = tid / 16;
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        store_c<T, Acc, O>(dst, bptr, bias0, om, on, tm + 16 * i, tn + 16 * j, p.M, p.Nn, m0,
+                           n0, acc_f[i][j]);
+  } else {
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int ml = wm + mi * 16 + gid + (q >= 2 ? 8 : 0);
+          const int nl = wn + ni * 8 + 2 * tig + (q & 1);
+          store_c<T, float, O>(dst, bptr, bias0, om, on, ml, nl, p.M, p.Nn, m0, n0,
+                               acc_mma[mi][ni][q]);
+        }
+  }
+}
+
+// Weight grad: sums the K chunks' partial results in chunk order.
+template <typename T, typename A>
+__global__ void reduce_splits_kernel(const A* __restrict__ part, int splits, int64_t n,
+                                     T* __restrict__ out) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    A s = part[i];
+    for (int j = 1; j < splits; ++j) s += part[j * n + i];
+    out[i] = static_cast<T>(s);
+  }
+}
+
+}  // namespace gemm
+
 int blocks_for(int64_t total) {
   return (int)std::min<int64_t>((total + kThreads - 1) / kThreads, 65535LL * 32);
 }
 
+bool gemm_fits(const ConvGeometry& g) {
+  if (g.depthwise()) return false;  // one channel per group: the direct kernels
+  const int64_t lim = (int64_t(1) << 31) - 4096;
+  const int64_t P = std::max(g.OH * g.OW, g.H * g.W);
+  return g.N * P < lim && g.Cg() * g.KH * g.KW < lim && g.OC * g.KH * g.KW < lim &&
+         g.G <= 65535 && g.H < (1 << 28) && g.W < (1 << 28) &&
+         g.Cg() * g.KH * g.KW < 65535LL * 64 && g.OCg() < 65535LL * 64;
+}
+
+// MODE 0: asrc = x, bsrc = w, out = y; 1: asrc = gy, bsrc = w, out = gx;
+// 2: asrc = gy, bsrc = x, out = gw (partial sums in the accumulation type).
+template <typename T, int MODE>
+void launch_gemm(const ConvGeometry& cg, const Tensor& asrc, const Tensor& bsrc, const Tensor& bias,
+                 Tensor& out, bool cl) {
+  using A = at::opmath_type<T>;
+  gemm::Params p{};
+  const int KK = int(cg.KH * cg.KW);
+  p.N = int(cg.N), p.C = int(cg.C), p.H = int(cg.H), p.W = int(cg.W), p.OC = int(cg.OC);
+  p.OH = int(cg.OH), p.OW = int(cg.OW), p.KH = int(cg.KH), p.KW = int(cg.KW);
+  p.sh = int(cg.sh), p.sw = int(cg.sw), p.pt = int(cg.pt), p.pl = int(cg.pl);
+  p.dh = int(cg.dh), p.dw = int(cg.dw), p.Cg = int(cg.Cg()), p.OCg = int(cg.OCg()), p.KK = KK;
+  p.cfast = cl;
+  const int big = std::numeric_limits<int>::max();
+  const bool strided = cg.sh > 1 || cg.sw > 1;
+  if (MODE == 0) {
+    p.M = p.N * p.OH * p.OW, p.Nn = p.OCg, p.K = p.Cg * KK;
+    p.xs = strides(asrc), p.ys = strides(out);
+    p.a = {p.H, p.W, 1, 1, 0, 0, false, cl};
+    p.b = {big, big, 1, 1, 0, 0, false, true};
+    p.bias_base = p.OCg;
+  } else if (MODE == 1) {
+    p.M = p.N * p.H * p.W, p.Nn = p.Cg, p.K = p.OCg * KK;
+    p.xs = strides(out), p.ys = strides(asrc);
+    p.a = {p.OH, p.OW, p.sh, p.sw, p.ys.h, p.ys.w, strided, cl};
+    p.b = {big, big, 1, 1, 0, 0, false, true};
+    p.bias_base = p.Cg;
+  } else {
+    p.M = p.OCg, p.Nn = p.Cg * KK, p.K = p.N * p.OH * p.OW;
+    p.xs = strides(bsrc), p.ys = strides(asrc);
+    p.a = {big, big, 1, 1, 0, 0, false, !cl};
+    p.b = {p.H, p.W, 1, 1, 0, 0, false, !cl};
+  }
+  if (p.M == 0 || p.Nn == 0) return;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int gx = (p.M + gemm::BM - 1) / gemm::BM, gy = (p.Nn + gemm::BN - 1) / gemm::BN;
+  constexpr int BK = sizeof(T) == 8 ? 16 : 32;
+  int splits = 1;
+  if (MODE == 2) {
+    if (p.K == 0) {
+      out.zero_();
+      return;
+    }
+    const int64_t tiles = int64_t(gx) * gy * cg.G;
+    const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    const int64_t want = (2 * sms + tiles - 1) / tiles;
+    splits = int(std::max<int64_t>(1, std::min<int64_t>({want, p.K / 512, 64, 65535 / cg.G})));
+  }
+  p.kchunk = int(((int64_t(p.K) + splits - 1) / splits + BK - 1) / BK * BK);
+  p.splits = splits = int((p.K + p.kchunk - 1) / p.kchunk);
+  const dim3 grid(gx, gy, unsigned(cg.G * splits));
+  const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
+  const bool tf32 = std::is_same<T, float>::value && at::globalContext().allowTF32CuDNN();
+  auto go = [&](auto* dst) {
+    using O = std::remove_pointer_t<decltype(dst)>;
+    if constexpr (std::is_same<T, at::Half>::value || std::is_same<T, at::BFloat16>::value) {
+      gemm::conv_gemm_kernel<T, 2, MODE, O><<<grid, gemm::NT, 0, stream>>>(
+          asrc.data_ptr<T>(), bsrc.data_ptr<T>(), bp, dst, p);
+    } else {
+      if (tf32) {
+        gemm::conv_gemm_kernel<T, std::is_same<T, float>::value ? 1 : 0, MODE, O>
+            <<<grid, gemm::NT, 0, stream>>>(asrc.data_ptr<T>(), bsrc.data_ptr<T>(), bp, dst, p);
+      } else {
+        gemm::conv_gemm_kernel<T, 0, MODE, O><<<grid, gemm::NT, 0, stream>>>(
+            asrc.data_ptr<T>(), bsrc.data_ptr<T>(), bp, dst, p);
+      }
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if constexpr (MODE != 2) {
+    go(out.data_ptr<T>());
+    return;
+  }
+  const int64_t n = out.numel();
+  p.split_stride = n;
+  Tensor part = at::empty({splits * n}, out.options().dtype(c10::CppTypeToScalarType<A>::value));
+  go(part.data_ptr<A>());
+  gemm::reduce_splits_kernel<T, A><<<blocks_for(n), kThreads, 0, stream>>>(
+      part.data_ptr<A>(), splits, n, out.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <typename T>
-void launch_forward(const Geo& g, const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y,
-                    bool cl) {
+void launch_forward(const ConvGeometry& cg, const Tensor& x, const Tensor& w, const Tensor& b,
+                    Tensor& y, bool cl) {
+  if (gemm_fits(cg)) return launch_gemm<T, 0>(cg, x, w, b, y, cl);
+  const Geo g = to_geo(cg);
   const int64_t total = g.N * g.OC * g.OH * g.OW;
   if (total == 0) return;
   forward_kernel<T><<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -197,8 +714,10 @@ void launch_forward(const Geo& g, const Tensor& x, const Tensor& w, const Tensor
 }
 
 template <typename T>
-void launch_dgrad(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor& b, Tensor& gx,
-                  bool cl) {
+void launch_dgrad(const ConvGeometry& cg, const Tensor& gy, const Tensor& w, const Tensor& b,
+                  Tensor& gx, bool cl) {
+  if (gemm_fits(cg)) return launch_gemm<T, 1>(cg, gy, w, b, gx, cl);
+  const Geo g = to_geo(cg);
   const int64_t total = g.N * g.C * g.H * g.W;
   if (total == 0) return;
   dgrad_kernel<T><<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -208,7 +727,9 @@ void launch_dgrad(const Geo& g, const Tensor& gy, const Tensor& w, const Tensor&
 }
 
 template <typename T>
-void launch_wgrad(const Geo& g, const Tensor& gy, const Tensor& x, Tensor& gw) {
+void launch_wgrad(const ConvGeometry& cg, const Tensor& gy, const Tensor& x, Tensor& gw, bool cl) {
+  if (gemm_fits(cg)) return launch_gemm<T, 2>(cg, gy, x, Tensor(), gw, cl);
+  const Geo g = to_geo(cg);
   wgrad_kernel<T><<<(unsigned)gw.numel(), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       gy.data_ptr<T>(), strides(gy), x.data_ptr<T>(), strides(x), gw.data_ptr<T>(), g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -238,7 +759,7 @@ Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight,
   Tensor y = at::empty({cg.N, cg.OC, cg.OH, cg.OW}, input.options().memory_format(fmt));
   const Tensor x = input.contiguous(fmt), w = weight.contiguous(), b = opt_contig(bias);
   CNNK_CONV_DISPATCH(input.scalar_type(), "cnnkernels_conv2d_forward_cuda", [&] {
-    launch_forward<scalar_t>(to_geo(cg), x, w, b, y, fmt == at::MemoryFormat::ChannelsLast);
+    launch_forward<scalar_t>(cg, x, w, b, y, fmt == at::MemoryFormat::ChannelsLast);
   });
   return y;
 }
@@ -250,7 +771,7 @@ std::tuple<Tensor, Tensor, Tensor> grads(const ConvGeometry& cg, const Tensor& g
   // transposed op's grad_output (the convolution's x), x its input (the
   // convolution's y).
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
-  const Geo g = to_geo(cg);
+  const ConvGeometry& g = cg;
   Tensor g0 = at::empty({0}, x.options()), g1 = at::empty({0}, x.options()),
          g2 = at::empty({0}, x.options());
   if (mask[0]) g0 = at::empty(x.sizes(), x.options().memory_format(fmt));
@@ -259,10 +780,10 @@ std::tuple<Tensor, Tensor, Tensor> grads(const ConvGeometry& cg, const Tensor& g
   CNNK_CONV_DISPATCH(x.scalar_type(), "cnnkernels_conv_backward_cuda", [&] {
     if (transposed) {
       if (mask[0]) launch_forward<scalar_t>(g, gy, w, Tensor(), g0, cl);
-      if (mask[1]) launch_wgrad<scalar_t>(g, x, gy, g1);
+      if (mask[1]) launch_wgrad<scalar_t>(g, x, gy, g1, cl);
     } else {
       if (mask[0]) launch_dgrad<scalar_t>(g, gy, w, Tensor(), g0, cl);
-      if (mask[1]) launch_wgrad<scalar_t>(g, gy, x, g1);
+      if (mask[1]) launch_wgrad<scalar_t>(g, gy, x, g1, cl);
     }
     if (mask[2]) launch_bias_grad<scalar_t>(gy, g2);
   });
@@ -294,7 +815,7 @@ Tensor conv_transpose2d_forward_cuda(const Tensor& input, const Tensor& weight,
   Tensor out = at::empty({cg.N, cg.C, cg.H, cg.W}, input.options().memory_format(fmt));
   const Tensor x = input.contiguous(fmt), w = weight.contiguous(), b = opt_contig(bias);
   CNNK_CONV_DISPATCH(input.scalar_type(), "cnnkernels_conv_transpose2d_forward_cuda", [&] {
-    launch_dgrad<scalar_t>(to_geo(cg), x, w, b, out, fmt == at::MemoryFormat::ChannelsLast);
+    launch_dgrad<scalar_t>(cg, x, w, b, out, fmt == at::MemoryFormat::ChannelsLast);
   });
   return out;
 }
