@@ -25,6 +25,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -280,11 +281,12 @@ __device__ __forceinline__ Ent k_a(const Params& p, int k, int kend) {
   return {off, h, w};
 }
 
+// Forward and data grad: B is a dense [G][Nn][K] matrix (the weight,
+// permuted on the host into the k order when needed).
 template <int MODE>
 __device__ __forceinline__ Ent row_b(const Params& p, int g, int n) {
   if (n >= p.Nn) return {0, kBad, kBad};
-  if (MODE == 0) return {int64_t(g * p.OCg + n) * p.Cg * p.KK, 0, 0};
-  if (MODE == 1) return {int64_t(g) * p.OCg * p.Cg * p.KK + int64_t(n) * p.KK, 0, 0};
+  if (MODE != 2) return {(int64_t(g) * p.Nn + n) * p.K, 0, 0};
   int c, kh, kw;
   split3(n, p.Cg, 0, p.cfast, p.KH, p.KW, c, kh, kw);
   const int h = kh * p.dh, w = kw * p.dw;
@@ -294,15 +296,10 @@ __device__ __forceinline__ Ent row_b(const Params& p, int g, int n) {
 template <int MODE>
 __device__ __forceinline__ Ent k_b(const Params& p, int k, int kend) {
   if (k >= kend) return {0, kBad, kBad};
-  if (MODE == 2) {
-    const int P = p.OH * p.OW, n = k / P, r = k - n * P, oh = r / p.OW, ow = r - oh * p.OW;
-    const int h = oh * p.sh - p.pt, w = ow * p.sw - p.pl;
-    return {n * p.xs.n + h * p.xs.h + w * p.xs.w, h, w};
-  }
-  int c, kh, kw;
-  split3(k, MODE == 0 ? p.Cg : p.OCg, 0, p.cfast, p.KH, p.KW, c, kh, kw);
-  if (MODE == 0) return {int64_t(c) * p.KK + kh * p.KW + kw, 0, 0};
-  return {int64_t(c) * p.Cg * p.KK + kh * p.KW + kw, 0, 0};
+  if (MODE != 2) return {k, 0, 0};
+  const int P = p.OH * p.OW, n = k / P, r = k - n * P, oh = r / p.OW, ow = r - oh * p.OW;
+  const int h = oh * p.sh - p.pt, w = ow * p.sw - p.pl;
+  return {n * p.xs.n + h * p.xs.h + w * p.xs.w, h, w};
 }
 
 template <int MODE>
@@ -399,7 +396,9 @@ __device__ __forceinline__ void store_c(O* out, const T* bias, int bias0, const 
   out[om[ml] + on[nl]] = static_cast<O>(v);
 }
 
-template <typename T, int KIND, int MODE, typename O>
+// VEC: A and B are loaded as 16-byte vectors of consecutive k (channels_last
+// forward / data grad with channel counts divisible by the vector width).
+template <typename T, int KIND, int MODE, typename O, bool VEC>
 __global__ void __launch_bounds__(NT) conv_gemm_kernel(const T* __restrict__ asrc,
                                                        const T* __restrict__ bsrc,
                                                        const T* __restrict__ bias,
@@ -429,47 +428,67 @@ __global__ void __launch_bounds__(NT) conv_gemm_kernel(const T* __restrict__ asr
   else if (tid < 2 * BK) kb[tid - BK] = k_b<MODE>(p, kbeg + tid - BK, kend);
   __syncthreads();
 
-  T ra_reg[EA], rb_reg[EB];
+  constexpr int VW = VEC ? 16 / int(sizeof(T)) : 1, KV = BK / VW;
+  constexpr int EAV = EA / VW, EBV = EB / VW;
+  using V = std::conditional_t<VEC, uint4, T>;
+  V ra_reg[EAV], rb_reg[EBV];
   auto a_rk = [&](int e, int& r, int& k) {
-    if (p.a.kfast) r = tid / BK + (NT / BK) * e, k = tid % BK;
+    if (VEC || p.a.kfast) r = tid / KV + (NT / KV) * e, k = (tid % KV) * VW;
     else r = tid % BM, k = tid / BM + (NT / BM) * e;
   };
   auto b_rk = [&](int e, int& r, int& k) {
-    if (p.b.kfast) r = tid / BK + (NT / BK) * e, k = tid % BK;
+    if (VEC || p.b.kfast) r = tid / KV + (NT / KV) * e, k = (tid % KV) * VW;
     else r = tid % BN, k = tid / BN + (NT / BN) * e;
+  };
+  auto fetch = [&](const T* src, int64_t o) -> V {
+    if constexpr (VEC) {
+      return o >= 0 ? *reinterpret_cast<const uint4*>(src + o) : make_uint4(0, 0, 0, 0);
+    } else {
+      return o >= 0 ? src[o] : T(0);
+    }
+  };
+  auto put = [&](T* dst, const V& v) {
+    if constexpr (VEC) {
+      if constexpr (KIND == 1) {
+        uint4 t = v;
+        t.x = to_tf32(__uint_as_float(t.x)), t.y = to_tf32(__uint_as_float(t.y));
+        t.z = to_tf32(__uint_as_float(t.z)), t.w = to_tf32(__uint_as_float(t.w));
+        *reinterpret_cast<uint4*>(dst) = t;
+      } else {
+        *reinterpret_cast<uint4*>(dst) = v;
+      }
+    } else {
+      T t = v;
+      if constexpr (KIND == 1) t = __uint_as_float(to_tf32(t));
+      *dst = t;
+    }
   };
   auto load = [&]() {
 #pragma unroll
-    for (int e = 0; e < EA; ++e) {
+    for (int e = 0; e < EAV; ++e) {
       int r, k;
       a_rk(e, r, k);
-      const int64_t o = gather_off(p.a, ra[r], ka[k]);
-      ra_reg[e] = o >= 0 ? asrc[o] : T(0);
+      ra_reg[e] = fetch(asrc, gather_off(p.a, ra[r], ka[k]));
     }
 #pragma unroll
-    for (int e = 0; e < EB; ++e) {
+    for (int e = 0; e < EBV; ++e) {
       int r, k;
       b_rk(e, r, k);
-      const int64_t o = gather_off(p.b, rb[r], kb[k]);
-      rb_reg[e] = o >= 0 ? bsrc[o] : T(0);
+      rb_reg[e] = fetch(bsrc, gather_off(p.b, rb[r], kb[k]));
     }
   };
   auto stash = [&]() {
 #pragma unroll
-    for (int e = 0; e < EA; ++e) {
+    for (int e = 0; e < EAV; ++e) {
       int r, k;
       a_rk(e, r, k);
-      T v = ra_reg[e];
-      if constexpr (KIND == 1) v = __uint_as_float(to_tf32(v));
-      As[r][k] = v;
+      put(&As[r][k], ra_reg[e]);
     }
 #pragma unroll
-    for (int e = 0; e < EB; ++e) {
+    for (int e = 0; e < EBV; ++e) {
       int r, k;
       b_rk(e, r, k);
-      T v = rb_reg[e];
-      if constexpr (KIND == 1) v = __uint_as_float(to_tf32(v));
-      Bs[r][k] = v;
+      put(&Bs[r][k], rb_reg[e]);
     }
   };
 
@@ -671,20 +690,36 @@ void launch_gemm(const ConvGeometry& cg, const Tensor& asrc, const Tensor& bsrc,
   const dim3 grid(gx, gy, unsigned(cg.G * splits));
   const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
   const bool tf32 = std::is_same<T, float>::value && at::globalContext().allowTF32CuDNN();
+  // Forward / data grad: B as a dense [G][Nn][K] matrix in the k order.
+  Tensor bmat = bsrc;
+  if (MODE == 0 && cl) bmat = bsrc.permute({0, 2, 3, 1}).contiguous();
+  if (MODE == 1) {
+    const Tensor wv = bsrc.view({cg.G, cg.OCg(), cg.Cg(), cg.KH, cg.KW});
+    bmat = (cl ? wv.permute({0, 2, 3, 4, 1}) : wv.permute({0, 2, 1, 3, 4})).contiguous();
+  }
+  const int64_t vw = 16 / int64_t(sizeof(T));
+  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  const int64_t vch = MODE == 0 ? cg.Cg() : cg.OCg(), vall = MODE == 0 ? cg.C : cg.OC;
+  const bool vec = sizeof(T) <= 4 && MODE != 2 && cl && vch % vw == 0 && vall % vw == 0 &&
+                   aligned(asrc) && aligned(bmat);
   auto go = [&](auto* dst) {
     using O = std::remove_pointer_t<decltype(dst)>;
+    const T* a = asrc.data_ptr<T>();
+    const T* b = bmat.data_ptr<T>();
+#define CNNK_GEMM(KIND, VEC) \
+  gemm::conv_gemm_kernel<T, KIND, MODE, O, VEC><<<grid, gemm::NT, 0, stream>>>(a, b, bp, dst, p)
     if constexpr (std::is_same<T, at::Half>::value || std::is_same<T, at::BFloat16>::value) {
-      gemm::conv_gemm_kernel<T, 2, MODE, O><<<grid, gemm::NT, 0, stream>>>(
-          asrc.data_ptr<T>(), bsrc.data_ptr<T>(), bp, dst, p);
-    } else {
+      if (vec) CNNK_GEMM(2, true); else CNNK_GEMM(2, false);
+    } else if constexpr (std::is_same<T, float>::value) {
       if (tf32) {
-        gemm::conv_gemm_kernel<T, std::is_same<T, float>::value ? 1 : 0, MODE, O>
-            <<<grid, gemm::NT, 0, stream>>>(asrc.data_ptr<T>(), bsrc.data_ptr<T>(), bp, dst, p);
+        if (vec) CNNK_GEMM(1, true); else CNNK_GEMM(1, false);
       } else {
-        gemm::conv_gemm_kernel<T, 0, MODE, O><<<grid, gemm::NT, 0, stream>>>(
-            asrc.data_ptr<T>(), bsrc.data_ptr<T>(), bp, dst, p);
+        if (vec) CNNK_GEMM(0, true); else CNNK_GEMM(0, false);
       }
+    } else {
+      CNNK_GEMM(0, false);
     }
+#undef CNNK_GEMM
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   if constexpr (MODE != 2) {
@@ -700,9 +735,302 @@ void launch_gemm(const ConvGeometry& cg, const Tensor& asrc, const Tensor& bsrc,
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// ---------------------------------------------------------------------------
+// Depthwise (one input channel per group, any channel multiplier M = OC / C):
+// direct kernels with 32-bit indices and no divisions in the inner loops.
+//   forward: y[n, oc, oh, ow] = sum over (kh, kw) of w[oc, kh, kw] * x[n, oc / M, ...]
+//   data grad: gx[n, c, ih, iw] = sum over m < M and the taps whose output
+//   pixel exists of w[c*M + m, kh, kw] * gy[n, c*M + m, oh, ow]
+//   weight grad: per output channel, every tap's sum over (n, oh, ow), in
+//   fixed-order partial sums (no atomics).
+// NCHW: a block is 32 x 8 pixels of one plane; channels_last: 32 channels x
+// 8 pixels of one row, so that a warp reads consecutive addresses.
+namespace dw {
+
+struct P {
+  int N, C, H, W, OC, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, M;
+  Str xs, ys;
+};
+
+P make(const ConvGeometry& g, const Tensor& x_side, const Tensor& y_side) {
+  return {int(g.N), int(g.C), int(g.H), int(g.W), int(g.OC), int(g.OH), int(g.OW), int(g.KH),
+          int(g.KW), int(g.sh), int(g.sw), int(g.pt), int(g.pl), int(g.dh), int(g.dw),
+          int(g.OC / g.C), strides(x_side), strides(y_side)};
+}
+
+// The first output point this thread computes: (n, ch, y, x) over (rows of)
+// an (N, CH, HH, WW) tensor. A thread computes kPer points, 8 apart along y
+// (NCHW) or x (channels_last), which spreads its index arithmetic.
+constexpr int kPer = 4;
+
+template <bool CL>
+__device__ __forceinline__ bool point(int CH, int HH, int WW, int64_t z, int& n, int& ch, int& y,
+                                      int& x) {
+  if (CL) {
+    ch = blockIdx.x * 32 + threadIdx.x;
+    x = blockIdx.y * (8 * kPer) + threadIdx.y;
+    n = int(z / HH), y = int(z - int64_t(n) * HH);
+    return ch < CH;
+  }
+  x = blockIdx.x * 32 + threadIdx.x;
+  y = blockIdx.y * (8 * kPer) + threadIdx.y;
+  n = int(z / CH), ch = int(z - int64_t(n) * CH);
+  return x < WW;
+}
+
+// KH_/KW_: the kernel size when known at compile time (0: read from p), so
+// that the taps unroll and their loads are all in flight together.
+template <typename T, bool CL, int KH_, int KW_>
+__global__ void __launch_bounds__(256) forward_kernel(const T* __restrict__ x,
+                                                      const T* __restrict__ w,
+                                                      const T* __restrict__ b, T* __restrict__ y,
+                                                      P p, int64_t planes) {
+  using A = at::opmath_type<T>;
+  const int KH = KH_ ? KH_ : p.KH, KW = KW_ ? KW_ : p.KW;
+  for (int64_t z = blockIdx.z; z < planes; z += gridDim.z) {
+    int n, oc, oh0, ow0;
+    if (!point<CL>(p.OC, p.OH, p.OW, z, n, oc, oh0, ow0)) continue;
+    const T* xp = x + n * p.xs.n + int64_t(oc / p.M) * p.xs.c;
+    const T* wp = w + int64_t(oc) * KH * KW;
+    const A bv = b ? static_cast<A>(b[oc]) : A(0);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+    const int oh = CL ? oh0 : oh0 + 8 * i, ow = CL ? ow0 + 8 * i : ow0;
+    if (oh >= p.OH || ow >= p.OW) break;
+    A acc = bv;
+    const int h0 = oh * p.sh - p.pt, w0 = ow * p.sw - p.pl;
+#pragma unroll
+    for (int kh = 0; kh < KH; ++kh) {
+      const int ih = h0 + kh * p.dh;
+      const bool hok = (unsigned)ih < (unsigned)p.H;
+      const T* row = xp + int64_t(ih) * p.xs.h;
+#pragma unroll
+      for (int kw = 0; kw < KW; ++kw) {
+        const int iw = w0 + kw * p.dw;
+        if (hok && (unsigned)iw < (unsigned)p.W)
+          acc += static_cast<A>(wp[kh * KW + kw]) * static_cast<A>(row[int64_t(iw) * p.xs.w]);
+      }
+    }
+    y[n * p.ys.n + int64_t(oc) * p.ys.c + int64_t(oh) * p.ys.h + int64_t(ow) * p.ys.w] =
+        static_cast<T>(acc);
+    }
+  }
+}
+
+template <typename T, bool CL, int KH_, int KW_>
+__global__ void __launch_bounds__(256) dgrad_kernel(const T* __restrict__ gy,
+                                                    const T* __restrict__ w,
+                                                    const T* __restrict__ b, T* __restrict__ gx,
+                                                    P p, int64_t planes) {
+  using A = at::opmath_type<T>;
+  const int KH = KH_ ? KH_ : p.KH, KW = KW_ ? KW_ : p.KW;
+  const bool s1 = p.sh == 1 && p.sw == 1;
+  for (int64_t z = blockIdx.z; z < planes; z += gridDim.z) {
+    int n, c, ih0, iw0;
+    if (!point<CL>(p.C, p.H, p.W, z, n, c, ih0, iw0)) continue;
+    const A bv = b ? static_cast<A>(b[c]) : A(0);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+    const int ih = CL ? ih0 : ih0 + 8 * i, iw = CL ? iw0 + 8 * i : iw0;
+    if (ih >= p.H || iw >= p.W) break;
+    A acc = bv;
+    const int vh0 = ih + p.pt, vw0 = iw + p.pl;
+    for (int m = 0; m < p.M; ++m) {
+      const int oc = c * p.M + m;
+      const T* gp = gy + n * p.ys.n + int64_t(oc) * p.ys.c;
+      const T* wp = w + int64_t(oc) * KH * KW;
+#pragma unroll
+      for (int kh = 0; kh < KH; ++kh) {
+        const int vh = vh0 - kh * p.dh;
+        const int oh = s1 ? vh : (vh >= 0 ? vh / p.sh : -1);
+        const bool hok = vh >= 0 && oh * p.sh == vh && oh < p.OH;
+        const T* row = gp + int64_t(oh) * p.ys.h;
+#pragma unroll
+        for (int kw = 0; kw < KW; ++kw) {
+          const int vw = vw0 - kw * p.dw;
+          const int ow = s1 ? vw : (vw >= 0 ? vw / p.sw : -1);
+          if (hok && vw >= 0 && ow * p.sw == vw && ow < p.OW)
+            acc += static_cast<A>(wp[kh * KW + kw]) * static_cast<A>(row[int64_t(ow) * p.ys.w]);
+        }
+      }
+    }
+    gx[n * p.xs.n + int64_t(c) * p.xs.c + int64_t(ih) * p.xs.h + int64_t(iw) * p.xs.w] =
+        static_cast<T>(acc);
+    }
+  }
+}
+
+// Weight grad, at most KMAX taps per channel. NCHW: block (blockIdx.x = oc,
+// blockIdx.y = a slice of the images), threads over the slice's output
+// pixels. channels_last: block = 32 channels x 8 lanes over the output
+// pixels of a slice. Partial sums go to part[slice][oc][tap].
+template <typename T, bool CL, int KMAX>
+__global__ void __launch_bounds__(256) wgrad_kernel(const T* __restrict__ gy,
+                                                    const T* __restrict__ x, P p, int slices,
+                                                    at::opmath_type<T>* __restrict__ part) {
+  using A = at::opmath_type<T>;
+  __shared__ A red1[256];
+  const int KK = p.KH * p.KW;
+  const int64_t P_ = int64_t(p.N) * p.OH * p.OW;
+  const int64_t per = (P_ + slices - 1) / slices;
+  const int64_t q0 = blockIdx.y * per, q1 = min(P_, q0 + per);
+  A acc[KMAX];
+#pragma unroll
+  for (int t = 0; t < KMAX; ++t) acc[t] = A(0);
+  int oc;
+  int64_t q, step;
+  if (CL) {
+    oc = blockIdx.x * 32 + threadIdx.x;
+    q = q0 + threadIdx.y, step = 8;
+  } else {
+    oc = blockIdx.x;
+    q = q0 + threadIdx.y * 32 + threadIdx.x, step = 256;
+  }
+  if (oc < p.OC) {
+    const int c = oc / p.M;
+    for (; q < q1; q += step) {
+      const int qi = int(q), P2 = p.OH * p.OW;  // < 2^30, checked at launch
+      const int n = qi / P2, r = qi - n * P2, oh = r / p.OW, ow = r - oh * p.OW;
+      const A g = static_cast<A>(
+          gy[n * p.ys.n + int64_t(oc) * p.ys.c + int64_t(oh) * p.ys.h + int64_t(ow) * p.ys.w]);
+      const T* xp = x + n * p.xs.n + int64_t(c) * p.xs.c;
+      const int h0 = oh * p.sh - p.pt, w0 = ow * p.sw - p.pl;
+#pragma unroll
+      for (int t = 0; t < KMAX; ++t) {
+        if (t < KK) {
+          const int kh = t / p.KW, kw = t - kh * p.KW;
+          const int ih = h0 + kh * p.dh, iw = w0 + kw * p.dw;
+          if ((unsigned)ih < (unsigned)p.H && (unsigned)iw < (unsigned)p.W)
+            acc[t] += g * static_cast<A>(xp[int64_t(ih) * p.xs.h + int64_t(iw) * p.xs.w]);
+        }
+      }
+    }
+  }
+  // fixed-order block reduction, tap by tap
+  const int tid = threadIdx.y * 32 + threadIdx.x;
+  for (int t = 0; t < KK; ++t) {
+    A v = A(0);
+#pragma unroll
+    for (int u = 0; u < KMAX; ++u)
+      if (u == t) v = acc[u];
+    red1[tid] = v;
+    __syncthreads();
+    if (CL) {
+      if (threadIdx.y == 0 && oc < p.OC) {
+        A s = red1[threadIdx.x];
+        for (int i = 1; i < 8; ++i) s += red1[i * 32 + threadIdx.x];
+        part[(int64_t(blockIdx.y) * p.OC + oc) * KK + t] = s;
+      }
+    } else {
+      for (int s = 128; s > 0; s >>= 1) {
+        if (tid < s) red1[tid] += red1[tid + s];
+        __syncthreads();
+      }
+      if (tid == 0) part[(int64_t(blockIdx.y) * p.OC + oc) * KK + t] = red1[0];
+    }
+    __syncthreads();
+  }
+}
+
+}  // namespace dw
+
+template <typename T>
+bool launch_depthwise(int which, const ConvGeometry& cg, const Tensor& a, const Tensor& b,
+                      const Tensor& bias, Tensor& out, bool cl) {
+  // which: 0 forward (a = x, b = w, out = y), 1 data grad (a = gy, b = w,
+  // out = gx), 2 weight grad (a = gy, b = x, out = gw). false: not handled.
+  if (!cg.depthwise()) return false;
+  const int64_t lim = int64_t(1) << 30;
+  if (cg.N * std::max(cg.OH * cg.OW, cg.H * cg.W) >= lim || cg.OC >= lim) return false;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const dim3 block(32, 8);
+  const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
+  if (which == 0 || which == 1) {
+    const dw::P p = which == 0 ? dw::make(cg, a, out) : dw::make(cg, out, a);
+    const int64_t CH = which == 0 ? cg.OC : cg.C, HH = which == 0 ? cg.OH : cg.H,
+                  WW = which == 0 ? cg.OW : cg.W;
+    if (cg.N * CH * HH * WW == 0) return true;
+    const int64_t planes = cl ? cg.N * HH : cg.N * CH;
+    const dim3 grid(unsigned(cl ? (CH + 31) / 32 : (WW + 31) / 32),
+                    unsigned(cl ? (WW + 8 * dw::kPer - 1) / (8 * dw::kPer)
+                                : (HH + 8 * dw::kPer - 1) / (8 * dw::kPer)),
+                    unsigned(std::min<int64_t>(planes, 65535)));
+    if (grid.x > 65535u * 32768u || grid.y > 65535u) return false;
+#define CNNK_DW1(K, CLV, KS1, KS2)                                                    \
+  dw::K<T, CLV, KS1, KS2><<<grid, block, 0, stream>>>(a.data_ptr<T>(), b.data_ptr<T>(), bp, \
+                                                      out.data_ptr<T>(), p, planes)
+#define CNNK_DW(K, CLV)                                        \
+  if (cg.KH == 3 && cg.KW == 3) {                              \
+    CNNK_DW1(K, CLV, 3, 3);                                    \
+  } else if (cg.KH == 5 && cg.KW == 5) {                       \
+    CNNK_DW1(K, CLV, 5, 5);                                    \
+  } else if (cg.KH == 7 && cg.KW == 7) {                       \
+    CNNK_DW1(K, CLV, 7, 7);                                    \
+  } else {                                                     \
+    CNNK_DW1(K, CLV, 0, 0);                                    \
+  }
+    if (which == 0) {
+      if (cl) {
+        CNNK_DW(forward_kernel, true)
+      } else {
+        CNNK_DW(forward_kernel, false)
+      }
+    } else {
+      if (cl) {
+        CNNK_DW(dgrad_kernel, true)
+      } else {
+        CNNK_DW(dgrad_kernel, false)
+      }
+    }
+#undef CNNK_DW
+#undef CNNK_DW1
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
+  const int KK = int(cg.KH * cg.KW);
+  if (KK > 49) return false;
+  using A = at::opmath_type<T>;
+  const dw::P p = dw::make(cg, b, a);
+  const int64_t P_ = cg.N * cg.OH * cg.OW;
+  if (P_ == 0) {
+    out.zero_();
+    return true;
+  }
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t cblocks = cl ? (cg.OC + 31) / 32 : cg.OC;
+  const int64_t per_min = cl ? 64 : 1024;  // pixels per slice, at least
+  const int slices = int(std::max<int64_t>(1, std::min<int64_t>({(4 * sms + cblocks - 1) / cblocks,
+                                                                  (P_ + per_min - 1) / per_min, 1024})));
+  if (cblocks > 65535 * 32768LL) return false;
+  Tensor part = at::empty({slices * cg.OC * KK}, out.options().dtype(c10::CppTypeToScalarType<A>::value));
+  const dim3 grid{unsigned(cblocks), unsigned(slices), 1u};
+#define CNNK_DWW(KM)                                                                           \
+  if (cl)                                                                                      \
+    dw::wgrad_kernel<T, true, KM><<<grid, block, 0, stream>>>(a.data_ptr<T>(), b.data_ptr<T>(), \
+                                                               p, slices, part.data_ptr<A>()); \
+  else                                                                                         \
+    dw::wgrad_kernel<T, false, KM><<<grid, block, 0, stream>>>(a.data_ptr<T>(), b.data_ptr<T>(), \
+                                                                p, slices, part.data_ptr<A>())
+  if (KK <= 9) {
+    CNNK_DWW(9);
+  } else if (KK <= 25) {
+    CNNK_DWW(25);
+  } else {
+    CNNK_DWW(49);
+  }
+#undef CNNK_DWW
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t n = cg.OC * KK;
+  gemm::reduce_splits_kernel<T, A><<<blocks_for(n), kThreads, 0, stream>>>(part.data_ptr<A>(), slices,
+                                                                          n, out.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
 template <typename T>
 void launch_forward(const ConvGeometry& cg, const Tensor& x, const Tensor& w, const Tensor& b,
                     Tensor& y, bool cl) {
+  if (launch_depthwise<T>(0, cg, x, w, b, y, cl)) return;
   if (gemm_fits(cg)) return launch_gemm<T, 0>(cg, x, w, b, y, cl);
   const Geo g = to_geo(cg);
   const int64_t total = g.N * g.OC * g.OH * g.OW;
@@ -716,6 +1044,7 @@ void launch_forward(const ConvGeometry& cg, const Tensor& x, const Tensor& w, co
 template <typename T>
 void launch_dgrad(const ConvGeometry& cg, const Tensor& gy, const Tensor& w, const Tensor& b,
                   Tensor& gx, bool cl) {
+  if (launch_depthwise<T>(1, cg, gy, w, b, gx, cl)) return;
   if (gemm_fits(cg)) return launch_gemm<T, 1>(cg, gy, w, b, gx, cl);
   const Geo g = to_geo(cg);
   const int64_t total = g.N * g.C * g.H * g.W;
@@ -728,6 +1057,7 @@ void launch_dgrad(const ConvGeometry& cg, const Tensor& gy, const Tensor& w, con
 
 template <typename T>
 void launch_wgrad(const ConvGeometry& cg, const Tensor& gy, const Tensor& x, Tensor& gw, bool cl) {
+  if (launch_depthwise<T>(2, cg, gy, x, Tensor(), gw, cl)) return;
   if (gemm_fits(cg)) return launch_gemm<T, 2>(cg, gy, x, Tensor(), gw, cl);
   const Geo g = to_geo(cg);
   wgrad_kernel<T><<<(unsigned)gw.numel(), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
