@@ -75,6 +75,8 @@ CONV_CASES = [
     ((2, 6, 9, 10), (6, 3, 3), 1, 1, 1, 6, True),         # depthwise
     ((2, 4, 10, 9), (8, 3, 3), 2, 1, 1, 4, False),        # depthwise, multiplier 2
     ((2, 5, 11, 10), (5, 5, 5), 2, 2, 2, 5, True),        # depthwise, strided, dilated
+    ((2, 20, 9, 11), (20, 3, 3), 1, 1, 1, 20, True),      # depthwise, 8-channel vectors + tail
+    ((2, 16, 12, 13), (16, 5, 3), (2, 1), (2, 1), (1, 2), 16, False),  # ... strided, dilated
     ((2, 18, 8, 9), (20, 3, 3), 3, 2, 1, 1, True),        # stride > kernel rows skip
     ((2, 33, 7, 8), (17, 1, 1), 1, 0, 1, 1, True),        # channel tails
     ((3, 1, 12, 12), (6, 5, 5), 1, 0, 1, 1, True),        # LeNet-like

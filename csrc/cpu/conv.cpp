@@ -81,6 +81,16 @@ struct Kern {
     avx2 ? conv::avx2::dw_rows(rows, w, nrows, K, coff, lo, hi, init, y)
          : conv::generic::dw_rows(rows, w, nrows, K, coff, lo, hi, init, y);
   }
+  void dw_pixels(const T* x, const int64_t* xoff, const T* const* w, int64_t nt, int64_t npix,
+                 int64_t xs, int64_t C, const T* init, T* y) const {
+    avx2 ? conv::avx2::dw_pixels(x, xoff, w, nt, npix, xs, C, init, y)
+         : conv::generic::dw_pixels(x, xoff, w, nt, npix, xs, C, init, y);
+  }
+  void dw_wpixels(const T* gy, int64_t gs, const T* x, const int64_t* xoff, int64_t nt,
+                  int64_t npix, int64_t xs, int64_t C, T* const* acc) const {
+    avx2 ? conv::avx2::dw_wpixels(gy, gs, x, xoff, nt, npix, xs, C, acc)
+         : conv::generic::dw_wpixels(gy, gs, x, xoff, nt, npix, xs, C, acc);
+  }
 };
 
 // One output row of a stride-1 (along the row) depthwise pass:
@@ -553,6 +563,17 @@ inline void col_range(const ConvGeometry& g, int64_t kw, int64_t& lo, int64_t& h
   hi = std::min(g.OW, floor_div(g.W - 1 - off, g.sw) + 1);
 }
 
+// Output columns [lo, hi) where every tap kw lands inside the image.
+inline void interior_cols(const ConvGeometry& g, int64_t& lo, int64_t& hi) {
+  lo = 0, hi = g.OW;
+  for (int64_t kw = 0; kw < g.KW; ++kw) {
+    int64_t l, h;
+    col_range(g, kw, l, h);
+    lo = std::max(lo, l), hi = std::min(hi, h);
+  }
+  if (hi < lo) hi = lo;
+}
+
 template <typename T>
 void dw_forward(const ConvGeometry& g, const T* x, bool cl, const T* w, const T* bias, T* y) {
   const Kern<T> K;
@@ -607,6 +628,39 @@ void dw_forward(const ConvGeometry& g, const T* x, bool cl, const T* w, const T*
   std::vector<T> wt(KK * g.OC);  // [tap][oc]
   for (int64_t oc = 0; oc < g.OC; ++oc)
     for (int64_t t = 0; t < KK; ++t) wt[t * g.OC + oc] = w[oc * KK + t];
+  if (M == 1) {
+    // a row of output pixels: the interior (every tap inside) as runs of
+    // pixels x 8-channel vectors, the border pixels one by one
+    int64_t lo, hi;
+    interior_cols(g, lo, hi);
+    const int64_t C = g.C;
+    at::parallel_for(0, g.N * g.OH, 1, [&](int64_t b, int64_t e) {
+      std::vector<int64_t> xoff(KK);
+      std::vector<const T*> wp(KK);
+      for (int64_t nr = b; nr < e; ++nr) {
+        const int64_t n = nr / g.OH, oh = nr % g.OH;
+        T* yrow = y + nr * g.OW * C;
+        auto run = [&](int64_t o0, int64_t npix, bool check) {
+          int64_t nt = 0;
+          for (int64_t kh = 0; kh < g.KH; ++kh) {
+            const int64_t ih = oh * g.sh + kh * g.dh - g.pt;
+            if (ih < 0 || ih >= g.H) continue;
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              const int64_t iw = o0 * g.sw + kw * g.dw - g.pl;
+              if (check && (iw < 0 || iw >= g.W)) continue;
+              xoff[nt] = ((n * g.H + ih) * g.W + iw) * C;
+              wp[nt++] = wt.data() + (kh * g.KW + kw) * C;
+            }
+          }
+          K.dw_pixels(x, xoff.data(), wp.data(), nt, npix, g.sw * C, C, bias, yrow + o0 * C);
+        };
+        if (hi > lo) run(lo, hi - lo, false);
+        for (int64_t ow = 0; ow < g.OW; ++ow)
+          if (ow < lo || ow >= hi) run(ow, 1, true);
+      }
+    });
+    return;
+  }
   at::parallel_for(0, g.N * g.OH, 1, [&](int64_t b, int64_t e) {
     std::vector<T> xe(M > 1 ? g.OC : 0);
     for (int64_t nr = b; nr < e; ++nr) {
@@ -693,6 +747,41 @@ void dw_dgrad(const ConvGeometry& g, const T* gy, bool cl, const T* w, const T* 
   std::vector<T> wt(KK * g.OC);
   for (int64_t oc = 0; oc < g.OC; ++oc)
     for (int64_t t = 0; t < KK; ++t) wt[t * g.OC + oc] = w[oc * KK + t];
+  if (M == 1 && g.sh == 1 && g.sw == 1) {
+    // gx[ih][iw] = bias + sum over taps of w * gy[ih + pt - kh*dh][iw + pl - kw*dw]:
+    // the forward's pixel runs with the taps mirrored
+    const int64_t C = g.C;
+    int64_t lo = 0, hi = g.W;
+    for (int64_t kw = 0; kw < g.KW; ++kw)
+      lo = std::max(lo, kw * g.dw - g.pl), hi = std::min(hi, g.OW - g.pl + kw * g.dw);
+    if (hi < lo) hi = lo;
+    at::parallel_for(0, g.N * g.H, 1, [&](int64_t b, int64_t e) {
+      std::vector<int64_t> xoff(KK);
+      std::vector<const T*> wp(KK);
+      for (int64_t nr = b; nr < e; ++nr) {
+        const int64_t n = nr / g.H, ih = nr % g.H;
+        T* xrow = gx + nr * g.W * C;
+        auto run = [&](int64_t i0, int64_t npix, bool check) {
+          int64_t nt = 0;
+          for (int64_t kh = 0; kh < g.KH; ++kh) {
+            const int64_t oh = ih + g.pt - kh * g.dh;
+            if (oh < 0 || oh >= g.OH) continue;
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              const int64_t ow = i0 + g.pl - kw * g.dw;
+              if (check && (ow < 0 || ow >= g.OW)) continue;
+              xoff[nt] = ((n * g.OH + oh) * g.OW + ow) * C;
+              wp[nt++] = wt.data() + (kh * g.KW + kw) * C;
+            }
+          }
+          K.dw_pixels(gy, xoff.data(), wp.data(), nt, npix, C, C, bias, xrow + i0 * C);
+        };
+        if (hi > lo) run(lo, hi - lo, false);
+        for (int64_t iw = 0; iw < g.W; ++iw)
+          if (iw < lo || iw >= hi) run(iw, 1, true);
+      }
+    });
+    return;
+  }
   at::parallel_for(0, g.N * g.H, 1, [&](int64_t b, int64_t e) {
     std::vector<T> acc(g.OC);
     for (int64_t nr = b; nr < e; ++nr) {
@@ -755,10 +844,40 @@ void dw_wgrad(const ConvGeometry& g, const T* gy, const T* x, bool cl, T* gw) {
   // channels_last: fixed blocks of output rows, partial sums merged in order
   const int64_t rows = g.N * g.OH, nblk = std::min<int64_t>(64, rows);
   std::vector<double> part(nblk * KK * g.OC, 0.0);
+  int64_t lo, hi;
+  interior_cols(g, lo, hi);
   at::parallel_for(0, nblk, 1, [&](int64_t b, int64_t e) {
     std::vector<T> acc(KK * g.OC), xe(M > 1 ? g.OC : 0);
+    std::vector<int64_t> xoff(KK);
+    std::vector<T*> ap(KK);
     for (int64_t k = b; k < e; ++k) {
       std::fill(acc.begin(), acc.end(), T(0));
+      if (M == 1) {  // runs of pixels, each tap's 8-channel sums in registers
+        const int64_t C = g.C;
+        for (int64_t nr = rows * k / nblk; nr < rows * (k + 1) / nblk; ++nr) {
+          const int64_t n = nr / g.OH, oh = nr % g.OH;
+          auto run = [&](int64_t o0, int64_t npix, bool check) {
+            int64_t nt = 0;
+            for (int64_t kh = 0; kh < g.KH; ++kh) {
+              const int64_t ih = oh * g.sh + kh * g.dh - g.pt;
+              if (ih < 0 || ih >= g.H) continue;
+              for (int64_t kw = 0; kw < g.KW; ++kw) {
+                const int64_t iw = o0 * g.sw + kw * g.dw - g.pl;
+                if (check && (iw < 0 || iw >= g.W)) continue;
+                xoff[nt] = ((n * g.H + ih) * g.W + iw) * C;
+                ap[nt++] = acc.data() + (kh * g.KW + kw) * C;
+              }
+            }
+            K.dw_wpixels(gy + (nr * g.OW + o0) * C, C, x, xoff.data(), nt, npix, g.sw * C, C,
+                         ap.data());
+          };
+          if (hi > lo) run(lo, hi - lo, false);
+          for (int64_t ow = 0; ow < g.OW; ++ow)
+            if (ow < lo || ow >= hi) run(ow, 1, true);
+        }
+        for (int64_t i = 0; i < KK * g.OC; ++i) part[k * KK * g.OC + i] = acc[i];
+        continue;
+      }
       for (int64_t nr = rows * k / nblk; nr < rows * (k + 1) / nblk; ++nr) {
         const int64_t n = nr / g.OH, oh = nr % g.OH;
         for (int64_t ow = 0; ow < g.OW; ++ow) {

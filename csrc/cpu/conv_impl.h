@@ -95,6 +95,35 @@ inline void dw_rows_portable(const T* const* rows, const T* const* w, int64_t nr
   }
 }
 
+template <typename T>
+inline void dw_pixels_portable(const T* x, const int64_t* xoff, const T* const* w, int64_t ntaps,
+                               int64_t npix, int64_t xs, int64_t C, const T* init, T* y,
+                               int64_t c0 = 0) {
+  for (int64_t j = 0; j < npix; ++j) {
+    T* yj = y + j * C;
+    for (int64_t c = c0; c < C; ++c) yj[c] = init ? init[c] : T(0);
+    for (int64_t t = 0; t < ntaps; ++t) {
+      const T* xp = x + xoff[t] + j * xs;
+      const T* wp = w[t];
+      for (int64_t c = c0; c < C; ++c) yj[c] += wp[c] * xp[c];
+    }
+  }
+}
+
+template <typename T>
+inline void dw_wpixels_portable(const T* gy, int64_t gs, const T* x, const int64_t* xoff,
+                                int64_t ntaps, int64_t npix, int64_t xs, int64_t C, T* const* acc,
+                                int64_t c0 = 0) {
+  for (int64_t j = 0; j < npix; ++j) {
+    const T* g = gy + j * gs;
+    for (int64_t t = 0; t < ntaps; ++t) {
+      const T* xp = x + xoff[t] + j * xs;
+      T* a = acc[t];
+      for (int64_t c = c0; c < C; ++c) a[c] += g[c] * xp[c];
+    }
+  }
+}
+
 }  // namespace
 
 #ifdef CNNK_CONV_AVX2
@@ -152,6 +181,95 @@ void dw_rows(const float* const* rows, const float* const* w, int64_t nrows, int
   dw_rows_portable(rows, w, nrows, K, coff, lo, hi, init, y);
 }
 #endif
+
+#ifdef CNNK_CONV_AVX2
+// channels_last depthwise: 8 channels x NB pixels of accumulators, one
+// weight vector per tap reused across the NB pixels.
+template <int NB>
+inline void dw_pix_block(const float* x, const int64_t* xoff, const float* const* w,
+                         int64_t ntaps, int64_t xs, int64_t c, const float* init, float* y,
+                         int64_t C) {
+  __m256 acc[NB];
+  const __m256 i0 = init ? _mm256_loadu_ps(init + c) : _mm256_setzero_ps();
+  for (int j = 0; j < NB; ++j) acc[j] = i0;
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const __m256 wv = _mm256_loadu_ps(w[t] + c);
+    const float* xp = x + xoff[t] + c;
+    for (int j = 0; j < NB; ++j) acc[j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp + j * xs), acc[j]);
+  }
+  for (int j = 0; j < NB; ++j) _mm256_storeu_ps(y + j * C + c, acc[j]);
+}
+
+void dw_pixels(const float* x, const int64_t* xoff, const float* const* w, int64_t ntaps,
+               int64_t npix, int64_t xs, int64_t C, const float* init, float* y) {
+  int64_t j = 0;
+  for (; j + 6 <= npix; j += 6)
+    for (int64_t c = 0; c + 8 <= C; c += 8)
+      dw_pix_block<6>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C);
+  for (int64_t c = 0; c + 8 <= C; c += 8) {
+    switch (npix - j) {
+      case 1: dw_pix_block<1>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C); break;
+      case 2: dw_pix_block<2>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C); break;
+      case 3: dw_pix_block<3>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C); break;
+      case 4: dw_pix_block<4>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C); break;
+      case 5: dw_pix_block<5>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C); break;
+      default: break;
+    }
+  }
+  if (C % 8) dw_pixels_portable(x, xoff, w, ntaps, npix, xs, C, init, y, C - C % 8);
+}
+
+// Weight gradient: NT taps' accumulators (8 channels each) stay in registers
+// over the run of pixels.
+template <int NT>
+inline void dw_wpix_block(const float* gy, int64_t gs, const float* x, const int64_t* xoff,
+                          int64_t npix, int64_t xs, int64_t c, float* const* acc) {
+  __m256 a[NT];
+  for (int t = 0; t < NT; ++t) a[t] = _mm256_loadu_ps(acc[t] + c);
+  for (int64_t j = 0; j < npix; ++j) {
+    const __m256 g = _mm256_loadu_ps(gy + j * gs + c);
+    const float* xp = x + j * xs + c;
+    for (int t = 0; t < NT; ++t) a[t] = _mm256_fmadd_ps(g, _mm256_loadu_ps(xp + xoff[t]), a[t]);
+  }
+  for (int t = 0; t < NT; ++t) _mm256_storeu_ps(acc[t] + c, a[t]);
+}
+
+void dw_wpixels(const float* gy, int64_t gs, const float* x, const int64_t* xoff, int64_t ntaps,
+                int64_t npix, int64_t xs, int64_t C, float* const* acc) {
+  for (int64_t t0 = 0; t0 < ntaps; t0 += 9) {
+    const int64_t nt = std::min<int64_t>(9, ntaps - t0);
+    for (int64_t c = 0; c + 8 <= C; c += 8) {
+      switch (nt) {
+#define CNNK_WPIX(N) \
+  case N: dw_wpix_block<N>(gy, gs, x, xoff + t0, npix, xs, c, acc + t0); break;
+        CNNK_WPIX(1) CNNK_WPIX(2) CNNK_WPIX(3) CNNK_WPIX(4) CNNK_WPIX(5)
+        CNNK_WPIX(6) CNNK_WPIX(7) CNNK_WPIX(8) CNNK_WPIX(9)
+#undef CNNK_WPIX
+        default: break;
+      }
+    }
+  }
+  if (C % 8) dw_wpixels_portable(gy, gs, x, xoff, ntaps, npix, xs, C, acc, C - C % 8);
+}
+#else
+void dw_pixels(const float* x, const int64_t* xoff, const float* const* w, int64_t ntaps,
+               int64_t npix, int64_t xs, int64_t C, const float* init, float* y) {
+  dw_pixels_portable(x, xoff, w, ntaps, npix, xs, C, init, y);
+}
+void dw_wpixels(const float* gy, int64_t gs, const float* x, const int64_t* xoff, int64_t ntaps,
+                int64_t npix, int64_t xs, int64_t C, float* const* acc) {
+  dw_wpixels_portable(gy, gs, x, xoff, ntaps, npix, xs, C, acc);
+}
+#endif
+
+void dw_pixels(const double* x, const int64_t* xoff, const double* const* w, int64_t ntaps,
+               int64_t npix, int64_t xs, int64_t C, const double* init, double* y) {
+  dw_pixels_portable(x, xoff, w, ntaps, npix, xs, C, init, y);
+}
+void dw_wpixels(const double* gy, int64_t gs, const double* x, const int64_t* xoff, int64_t ntaps,
+                int64_t npix, int64_t xs, int64_t C, double* const* acc) {
+  dw_wpixels_portable(gy, gs, x, xoff, ntaps, npix, xs, C, acc);
+}
 
 void dw_rows(const double* const* rows, const double* const* w, int64_t nrows, int64_t K,
              const int64_t* coff, int64_t lo, int64_t hi, double init, double* y) {

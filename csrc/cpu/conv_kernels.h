@@ -32,7 +32,14 @@ constexpr int kNR = 16;
   void vmac(T* acc, const T* w, const T* x, int64_t n);                                        \
   /* y[o] = init + sum_{r < nrows} sum_{k < K} w[r][k] * rows[r][o + coff[k]], o in [lo, hi) */ \
   void dw_rows(const T* const* rows, const T* const* w, int64_t nrows, int64_t K,               \
-               const int64_t* coff, int64_t lo, int64_t hi, T init, T* y);
+               const int64_t* coff, int64_t lo, int64_t hi, T init, T* y);                    \
+  /* channels_last depthwise, a run of pixels: for j < npix, c < C               */           \
+  /*   y[j * C + c] = init[c] (0 if null) + sum_t w[t][c] * x[xoff[t] + j * xs + c] */        \
+  void dw_pixels(const T* x, const int64_t* xoff, const T* const* w, int64_t ntaps,            \
+                 int64_t npix, int64_t xs, int64_t C, const T* init, T* y);                    \
+  /* and its weight gradient: acc[t][c] += sum_j gy[j * gs + c] * x[xoff[t] + j * xs + c] */   \
+  void dw_wpixels(const T* gy, int64_t gs, const T* x, const int64_t* xoff, int64_t ntaps,     \
+                  int64_t npix, int64_t xs, int64_t C, T* const* acc);
 
 namespace generic {
 CNNK_CONV_DECLARE(float)
