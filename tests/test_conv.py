@@ -448,3 +448,21 @@ def test_cuda_large_tiles_all_dtypes(case, layout):
             assert max(errs) < bound, (transposed, dtype, tf32, errs)
             assert torch.isfinite(y).all()
         torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_channels_last_large_output_cpu(cpu_isa, stride):
+    """Outputs over 8 MB take the non-temporal-store path of the channels_last
+    depthwise kernels (forward and stride-1 data gradient)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 128, 96, 96, generator=g).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(128, 1, 3, 3, generator=g).requires_grad_()
+    b = torch.randn(128, generator=g).requires_grad_()
+    y = CF.conv2d(x, w, b, stride, 1, 1, 128)
+    r = F.conv2d(x, w, b, stride, 1, 1, 128)
+    assert y.numel() * 4 > (8 << 20) or stride == 2
+    torch.testing.assert_close(y, r, rtol=1e-5, atol=1e-4)
+    gy = torch.randn(r.shape, generator=g).contiguous(memory_format=torch.channels_last)
+    for a, e in zip(torch.autograd.grad(y, (x, w, b), gy), torch.autograd.grad(r, (x, w, b), gy)):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-3)

@@ -82,9 +82,9 @@ struct Kern {
          : conv::generic::dw_rows(rows, w, nrows, K, coff, lo, hi, init, y);
   }
   void dw_pixels(const T* x, const int64_t* xoff, const T* const* w, int64_t nt, int64_t npix,
-                 int64_t xs, int64_t C, const T* init, T* y) const {
-    avx2 ? conv::avx2::dw_pixels(x, xoff, w, nt, npix, xs, C, init, y)
-         : conv::generic::dw_pixels(x, xoff, w, nt, npix, xs, C, init, y);
+                 int64_t xs, int64_t C, const T* init, T* y, bool stream) const {
+    avx2 ? conv::avx2::dw_pixels(x, xoff, w, nt, npix, xs, C, init, y, stream)
+         : conv::generic::dw_pixels(x, xoff, w, nt, npix, xs, C, init, y, stream);
   }
   void dw_wpixels(const T* gy, int64_t gs, const T* x, const int64_t* xoff, int64_t nt,
                   int64_t npix, int64_t xs, int64_t C, T* const* acc) const {
@@ -563,6 +563,12 @@ inline void col_range(const ConvGeometry& g, int64_t kw, int64_t& lo, int64_t& h
   hi = std::min(g.OW, floor_div(g.W - 1 - off, g.sw) + 1);
 }
 
+// Outputs larger than this are written with non-temporal stores by the
+// channels_last depthwise kernels: they would not stay in the caches anyway,
+// and streaming them saves the read-for-ownership of every line (measured:
+// 8x128x56x56 forward 2.3 -> 1.05 ms on 2 threads; 2 images, 1.6 MB, unchanged).
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
 // Output columns [lo, hi) where every tap kw lands inside the image.
 inline void interior_cols(const ConvGeometry& g, int64_t& lo, int64_t& hi) {
   lo = 0, hi = g.OW;
@@ -634,6 +640,7 @@ void dw_forward(const ConvGeometry& g, const T* x, bool cl, const T* w, const T*
     int64_t lo, hi;
     interior_cols(g, lo, hi);
     const int64_t C = g.C;
+    const bool stream = g.N * g.OH * g.OW * C * int64_t(sizeof(T)) > kStreamBytes;
     at::parallel_for(0, g.N * g.OH, 1, [&](int64_t b, int64_t e) {
       std::vector<int64_t> xoff(KK);
       std::vector<const T*> wp(KK);
@@ -652,7 +659,8 @@ void dw_forward(const ConvGeometry& g, const T* x, bool cl, const T* w, const T*
               wp[nt++] = wt.data() + (kh * g.KW + kw) * C;
             }
           }
-          K.dw_pixels(x, xoff.data(), wp.data(), nt, npix, g.sw * C, C, bias, yrow + o0 * C);
+          K.dw_pixels(x, xoff.data(), wp.data(), nt, npix, g.sw * C, C, bias, yrow + o0 * C,
+                      stream);
         };
         if (hi > lo) run(lo, hi - lo, false);
         for (int64_t ow = 0; ow < g.OW; ++ow)
@@ -755,6 +763,7 @@ void dw_dgrad(const ConvGeometry& g, const T* gy, bool cl, const T* w, const T* 
     for (int64_t kw = 0; kw < g.KW; ++kw)
       lo = std::max(lo, kw * g.dw - g.pl), hi = std::min(hi, g.OW - g.pl + kw * g.dw);
     if (hi < lo) hi = lo;
+    const bool stream = g.N * g.H * g.W * C * int64_t(sizeof(T)) > kStreamBytes;
     at::parallel_for(0, g.N * g.H, 1, [&](int64_t b, int64_t e) {
       std::vector<int64_t> xoff(KK);
       std::vector<const T*> wp(KK);
@@ -773,7 +782,7 @@ void dw_dgrad(const ConvGeometry& g, const T* gy, bool cl, const T* w, const T* 
               wp[nt++] = wt.data() + (kh * g.KW + kw) * C;
             }
           }
-          K.dw_pixels(gy, xoff.data(), wp.data(), nt, npix, C, C, bias, xrow + i0 * C);
+          K.dw_pixels(gy, xoff.data(), wp.data(), nt, npix, C, C, bias, xrow + i0 * C, stream);
         };
         if (hi > lo) run(lo, hi - lo, false);
         for (int64_t iw = 0; iw < g.W; ++iw)

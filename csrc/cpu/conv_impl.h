@@ -188,35 +188,44 @@ void dw_rows(const float* const* rows, const float* const* w, int64_t nrows, int
 template <int NB>
 inline void dw_pix_block(const float* x, const int64_t* xoff, const float* const* w,
                          int64_t ntaps, int64_t xs, int64_t c, const float* init, float* y,
-                         int64_t C) {
+                         int64_t C, bool nt) {
   __m256 acc[NB];
   const __m256 i0 = init ? _mm256_loadu_ps(init + c) : _mm256_setzero_ps();
+#pragma GCC unroll 8
   for (int j = 0; j < NB; ++j) acc[j] = i0;
   for (int64_t t = 0; t < ntaps; ++t) {
     const __m256 wv = _mm256_loadu_ps(w[t] + c);
     const float* xp = x + xoff[t] + c;
+#pragma GCC unroll 8
     for (int j = 0; j < NB; ++j) acc[j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp + j * xs), acc[j]);
   }
-  for (int j = 0; j < NB; ++j) _mm256_storeu_ps(y + j * C + c, acc[j]);
+#pragma GCC unroll 8
+  for (int j = 0; j < NB; ++j) {
+    if (nt && (reinterpret_cast<uintptr_t>(y + j * C + c) & 31) == 0)
+      _mm256_stream_ps(y + j * C + c, acc[j]);
+    else
+      _mm256_storeu_ps(y + j * C + c, acc[j]);
+  }
 }
 
 void dw_pixels(const float* x, const int64_t* xoff, const float* const* w, int64_t ntaps,
-               int64_t npix, int64_t xs, int64_t C, const float* init, float* y) {
+               int64_t npix, int64_t xs, int64_t C, const float* init, float* y, bool nt) {
   int64_t j = 0;
   for (; j + 6 <= npix; j += 6)
     for (int64_t c = 0; c + 8 <= C; c += 8)
-      dw_pix_block<6>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C);
+      dw_pix_block<6>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C, nt);
   for (int64_t c = 0; c + 8 <= C; c += 8) {
     switch (npix - j) {
-      case 1: dw_pix_block<1>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C); break;
-      case 2: dw_pix_block<2>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C); break;
-      case 3: dw_pix_block<3>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C); break;
-      case 4: dw_pix_block<4>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C); break;
-      case 5: dw_pix_block<5>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C); break;
+      case 1: dw_pix_block<1>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C, nt); break;
+      case 2: dw_pix_block<2>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C, nt); break;
+      case 3: dw_pix_block<3>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C, nt); break;
+      case 4: dw_pix_block<4>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C, nt); break;
+      case 5: dw_pix_block<5>(x + j * xs, xoff, w, ntaps, xs, c, init, y + j * C, C, nt); break;
       default: break;
     }
   }
   if (C % 8) dw_pixels_portable(x, xoff, w, ntaps, npix, xs, C, init, y, C - C % 8);
+  if (nt) _mm_sfence();  // order the streamed stores before whatever follows
 }
 
 // Weight gradient: NT taps' accumulators (8 channels each) stay in registers
@@ -225,12 +234,16 @@ template <int NT>
 inline void dw_wpix_block(const float* gy, int64_t gs, const float* x, const int64_t* xoff,
                           int64_t npix, int64_t xs, int64_t c, float* const* acc) {
   __m256 a[NT];
-  for (int t = 0; t < NT; ++t) a[t] = _mm256_loadu_ps(acc[t] + c);
+  int64_t off[NT];
+#pragma GCC unroll 9
+  for (int t = 0; t < NT; ++t) a[t] = _mm256_loadu_ps(acc[t] + c), off[t] = xoff[t];
   for (int64_t j = 0; j < npix; ++j) {
     const __m256 g = _mm256_loadu_ps(gy + j * gs + c);
     const float* xp = x + j * xs + c;
-    for (int t = 0; t < NT; ++t) a[t] = _mm256_fmadd_ps(g, _mm256_loadu_ps(xp + xoff[t]), a[t]);
+#pragma GCC unroll 9
+    for (int t = 0; t < NT; ++t) a[t] = _mm256_fmadd_ps(g, _mm256_loadu_ps(xp + off[t]), a[t]);
   }
+#pragma GCC unroll 9
   for (int t = 0; t < NT; ++t) _mm256_storeu_ps(acc[t] + c, a[t]);
 }
 
@@ -253,7 +266,7 @@ void dw_wpixels(const float* gy, int64_t gs, const float* x, const int64_t* xoff
 }
 #else
 void dw_pixels(const float* x, const int64_t* xoff, const float* const* w, int64_t ntaps,
-               int64_t npix, int64_t xs, int64_t C, const float* init, float* y) {
+               int64_t npix, int64_t xs, int64_t C, const float* init, float* y, bool) {
   dw_pixels_portable(x, xoff, w, ntaps, npix, xs, C, init, y);
 }
 void dw_wpixels(const float* gy, int64_t gs, const float* x, const int64_t* xoff, int64_t ntaps,
@@ -263,7 +276,7 @@ void dw_wpixels(const float* gy, int64_t gs, const float* x, const int64_t* xoff
 #endif
 
 void dw_pixels(const double* x, const int64_t* xoff, const double* const* w, int64_t ntaps,
-               int64_t npix, int64_t xs, int64_t C, const double* init, double* y) {
+               int64_t npix, int64_t xs, int64_t C, const double* init, double* y, bool) {
   dw_pixels_portable(x, xoff, w, ntaps, npix, xs, C, init, y);
 }
 void dw_wpixels(const double* gy, int64_t gs, const double* x, const int64_t* xoff, int64_t ntaps,

@@ -35,8 +35,9 @@ constexpr int kNR = 16;
                const int64_t* coff, int64_t lo, int64_t hi, T init, T* y);                    \
   /* channels_last depthwise, a run of pixels: for j < npix, c < C               */           \
   /*   y[j * C + c] = init[c] (0 if null) + sum_t w[t][c] * x[xoff[t] + j * xs + c] */        \
+  /* nt: non-temporal stores (outputs too large to stay in cache)                   */        \
   void dw_pixels(const T* x, const int64_t* xoff, const T* const* w, int64_t ntaps,            \
-                 int64_t npix, int64_t xs, int64_t C, const T* init, T* y);                    \
+                 int64_t npix, int64_t xs, int64_t C, const T* init, T* y, bool nt);           \
   /* and its weight gradient: acc[t][c] += sum_j gy[j * gs + c] * x[xoff[t] + j * xs + c] */   \
   void dw_wpixels(const T* gy, int64_t gs, const T* x, const int64_t* xoff, int64_t ntaps,     \
                   int64_t npix, int64_t xs, int64_t C, T* const* acc);
