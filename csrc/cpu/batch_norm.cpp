@@ -197,8 +197,10 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward_cpu(
       return;
     }
     std::vector<T> scale(g.C), beta(g.C);
+    // The forward's output is not streamed: measured, it gained nothing at
+    // 12.8 MB and cost 40 % at 8.8 MB (an output that still fits in L3).
     const Channel<T> ch{mean, scale.data(), beta.data(), nullptr, nullptr, int(activation),
-                        T(negative_slope)};
+                        T(negative_slope), false};
     // Per-channel constants from the channel's moments (training) or the
     // running statistics (eval); updates the running statistics.
     auto finish_channel = [&](int64_t c, const Moments* mo) {
@@ -279,7 +281,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cpu(
       beta[c] = b ? b[c] : T(0);
     }
     Channel<T> ch{mean, scale.data(), beta.data(), k2.data(), k3.data(), int(activation),
-                  T(negative_slope)};
+                  T(negative_slope), x.nbytes() > bn::kBnStreamBytes};
     const T* xp = x.data_ptr<T>();
     const T* gp = gy.data_ptr<T>();
     T* gxp = mask[0] ? gx.data_ptr<T>() : nullptr;
@@ -378,7 +380,7 @@ Tensor batch_norm_backward_elemt_cpu(const Tensor& grad_output, const Tensor& in
       k3[c] = T(double(invstd[c]) * double(sgxh[c]) / double(count));
     }
     const Channel<T> ch{mean, scale.data(), beta.data(), k2.data(), k3.data(), int(activation),
-                        T(negative_slope)};
+                        T(negative_slope), x.nbytes() > bn::kBnStreamBytes};
     const T* xp = x.data_ptr<T>();
     const T* gp = gy.data_ptr<T>();
     T* gxp = gx.data_ptr<T>();

@@ -6,5 +6,8 @@
 
 #pragma GCC target("avx2,fma")
 
+#include <immintrin.h>
+
 #define CNNK_BN_NS avx2
+#define CNNK_BN_AVX2 1
 #include "batch_norm_impl.h"

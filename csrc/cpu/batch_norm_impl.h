@@ -89,6 +89,52 @@ void stats_rows_t(const T* x, int64_t C, int64_t r0, int64_t r1, Moments* out, T
   }
 }
 
+// dst[0, n) = src[0, n) with non-temporal stores where dst is 32-byte
+// aligned (AVX2 build; a plain copy otherwise). src is a small L1-resident
+// buffer the elementwise loop has just filled.
+template <typename T>
+inline void stream_out(T* dst, const T* src, int64_t n) {
+#ifdef CNNK_BN_AVX2
+  int64_t i = 0;
+  while (i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0) dst[i] = src[i], ++i;
+  constexpr int64_t V = 32 / sizeof(T);
+  for (; i + V <= n; i += V) {
+    if constexpr (sizeof(T) == 4)
+      _mm256_stream_ps(reinterpret_cast<float*>(dst + i),
+                       _mm256_loadu_ps(reinterpret_cast<const float*>(src + i)));
+    else
+      _mm256_stream_pd(reinterpret_cast<double*>(dst + i),
+                       _mm256_loadu_pd(reinterpret_cast<const double*>(src + i)));
+  }
+  for (; i < n; ++i) dst[i] = src[i];
+#else
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+#endif
+}
+
+inline void stream_fence() {
+#ifdef CNNK_BN_AVX2
+  _mm_sfence();
+#endif
+}
+
+// Runs body(out, i0, i1), which writes element i to out[i - i0], over [0, n):
+// at once into dst, or (stream) in chunks of kPlanarChunk into an L1 buffer
+// that is then streamed to dst.
+template <typename T, typename F>
+inline void write_chunked(T* dst, int64_t n, bool stream, F body) {
+  if (!stream) {
+    body(dst, int64_t(0), n);
+    return;
+  }
+  alignas(32) T buf[kPlanarChunk];
+  for (int64_t s0 = 0; s0 < n; s0 += kPlanarChunk) {
+    const int64_t L = n - s0 < kPlanarChunk ? n - s0 : kPlanarChunk;
+    body(buf, s0, s0 + L);
+    stream_out(dst + s0, buf, L);
+  }
+}
+
 template <int ACT, typename T>
 void norm_planar_t(const T* x, T* y, int64_t S, int64_t C, int64_t p0, int64_t p1,
                    const Channel<T>& ch) {
@@ -96,10 +142,12 @@ void norm_planar_t(const T* x, T* y, int64_t S, int64_t C, int64_t p0, int64_t p
     const int64_t c = p % C;
     const T m = ch.mean[c], a = ch.scale[c], b = ch.beta[c], sl = ch.slope;
     const T* xp = x + p * S;
-    T* yp = y + p * S;
+    write_chunked(y + p * S, S, ch.stream, [&](T* yp, int64_t i0, int64_t i1) {
 #pragma omp simd
-    for (int64_t i = 0; i < S; ++i) yp[i] = act_fwd<ACT>((xp[i] - m) * a + b, sl);
+      for (int64_t i = i0; i < i1; ++i) yp[i - i0] = act_fwd<ACT>((xp[i] - m) * a + b, sl);
+    });
   }
+  if (ch.stream) stream_fence();
 }
 
 template <int ACT, typename T>
@@ -180,14 +228,16 @@ void grad_input_planar_t(const T* gy, const T* x, T* gx, int64_t S, int64_t C, i
     const T sl = ch.slope;
     const T* xp = x + p * S;
     const T* gp = gy + p * S;
-    T* op = gx + p * S;
+    write_chunked(gx + p * S, S, ch.stream, [&](T* op, int64_t i0, int64_t i1) {
 #pragma omp simd
-    for (int64_t i = 0; i < S; ++i) {
-      const T d = xp[i] - m;
-      const T gz = act_bwd<ACT>(d * a + b, gp[i], sl);
-      op[i] = a * (gz - k2 - d * k3);
-    }
+      for (int64_t i = i0; i < i1; ++i) {
+        const T d = xp[i] - m;
+        const T gz = act_bwd<ACT>(d * a + b, gp[i], sl);
+        op[i - i0] = a * (gz - k2 - d * k3);
+      }
+    });
   }
+  if (ch.stream) stream_fence();
 }
 
 template <int ACT, typename T>
