@@ -580,6 +580,27 @@ inline void interior_cols(const ConvGeometry& g, int64_t& lo, int64_t& hi) {
   if (hi < lo) hi = lo;
 }
 
+// The taps of output pixel o0 in row (n, oh) of a channels_last depthwise
+// pass (multiplier 1): for each, the offset of its input pixel in x and
+// base + tap * C (the tap's weight vector, or its sum vector); with check,
+// only the taps inside the image. Returns the number of taps.
+template <typename B, typename P>
+int64_t nhwc_taps(const ConvGeometry& g, int64_t n, int64_t oh, int64_t o0, bool check, B* base,
+                  int64_t* xoff, P** ptr) {
+  int64_t nt = 0;
+  for (int64_t kh = 0; kh < g.KH; ++kh) {
+    const int64_t ih = oh * g.sh + kh * g.dh - g.pt;
+    if (ih < 0 || ih >= g.H) continue;
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      const int64_t iw = o0 * g.sw + kw * g.dw - g.pl;
+      if (check && (iw < 0 || iw >= g.W)) continue;
+      xoff[nt] = ((n * g.H + ih) * g.W + iw) * g.C;
+      ptr[nt++] = base + (kh * g.KW + kw) * g.C;
+    }
+  }
+  return nt;
+}
+
 template <typename T>
 void dw_forward(const ConvGeometry& g, const T* x, bool cl, const T* w, const T* bias, T* y) {
   const Kern<T> K;
@@ -648,17 +669,7 @@ void dw_forward(const ConvGeometry& g, const T* x, bool cl, const T* w, const T*
         const int64_t n = nr / g.OH, oh = nr % g.OH;
         T* yrow = y + nr * g.OW * C;
         auto run = [&](int64_t o0, int64_t npix, bool check) {
-          int64_t nt = 0;
-          for (int64_t kh = 0; kh < g.KH; ++kh) {
-            const int64_t ih = oh * g.sh + kh * g.dh - g.pt;
-            if (ih < 0 || ih >= g.H) continue;
-            for (int64_t kw = 0; kw < g.KW; ++kw) {
-              const int64_t iw = o0 * g.sw + kw * g.dw - g.pl;
-              if (check && (iw < 0 || iw >= g.W)) continue;
-              xoff[nt] = ((n * g.H + ih) * g.W + iw) * C;
-              wp[nt++] = wt.data() + (kh * g.KW + kw) * C;
-            }
-          }
+          const int64_t nt = nhwc_taps(g, n, oh, o0, check, wt.data(), xoff.data(), wp.data());
           K.dw_pixels(x, xoff.data(), wp.data(), nt, npix, g.sw * C, C, bias, yrow + o0 * C,
                       stream);
         };
@@ -866,17 +877,7 @@ void dw_wgrad(const ConvGeometry& g, const T* gy, const T* x, bool cl, T* gw) {
         for (int64_t nr = rows * k / nblk; nr < rows * (k + 1) / nblk; ++nr) {
           const int64_t n = nr / g.OH, oh = nr % g.OH;
           auto run = [&](int64_t o0, int64_t npix, bool check) {
-            int64_t nt = 0;
-            for (int64_t kh = 0; kh < g.KH; ++kh) {
-              const int64_t ih = oh * g.sh + kh * g.dh - g.pt;
-              if (ih < 0 || ih >= g.H) continue;
-              for (int64_t kw = 0; kw < g.KW; ++kw) {
-                const int64_t iw = o0 * g.sw + kw * g.dw - g.pl;
-                if (check && (iw < 0 || iw >= g.W)) continue;
-                xoff[nt] = ((n * g.H + ih) * g.W + iw) * C;
-                ap[nt++] = acc.data() + (kh * g.KW + kw) * C;
-              }
-            }
+            const int64_t nt = nhwc_taps(g, n, oh, o0, check, acc.data(), xoff.data(), ap.data());
             K.dw_wpixels(gy + (nr * g.OW + o0) * C, C, x, xoff.data(), nt, npix, g.sw * C, C,
                          ap.data());
           };

@@ -229,7 +229,7 @@ struct Params {
   int bias_base;         // bias index of n = 0 is bias_base * group + n
 };
 
-__device__ __forceinline__ void split3(int k, int inner, int mid, bool cfast, int KH, int KW,
+__device__ __forceinline__ void split3(int k, int inner, bool cfast, int KH, int KW,
                                        int& c, int& kh, int& kw) {
   // k over (c, kh, kw); channels fastest when cfast, else kw fastest
   if (cfast) {
@@ -243,7 +243,6 @@ __device__ __forceinline__ void split3(int k, int inner, int mid, bool cfast, in
     kh = t % KH;
     c = t / KH;
   }
-  (void)mid;
 }
 
 template <int MODE>
@@ -270,7 +269,7 @@ __device__ __forceinline__ Ent k_a(const Params& p, int k, int kend) {
     return {n * p.ys.n + oh * p.ys.h + ow * p.ys.w, 0, 0};
   }
   int c, kh, kw;
-  split3(k, MODE == 0 ? p.Cg : p.OCg, 0, p.cfast, p.KH, p.KW, c, kh, kw);
+  split3(k, MODE == 0 ? p.Cg : p.OCg, p.cfast, p.KH, p.KW, c, kh, kw);
   if (MODE == 0) {
     const int h = kh * p.dh, w = kw * p.dw;
     return {c * p.xs.c + h * p.xs.h + w * p.xs.w, h, w};
@@ -288,7 +287,7 @@ __device__ __forceinline__ Ent row_b(const Params& p, int g, int n) {
   if (n >= p.Nn) return {0, kBad, kBad};
   if (MODE != 2) return {(int64_t(g) * p.Nn + n) * p.K, 0, 0};
   int c, kh, kw;
-  split3(n, p.Cg, 0, p.cfast, p.KH, p.KW, c, kh, kw);
+  split3(n, p.Cg, p.cfast, p.KH, p.KW, c, kh, kw);
   const int h = kh * p.dh, w = kw * p.dw;
   return {int64_t(g * p.Cg + c) * p.xs.c + h * p.xs.h + w * p.xs.w, h, w};
 }
@@ -318,7 +317,7 @@ __device__ __forceinline__ int64_t out_n(const Params& p, int g, int n) {
   if (MODE == 0) return int64_t(g * p.OCg + n) * p.ys.c;
   if (MODE == 1) return int64_t(g * p.Cg + n) * p.xs.c;
   int c, kh, kw;
-  split3(n, p.Cg, 0, p.cfast, p.KH, p.KW, c, kh, kw);
+  split3(n, p.Cg, p.cfast, p.KH, p.KW, c, kh, kw);
   return int64_t(c) * p.KK + kh * p.KW + kw;
 }
 
@@ -334,13 +333,6 @@ __device__ __forceinline__ int64_t gather_off(const Operand& o, const Ent& r, co
   if (qv >= o.limH || qu >= o.limW) return -1;
   return r.off + k.off + qv * o.sH + qu * o.sW;
 }
-
-template <typename T>
-struct Smem {
-  // float16/bfloat16 stay 16-bit in shared memory; float32 is stored as float
-  // (already rounded to TF32 when the tensor cores are used)
-  using type = T;
-};
 
 __device__ __forceinline__ uint32_t to_tf32(float f) {
   uint32_t r;
