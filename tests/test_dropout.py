@@ -28,6 +28,63 @@ def test_philox_known_answers():
     assert cnnkernels._C._philox(ones, ones, ones) == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
 
 
+def _half(words, e):
+    return (words[e // 2] >> (16 * (e % 2))) & 0xFFFF
+
+
+def _reference_keep(n, seed, offset, threshold):
+    """The documented mask (common/philox.h), element by element in Python."""
+    keep = []
+    for i in range(n):
+        b, e = divmod(i, 8)
+        h, t = _half(cnnkernels._C._philox(b, offset, seed), e), threshold >> 16
+        if h != t:
+            keep.append(h > t)
+        else:  # tie: the same half of the tie stream against the low 16 bits
+            s = cnnkernels._C._philox(b, offset ^ (1 << 63), seed)
+            keep.append(_half(s, e) >= (threshold & 0xFFFF))
+    return torch.tensor(keep)
+
+
+@pytest.mark.parametrize("tie_at", [None, 0, 100, 190])
+def test_mask_matches_the_documented_stream(tie_at):
+    # Element-wise masks take 16 bits per element; when an element's value
+    # equals the threshold's high half, a second stream decides. A threshold
+    # made to tie with element tie_at forces that path (in a vector step for
+    # the AVX2 code) and must still give the exact documented mask.
+    seed, offset, n = 0x0123456789ABCDEF, 8, 203
+    if tie_at is None:
+        threshold = 0x6B851EB8  # p = 0.42
+    else:
+        b, e = divmod(tie_at, 8)
+        h = _half(cnnkernels._C._philox(b, offset, seed), e)
+        tie_low = _half(cnnkernels._C._philox(b, offset ^ (1 << 63), seed), e)
+        threshold = (h << 16) | tie_low  # tie broken towards "keep" (>=)
+    p = threshold / 2**32  # exact: dropout_threshold(p) == threshold
+    want = _reference_keep(n, seed, offset, threshold)
+    if tie_at is not None:
+        assert bool(want[tie_at])
+    state = torch.tensor([seed, offset], dtype=torch.int64)
+    isa = cnnkernels.cpu_isa()
+    paths = ["generic"] + (["avx2"] if cnnkernels._C._avx2_available() else [])
+    try:
+        for path in paths:
+            cnnkernels.set_cpu_isa(path)
+            for dtype in (torch.float32, torch.float64):
+                g = torch.ones(n, dtype=dtype)
+                got = ops.dropout_backward(g, state, p, False, False)
+                assert torch.equal(got != 0, want), (path, dtype)
+                torch.testing.assert_close(got[want], torch.full_like(got[want], 1 / (1 - p)))
+    finally:
+        cnnkernels.set_cpu_isa(isa)
+    if tie_at is not None:  # one more in the low half: the tie now drops
+        threshold += 1
+        want = _reference_keep(n, seed, offset, threshold)
+        assert not bool(want[tie_at])
+        got = ops.dropout_backward(torch.ones(n), state, threshold / 2**32, False, False)
+        assert torch.equal(got != 0, want)
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("n", [1000, 100003])
 def test_drop_rate_and_scale(device_path, p, n):

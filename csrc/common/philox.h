@@ -3,8 +3,9 @@
 // One call maps a 128-bit counter and a 64-bit key to four 32-bit words.
 //
 // cnnkernels' dropout uses key = the seed drawn from torch's generator and
-// counter = {block, block >> 32, offset, offset >> 32}, where block is
-// element_index / 4 and the element takes word element_index % 4. The mask
+// counter = {block, block >> 32, offset, offset >> 32}. Element-wise dropout
+// takes 16 bits per element (dropout_keep below: block = element_index / 8);
+// channel-wise dropout takes word g % 4 of block g / 4 for channel g. The mask
 // of an element therefore depends on (seed, offset, index) only: not on the
 // number of threads, the launch configuration or the device.
 #pragma once
@@ -50,8 +51,31 @@ CNNK_HD Philox4 philox4x32_10(uint64_t block, uint64_t offset, uint64_t seed) {
   return Philox4{{c0, c1, c2, c3}};
 }
 
-// An element is kept when its 32-bit word is at or above this threshold, so
-// the drop probability is threshold / 2^32, the nearest such value to p.
+// Element-wise dropout: element i takes the 16-bit half (i % 2) of word
+// (i % 8) / 2 of the call at block i / 8, so one call covers eight elements.
+// It is kept when that value is above the threshold's high 16 bits, dropped
+// when below; on a tie (probability 2^-16) the same half of the same word of
+// the tie stream (counter offset with its top bit flipped) is compared with
+// the threshold's low 16 bits. The drop probability is therefore exactly
+// threshold / 2^32, as with a 32-bit word, at half the Philox calls.
+constexpr uint64_t kDropoutTieBit = uint64_t(1) << 63;
+
+CNNK_HD uint32_t philox_half(const Philox4& r, int e) {
+  return (r.v[(e >> 1) & 3] >> ((e & 1) * 16)) & 0xFFFFu;
+}
+
+// Element e (0..7) of block `block`, whose stream call is r.
+CNNK_HD bool dropout_keep(const Philox4& r, int e, uint64_t block, uint64_t offset, uint64_t seed,
+                          uint32_t threshold) {
+  const uint32_t h = philox_half(r, e), t = threshold >> 16;
+  if (h != t) return h > t;
+  const Philox4 s = philox4x32_10(block, offset ^ kDropoutTieBit, seed);
+  return philox_half(s, e) >= (threshold & 0xFFFFu);
+}
+
+// An element is kept when its 32-bit value (element-wise: the 16-bit value
+// and its tie-break above) is at or above this threshold, so the drop
+// probability is threshold / 2^32, the nearest such value to p.
 CNNK_HD uint32_t dropout_threshold(double p) {
   if (p <= 0.0) return 0u;
   const double t = p * 4294967296.0;

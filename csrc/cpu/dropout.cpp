@@ -6,7 +6,8 @@
 // not depend on the number of threads. The forward returns the seed as
 // rng_state and backward regenerates the mask from it: nothing per element
 // is saved.
-// Element-wise: dropout_kernels.h (AVX2: eight Philox streams per vector).
+// Element-wise: dropout_kernels.h (16 bits per element; AVX2: four Philox
+// calls per vector).
 // Channel-wise: one word per (n, c), then a broadcast multiply.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
@@ -56,9 +57,9 @@ void run(const Tensor& x, Tensor& y, const DropoutPlan& plan, bool channelwise, 
     const T scale = T(plan.scale);
     if (!channelwise) {
       const bool avx2 = use_avx2();
-      // grain: a multiple of 32 elements so that chunks start on whole vectors
-      at::parallel_for(0, (n + 31) / 32, 1024, [&](int64_t a, int64_t b) {
-        const int64_t i0 = a * 32, i1 = std::min(n, b * 32);
+      // grain: a multiple of 64 elements so that chunks start on whole steps
+      at::parallel_for(0, (n + 63) / 64, 512, [&](int64_t a, int64_t b) {
+        const int64_t i0 = a * 64, i1 = std::min(n, b * 64);
         if (avx2) {
           drop::avx2::apply(xp, yp, i0, i1, seed, offset, plan.threshold, scale);
         } else {

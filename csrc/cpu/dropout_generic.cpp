@@ -1,4 +1,6 @@
-// Portable dropout kernel: one Philox4x32-10 call per four elements.
+// Portable dropout kernel: one Philox4x32-10 call per eight elements.
+#include <algorithm>
+
 #include "../common/philox.h"
 #include "dropout_kernels.h"
 
@@ -13,10 +15,13 @@ void apply_t(const T* x, T* y, int64_t i0, int64_t i1, uint64_t seed, uint64_t o
              uint32_t threshold, T scale) {
   int64_t i = i0;
   while (i < i1) {
-    const uint64_t block = static_cast<uint64_t>(i) >> 2;
+    const uint64_t block = static_cast<uint64_t>(i) >> 3;
     const Philox4 r = philox4x32_10(block, offset, seed);
-    const int64_t end = static_cast<int64_t>(block * 4 + 4) < i1 ? static_cast<int64_t>(block * 4 + 4) : i1;
-    for (; i < end; ++i) y[i] = x[i] * (r.v[i & 3] >= threshold ? scale : T(0));
+    const int64_t end = std::min<int64_t>(static_cast<int64_t>(block * 8 + 8), i1);
+    for (; i < end; ++i)
+      y[i] = x[i] * (dropout_keep(r, static_cast<int>(i & 7), block, offset, seed, threshold)
+                         ? scale
+                         : T(0));
   }
 }
 

@@ -1,6 +1,6 @@
 // Plain C++ interface of the CPU dropout kernels (no torch types): a portable
-// build (dropout_generic.cpp) and an AVX2 build that runs eight Philox
-// streams per instruction (dropout_avx2.cpp); dropout.cpp picks at run time.
+// build (dropout_generic.cpp) and an AVX2 build that runs four Philox
+// calls per instruction (dropout_avx2.cpp); dropout.cpp picks at run time.
 #pragma once
 
 #include <cstdint>
@@ -9,8 +9,8 @@ namespace cnnkernels {
 namespace cpu {
 namespace drop {
 
-// For element indices i in [i0, i1): y[i] = x[i] * (word(i) >= threshold ?
-// scale : 0), word(i) being word i % 4 of Philox4x32-10 at block i / 4
+// For element indices i in [i0, i1): y[i] = x[i] * (keep(i) ? scale : 0),
+// keep(i) being dropout_keep of element i % 8 of Philox4x32-10 at block i / 8
 // (common/philox.h). x may equal y (in place). Backward applies the same to
 // the gradient.
 #define CNNK_DROP_DECLARE(T)                                                              \

@@ -3,7 +3,7 @@
 // (philox_cuda_state, so torch.manual_seed and CUDA graphs' offset rules
 // apply); the kernel unpacks them and writes them to rng_state, a 2-element
 // device tensor that backward reads to regenerate the mask (no per-element
-// mask is stored). One Philox4x32-10 call yields the words of four
+// mask is stored). One Philox4x32-10 call yields the 16-bit values of eight
 // consecutive elements (common/philox.h: the same mask as the CPU kernels
 // for the same seed and offset).
 #include <ATen/Dispatch.h>
@@ -63,7 +63,8 @@ struct alignas(4 * sizeof(T)) Vec4 {
   T v[4];
 };
 
-// Element-wise: thread t handles blocks of four elements (one Philox call).
+// Element-wise: thread t handles blocks of eight elements (one Philox call,
+// 16 bits per element; a rare tie draws a second call, common/philox.h).
 template <typename T>
 __global__ void dropout_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n,
                                RngSource src, uint32_t threshold, float scale_f, double scale_d,
@@ -72,20 +73,26 @@ __global__ void dropout_kernel(const T* __restrict__ x, T* __restrict__ y, int64
   uint64_t seed, offset;
   get_seed(src, seed, offset);
   const A scale = sizeof(A) == 8 ? A(scale_d) : A(scale_f);
-  const int64_t blocks = (n + 3) / 4;
+  const int64_t blocks = (n + 7) / 8;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; b < blocks; b += stride) {
     const Philox4 r = philox4x32_10(static_cast<uint64_t>(b), offset, seed);
-    const int64_t i = b * 4;
-    if (aligned && i + 4 <= n) {
-      Vec4<T> in = *reinterpret_cast<const Vec4<T>*>(x + i), out;
+    A keep[8];
 #pragma unroll
-      for (int k = 0; k < 4; ++k)
-        out.v[k] = static_cast<T>(static_cast<A>(in.v[k]) * (r.v[k] >= threshold ? scale : A(0)));
-      *reinterpret_cast<Vec4<T>*>(y + i) = out;
+    for (int k = 0; k < 8; ++k)
+      keep[k] = dropout_keep(r, k, static_cast<uint64_t>(b), offset, seed, threshold) ? scale : A(0);
+    const int64_t i = b * 8;
+    if (aligned && i + 8 <= n) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        Vec4<T> in = *reinterpret_cast<const Vec4<T>*>(x + i + 4 * h), out;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) out.v[k] = static_cast<T>(static_cast<A>(in.v[k]) * keep[4 * h + k]);
+        *reinterpret_cast<Vec4<T>*>(y + i + 4 * h) = out;
+      }
     } else {
-      for (int k = 0; k < 4 && i + k < n; ++k)
-        y[i + k] = static_cast<T>(static_cast<A>(x[i + k]) * (r.v[k] >= threshold ? scale : A(0)));
+      for (int k = 0; k < 8 && i + k < n; ++k)
+        y[i + k] = static_cast<T>(static_cast<A>(x[i + k]) * keep[k]);
     }
   }
 }
@@ -157,7 +164,7 @@ void launch(const Tensor& x, Tensor& y, const DropoutPlan& plan, bool channelwis
     const T* xp = x.data_ptr<T>();
     T* yp = y.data_ptr<T>();
     if (!channelwise) {
-      const int64_t work = std::max<int64_t>(1, (n + 3) / 4);
+      const int64_t work = std::max<int64_t>(1, (n + 7) / 8);
       const int64_t grid = std::min<int64_t>((work + kThreads - 1) / kThreads, int64_t(sms) * 32);
       const bool aligned = reinterpret_cast<uintptr_t>(xp) % (4 * sizeof(T)) == 0 &&
                            reinterpret_cast<uintptr_t>(yp) % (4 * sizeof(T)) == 0;
