@@ -106,6 +106,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_cuda_built", [] { return kCudaBuilt; }, "whether the CUDA kernels were compiled");
   m.def("_cpu_isa", &cnnkernels::cpu::isa_name, "the CPU code path in use: 'avx2' or 'generic'");
   m.def("_set_cpu_isa", &cnnkernels::cpu::set_isa, "select the CPU code path");
+  m.def("_llc_bytes", &cnnkernels::cpu::llc_bytes, "the last-level cache size the kernels assume");
+  m.def("_set_llc_bytes", &cnnkernels::cpu::set_llc_bytes,
+        "override the assumed last-level cache size in bytes (-1: detect; for tests)");
   m.def("_avx2_available", &cnnkernels::cpu::avx2_available,
         "whether this processor has AVX2 and FMA");
   m.def(

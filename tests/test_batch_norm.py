@@ -239,6 +239,35 @@ def test_batch_norm_deterministic(device, layout):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_norm_cpu_schedules_agree(dtype):
+    # Planar training runs channel by channel (both sweeps of a channel back
+    # to back) when its tensors exceed the last-level cache, else as two
+    # sweeps over contiguous ranges. Both must give the same bits, and
+    # torch's result: the assumed cache size is forced both ways.
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(6, 8, 11, 13, generator=g, dtype=dtype) * 2 + 1).requires_grad_()
+    gy = torch.randn(x.shape, generator=g, dtype=dtype)
+    results = []
+    try:
+        for llc in (0, 1 << 40):  # nothing fits / everything fits
+            cnnkernels._C._set_llc_bytes(llc)
+            m = cnn.BatchNormReLU2d(8).to(dtype)
+            y = m(x)
+            grads = torch.autograd.grad(y, (x, m.weight, m.bias), gy)
+            results.append((y, *grads, m.running_mean, m.running_var))
+    finally:
+        cnnkernels._C._set_llc_bytes(-1)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    ref = torch.nn.BatchNorm2d(8).to(dtype)
+    y = torch.relu(ref(x))
+    want = (y, *torch.autograd.grad(y, (x, ref.weight, ref.bias), gy), ref.running_mean,
+            ref.running_var)
+    for a, b in zip(results[0], want):
+        torch.testing.assert_close(a, b)
+
+
 def test_batch_norm_gradcheck_float64():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 4, 3, 5, generator=g, dtype=torch.float64).requires_grad_()

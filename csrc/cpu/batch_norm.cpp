@@ -86,10 +86,22 @@ int64_t grain(const BnGeometry& g) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(per, 1));
 }
 
-// Planar input with enough channels to keep every thread busy: each thread
-// takes whole channels and runs both sweeps of a channel back to back.
-bool by_channel(const BnGeometry& g) {
-  return !g.interleaved && g.C >= 2 * at::get_num_threads();
+// Planar input with enough channels to keep every thread busy, whose
+// tensors (working_set bytes: forward x and y, backward x, grad_y and
+// grad_x) do not fit in the last-level cache together: each thread takes
+// whole channels and runs both sweeps of a channel back to back, so the
+// second reads the channel's planes from L2 (the inputs are read from
+// memory once). When everything stays in the last-level cache anyway, two
+// sweeps over contiguous ranges are faster: training forward measured
+// 0.155-0.165 against 0.18-0.20 ns per element at 16x64x56x56 (12.8 MB;
+// 0.65 against 0.92 ms interleaved in one process), long sequential runs
+// prefetching better than a channel's 16 separate 12.5 KB planes. The
+// backward there (38 MB, over the 32 MB L3) stays by channel: 2.87 against
+// 3.09 ms forward+backward.
+bool by_channel(const BnGeometry& g, int64_t working_set) {
+  const int64_t llc = llc_bytes();
+  const bool fits = llc > 0 && working_set <= llc;
+  return !fits && !g.interleaved && g.C >= 2 * at::get_num_threads();
 }
 
 // Row block t of kRowTasks (fixed, independent of the thread count).
@@ -222,7 +234,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward_cpu(
     };
     const T* xp = x.data_ptr<T>();
     T* yp = y.data_ptr<T>();
-    if (training && by_channel(g)) {
+    if (training && by_channel(g, 2 * x.nbytes())) {
       // Statistics and normalisation of one channel back to back: its planes
       // are still in L2 for the second sweep (one read of x from memory).
       std::vector<Moments> part(g.N * g.C);  // indexed by plane, like stats_planar's output
@@ -300,7 +312,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cpu(
         k3[c] = T(is * is * sgx / double(g.count));
       }
     };
-    if (need_sums && by_channel(g)) {
+    if (need_sums && by_channel(g, (gxp != nullptr ? 3 : 2) * x.nbytes())) {
       // Both sweeps of one channel back to back (its planes stay in L2).
       std::vector<double> part1(g.N * g.C), part2(g.N * g.C);
       at::parallel_for(0, g.C, 1, [&](int64_t c0, int64_t c1) {

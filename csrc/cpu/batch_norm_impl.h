@@ -47,13 +47,34 @@ void stats_planar_t(const T* x, int64_t S, int64_t p0, int64_t p1, Moments* out)
     for (int64_t s0 = 0; s0 < S; s0 += kPlanarChunk) {
       const int64_t L = S - s0 < kPlanarChunk ? S - s0 : kPlanarChunk;
       const T* xc = xp + s0;
+      // kLanes independent partial sums: one accumulator chain would bound
+      // the sweep by the add latency, not by the loads
+      constexpr int kLanes = int(128 / sizeof(T));  // four 256-bit vectors
+      T v1[kLanes] = {}, v2[kLanes] = {};
+      int64_t i = 0;
+      for (; i + kLanes <= L; i += kLanes) {
+#pragma omp simd
+        for (int j = 0; j < kLanes; ++j) {
+          const T d = xc[i + j] - k;
+          v1[j] += d;
+#if defined(CNNK_BN_AVX2)
+          // the square on the FMA pipes, leaving the add pipes to the other two
+          if constexpr (sizeof(T) == 4)
+            v2[j] = __builtin_fmaf(d, d, v2[j]);
+          else
+            v2[j] = __builtin_fma(d, d, v2[j]);
+#else
+          v2[j] += d * d;
+#endif
+        }
+      }
       T s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s1, s2)
-      for (int64_t i = 0; i < L; ++i) {
+      for (; i < L; ++i) {
         const T d = xc[i] - k;
         s1 += d;
         s2 += d * d;
       }
+      for (int j = 0; j < kLanes; ++j) s1 += v1[j], s2 += v2[j];
       const double mu = double(s1) / double(L);
       const double q = double(s2) - double(s1) * mu;
       merge(m, double(L), double(k) + mu, q > 0 ? q : 0.0);
@@ -175,14 +196,26 @@ void reduce_planar_t(const T* gy, const T* x, int64_t S, int64_t C, int64_t p0, 
     double dg = 0, dgx = 0;
     for (int64_t s0 = 0; s0 < S; s0 += kPlanarChunk) {
       const int64_t L = S - s0 < kPlanarChunk ? S - s0 : kPlanarChunk;
+      constexpr int kLanes = int(128 / sizeof(T));  // independent chains, as in stats_planar_t
+      T v1[kLanes] = {}, v2[kLanes] = {};
+      int64_t i = s0;
+      for (; i + kLanes <= s0 + L; i += kLanes) {
+#pragma omp simd
+        for (int j = 0; j < kLanes; ++j) {
+          const T d = xp[i + j] - m;
+          const T gz = act_bwd<ACT>(d * a + b, gp[i + j], sl);
+          v1[j] += gz;
+          v2[j] += gz * d;
+        }
+      }
       T g1 = 0, g2 = 0;
-#pragma omp simd reduction(+ : g1, g2)
-      for (int64_t i = s0; i < s0 + L; ++i) {
+      for (; i < s0 + L; ++i) {
         const T d = xp[i] - m;
         const T gz = act_bwd<ACT>(d * a + b, gp[i], sl);
         g1 += gz;
         g2 += gz * d;
       }
+      for (int j = 0; j < kLanes; ++j) g1 += v1[j], g2 += v2[j];
       dg += double(g1);
       dgx += double(g2);
     }

@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <unistd.h>
+
 namespace cnnkernels {
 namespace cpu {
 namespace {
@@ -14,6 +16,11 @@ bool initial_choice() {
   const char* env = std::getenv("CNNKERNELS_CPU_ISA");
   if (env != nullptr && std::strcmp(env, "generic") == 0) return false;
   return avx2_available();
+}
+
+std::atomic<int64_t>& llc_override() {
+  static std::atomic<int64_t> v(-1);
+  return v;
 }
 
 std::atomic<bool>& avx2_flag() {
@@ -47,6 +54,18 @@ void set_isa(const std::string& name) {
 }
 
 std::string isa_name() { return use_avx2() ? "avx2" : "generic"; }
+
+int64_t llc_bytes() {
+  const int64_t o = llc_override().load(std::memory_order_relaxed);
+  if (o >= 0) return o;
+  static const int64_t detected = [] {
+    const long v = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    return v > 0 ? int64_t(v) : int64_t(0);
+  }();
+  return detected;
+}
+
+void set_llc_bytes(int64_t bytes) { llc_override() = bytes < 0 ? -1 : bytes; }
 
 }  // namespace cpu
 }  // namespace cnnkernels

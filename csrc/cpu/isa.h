@@ -5,6 +5,7 @@
 // (the tests run every pooling case through both).
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace cnnkernels {
@@ -14,6 +15,12 @@ bool avx2_available();          // the processor supports AVX2 and FMA
 bool use_avx2();                // the AVX2 path is selected
 void set_isa(const std::string& name);
 std::string isa_name();
+
+// Bytes of the last-level cache (sysconf; 0 when unknown), which some
+// kernels use to pick between a cache-resident and a streaming schedule.
+// set_llc_bytes overrides it (tests force both schedules); -1 restores it.
+int64_t llc_bytes();
+void set_llc_bytes(int64_t bytes);
 
 }  // namespace cpu
 }  // namespace cnnkernels
