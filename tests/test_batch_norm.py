@@ -143,14 +143,19 @@ def test_batch_norm2d_matches_torch(device_path, act, flags, layout):
         _run_steps(ours, ref, act, (4, 6, 7, 9), layout, dtype, device, steps=1, train=False)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 5, 5), (16, 64, 3, 3), (3, 40, 1, 1), (5, 3, 33, 65)])
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 5, 5), (16, 64, 3, 3), (3, 40, 1, 1), (5, 3, 33, 65), (4, 40, 40, 40)]
+)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_batch_norm_relu2d_shapes(device_path, shape, layout):
-    """Few and many channels (the per-channel and the split paths), 1x1
-    planes, planes longer than a chunk."""
+    """Few and many channels (the per-channel and the split paths; channel
+    counts with and without a remainder after the 32- or 16-channel register
+    blocks of the channels_last statistics), 1x1 planes, planes and row
+    ranges longer than a chunk."""
     device = device_path
-    ours, ref = _pair("2d", shape[1], "relu", torch.float32, device)
-    _run_steps(ours, ref, "relu", shape, layout, torch.float32, device, steps=2)
+    for dtype in (torch.float32, torch.float64):
+        ours, ref = _pair("2d", shape[1], "relu", dtype, device)
+        _run_steps(ours, ref, "relu", shape, layout, dtype, device, steps=2)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -3,12 +3,13 @@
 // defining CNNK_BN_NS to its namespace. The loops are written for the
 // compiler's vectoriser (`omp simd` reductions along the contiguous axis).
 //
-// Statistics: a plane (or a chunk of rows) is cut into chunks of about 2048
-// elements. Planes: one sweep of shifted sums, sum(x - k) and sum((x - k)^2)
-// with k the plane's first value, in float per chunk, turned into the
-// chunk's mean and squared deviations in double. Rows: a chunk's mean from a
-// float sum, its squared deviations from a second sweep while the chunk is in
-// L1. Chunks merge into double-precision moments (Chan's formula): one read
+// Statistics: planes are cut into chunks of 2048 elements, rows into chunks
+// of about 16384. Planes: one sweep of shifted sums, sum(x - k) and
+// sum((x - k)^2) with k the plane's first value, in float per chunk (four
+// vectors of independent partial sums), turned into the chunk's mean and
+// squared deviations in double. Rows: a chunk's mean from a float sum, its
+// squared deviations from a second sweep while the chunk is in L2 (sums of
+// 32 float channels in registers). Chunks merge into double-precision moments (Chan's formula): one read
 // of the input from memory, and no sum-of-squares cancellation.
 //
 // The forward computes z = (x - mean) * scale + beta and backward recomputes
@@ -18,11 +19,64 @@
 #error "define CNNK_BN_NS before including batch_norm_impl.h"
 #endif
 
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace cnnkernels {
 namespace cpu {
 namespace bn {
 namespace CNNK_BN_NS {
 namespace {
+
+// acc + d * d: fused on the AVX2 build (the square then runs on the FMA
+// pipes, leaving the add pipes to the sums); separate in the portable one.
+template <typename T>
+inline T add_square(T acc, T d) {
+#if defined(CNNK_BN_AVX2)
+  if constexpr (sizeof(T) == 4)
+    return __builtin_fmaf(d, d, acc);
+  else
+    return __builtin_fma(d, d, acc);
+#else
+  return acc + d * d;
+#endif
+}
+
+// 32-byte vectors (GCC vector extensions: AVX registers on the AVX2 build,
+// pairs of SSE registers on the portable one, where passing them to these
+// inline helpers would warn about the ABI: -Wpsabi is off in this file).
+template <typename T>
+constexpr int kVecLanes = int(32 / sizeof(T));
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+
+template <typename T>
+inline Vec<T> load_vec(const T* p) {
+  Vec<T> v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline Vec<T> add_square_vec(Vec<T> acc, Vec<T> d) {
+#if defined(CNNK_BN_AVX2)
+  if constexpr (sizeof(T) == 4)
+    return (Vec<T>)_mm256_fmadd_ps((__m256)d, (__m256)d, (__m256)acc);
+  else
+    return (Vec<T>)_mm256_fmadd_pd((__m256d)d, (__m256d)d, (__m256d)acc);
+#else
+  return acc + d * d;
+#endif
+}
 
 template <int ACT, typename T>
 inline T act_fwd(T z, T slope) {
@@ -57,15 +111,7 @@ void stats_planar_t(const T* x, int64_t S, int64_t p0, int64_t p1, Moments* out)
         for (int j = 0; j < kLanes; ++j) {
           const T d = xc[i + j] - k;
           v1[j] += d;
-#if defined(CNNK_BN_AVX2)
-          // the square on the FMA pipes, leaving the add pipes to the other two
-          if constexpr (sizeof(T) == 4)
-            v2[j] = __builtin_fmaf(d, d, v2[j]);
-          else
-            v2[j] = __builtin_fma(d, d, v2[j]);
-#else
-          v2[j] += d * d;
-#endif
+          v2[j] = add_square(v2[j], d);
         }
       }
       T s1 = 0, s2 = 0;
@@ -85,28 +131,48 @@ void stats_planar_t(const T* x, int64_t S, int64_t p0, int64_t p1, Moments* out)
 
 template <typename T>
 void stats_rows_t(const T* x, int64_t C, int64_t r0, int64_t r1, Moments* out, T* scratch) {
-  const int64_t RB = rows_per_chunk(C);
+  constexpr int B = 4 * kVecLanes<T>;  // channels per register block
+  const int64_t RB = rows_per_stats_chunk(C);
   T* sum = scratch;
   T* q = scratch + C;
   for (int64_t a = r0; a < r1; a += RB) {
     const int64_t L = r1 - a < RB ? r1 - a : RB;
-    for (int64_t c = 0; c < C; ++c) sum[c] = 0, q[c] = 0;
-    for (int64_t r = a; r < a + L; ++r) {
-      const T* xr = x + r * C;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) sum[c] += xr[c];
-    }
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) sum[c] /= T(L);
-    for (int64_t r = a; r < a + L; ++r) {
-      const T* xr = x + r * C;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const T d = xr[c] - sum[c];
-        q[c] += d * d;
+    // Blocks of B channels with their sums in registers (four 32-byte GCC
+    // vectors: written out, the compiler kept array sums on the stack): the
+    // chunk's rows (in L2) are swept once for the means, once for the
+    // squared deviations.
+    int64_t c0 = 0;
+    for (; c0 + B <= C; c0 += B) {
+      Vec<T> s1[4] = {}, s2[4] = {};
+      for (int64_t r = a; r < a + L; ++r) {
+        const T* xr = x + r * C + c0;
+        for (int k = 0; k < 4; ++k) s1[k] += load_vec(xr + k * kVecLanes<T>);
       }
+      for (int k = 0; k < 4; ++k) s1[k] /= T(L);
+      for (int64_t r = a; r < a + L; ++r) {
+        const T* xr = x + r * C + c0;
+        for (int k = 0; k < 4; ++k) s2[k] = add_square_vec<T>(s2[k], load_vec(xr + k * kVecLanes<T>) - s1[k]);
+      }
+      for (int k = 0; k < 4; ++k)
+        for (int e = 0; e < kVecLanes<T>; ++e)
+          merge(out[c0 + k * kVecLanes<T> + e], double(L), double(s1[k][e]), double(s2[k][e]));
     }
-    for (int64_t c = 0; c < C; ++c) merge(out[c], double(L), double(sum[c]), double(q[c]));
+    if (c0 == C) continue;
+    // the remaining channels, sums through scratch
+    for (int64_t c = c0; c < C; ++c) sum[c] = 0, q[c] = 0;
+    for (int64_t r = a; r < a + L; ++r) {
+      const T* xr = x + r * C;
+#pragma omp simd
+      for (int64_t c = c0; c < C; ++c) sum[c] += xr[c];
+    }
+#pragma omp simd
+    for (int64_t c = c0; c < C; ++c) sum[c] /= T(L);
+    for (int64_t r = a; r < a + L; ++r) {
+      const T* xr = x + r * C;
+#pragma omp simd
+      for (int64_t c = c0; c < C; ++c) q[c] = add_square(q[c], xr[c] - sum[c]);
+    }
+    for (int64_t c = c0; c < C; ++c) merge(out[c], double(L), double(sum[c]), double(q[c]));
   }
 }
 

@@ -90,6 +90,14 @@ inline int64_t rows_per_chunk(int64_t C) {
   return r < 4 ? 4 : r;
 }
 
+// Rows per chunk of the interleaved statistics: about 16384 values (64 KB
+// in float), swept twice from L2. Each chunk costs a double-precision merge
+// per channel, which at 4096 values per chunk took as long as the sweeps.
+inline int64_t rows_per_stats_chunk(int64_t C) {
+  int64_t r = 16384 / (C > 0 ? C : 1);
+  return r < 4 ? 4 : r;
+}
+
 constexpr int64_t kPlanarChunk = 2048;  // elements per chunk of a plane
 
 }  // namespace bn
