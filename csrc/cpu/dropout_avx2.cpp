@@ -96,35 +96,28 @@ inline int64_t first_step(int64_t i0, int64_t i1) {
   return a > i1 ? i1 : a;
 }
 
-void apply_f32(const float* x, float* y, int64_t i0, int64_t i1, uint64_t seed, uint64_t offset,
-               uint32_t threshold, float scale) {
-  const int64_t a = first_step(i0, i1);
-  generic::apply(x, y, i0, a, seed, offset, threshold, scale);
-  const Keys keys(seed);
-  const __m256i thi = _mm256_set1_epi16(static_cast<short>(threshold >> 16));
-  const __m256 vs = _mm256_set1_ps(scale);
-  int64_t i = a;
-  for (; i + 64 <= i1; i += 64) {
-    __m256i m[8];
-    if (!keep_masks(static_cast<uint64_t>(i) >> 3, offset, keys, thi, m)) {
-      generic::apply(x, y, i, i + 64, seed, offset, threshold, scale);
-      continue;
-    }
-    for (int k = 0; k < 8; ++k) {
-      const __m256 mk = _mm256_and_ps(_mm256_castsi256_ps(m[k]), vs);
-      _mm256_storeu_ps(y + i + 8 * k, _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * k), mk));
-    }
-  }
-  generic::apply(x, y, i, i1, seed, offset, threshold, scale);
+// y[0, 8) = x[0, 8) * (keep ? scale : 0) for one 8-element keep mask.
+inline void apply8(const float* x, float* y, __m256i keep, float scale) {
+  const __m256 mk = _mm256_and_ps(_mm256_castsi256_ps(keep), _mm256_set1_ps(scale));
+  _mm256_storeu_ps(y, _mm256_mul_ps(_mm256_loadu_ps(x), mk));
 }
 
-void apply_f64(const double* x, double* y, int64_t i0, int64_t i1, uint64_t seed,
-               uint64_t offset, uint32_t threshold, double scale) {
+inline void apply8(const double* x, double* y, __m256i keep, double scale) {
+  const __m256d vs = _mm256_set1_pd(scale);
+  const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(keep));
+  const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(keep, 1));
+  _mm256_storeu_pd(y, _mm256_mul_pd(_mm256_loadu_pd(x), _mm256_and_pd(_mm256_castsi256_pd(lo), vs)));
+  _mm256_storeu_pd(y + 4,
+                   _mm256_mul_pd(_mm256_loadu_pd(x + 4), _mm256_and_pd(_mm256_castsi256_pd(hi), vs)));
+}
+
+template <typename T>
+void apply_t(const T* x, T* y, int64_t i0, int64_t i1, uint64_t seed, uint64_t offset,
+             uint32_t threshold, T scale) {
   const int64_t a = first_step(i0, i1);
   generic::apply(x, y, i0, a, seed, offset, threshold, scale);
   const Keys keys(seed);
   const __m256i thi = _mm256_set1_epi16(static_cast<short>(threshold >> 16));
-  const __m256d vs = _mm256_set1_pd(scale);
   int64_t i = a;
   for (; i + 64 <= i1; i += 64) {
     __m256i m[8];
@@ -132,17 +125,7 @@ void apply_f64(const double* x, double* y, int64_t i0, int64_t i1, uint64_t seed
       generic::apply(x, y, i, i + 64, seed, offset, threshold, scale);
       continue;
     }
-    for (int k = 0; k < 8; ++k) {
-      const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(m[k]));
-      const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(m[k], 1));
-      double* yo = y + i + 8 * k;
-      const double* xo = x + i + 8 * k;
-      const __m256d v0 = _mm256_mul_pd(_mm256_loadu_pd(xo), _mm256_and_pd(_mm256_castsi256_pd(lo), vs));
-      const __m256d v1 =
-          _mm256_mul_pd(_mm256_loadu_pd(xo + 4), _mm256_and_pd(_mm256_castsi256_pd(hi), vs));
-      _mm256_storeu_pd(yo, v0);
-      _mm256_storeu_pd(yo + 4, v1);
-    }
+    for (int k = 0; k < 8; ++k) apply8(x + i + 8 * k, y + i + 8 * k, m[k], scale);
   }
   generic::apply(x, y, i, i1, seed, offset, threshold, scale);
 }
@@ -151,11 +134,11 @@ void apply_f64(const double* x, double* y, int64_t i0, int64_t i1, uint64_t seed
 
 void apply(const float* x, float* y, int64_t i0, int64_t i1, uint64_t seed, uint64_t offset,
            uint32_t threshold, float scale) {
-  apply_f32(x, y, i0, i1, seed, offset, threshold, scale);
+  apply_t(x, y, i0, i1, seed, offset, threshold, scale);
 }
 void apply(const double* x, double* y, int64_t i0, int64_t i1, uint64_t seed, uint64_t offset,
            uint32_t threshold, double scale) {
-  apply_f64(x, y, i0, i1, seed, offset, threshold, scale);
+  apply_t(x, y, i0, i1, seed, offset, threshold, scale);
 }
 
 }  // namespace avx2
