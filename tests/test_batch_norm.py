@@ -144,18 +144,42 @@ def test_batch_norm2d_matches_torch(device_path, act, flags, layout):
 
 
 @pytest.mark.parametrize(
-    "shape", [(2, 3, 5, 5), (16, 64, 3, 3), (3, 40, 1, 1), (5, 3, 33, 65), (4, 40, 40, 40)]
+    "shape", [(2, 3, 5, 5), (16, 64, 3, 3), (3, 40, 1, 1), (5, 3, 33, 65)]
 )
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_batch_norm_relu2d_shapes(device_path, shape, layout):
     """Few and many channels (the per-channel and the split paths; channel
     counts with and without a remainder after the 32- or 16-channel register
-    blocks of the channels_last statistics), 1x1 planes, planes and row
-    ranges longer than a chunk."""
+    blocks of the channels_last statistics), 1x1 planes, planes longer than
+    a chunk."""
     device = device_path
     for dtype in (torch.float32, torch.float64):
         ours, ref = _pair("2d", shape[1], "relu", dtype, device)
         _run_steps(ours, ref, "relu", shape, layout, dtype, device, steps=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_norm_channels_last_long_row_blocks(dtype):
+    """channels_last rows per task (rows / 64) longer than a statistics chunk
+    (16384 / C rows) and a reduction chunk, with C = 40 (register blocks plus
+    a remainder). The reference is torch in float64: at this size torch's own
+    float32 channels_last backward is ~1e-3 off it (ours ~1e-7)."""
+    g = torch.Generator().manual_seed(5)
+    shape = (16, 40, 48, 48)
+    base = torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5
+    gy = torch.randn(shape, generator=g, dtype=torch.float64)
+    ours, ref = _pair("2d", 40, "relu", dtype, "cpu")
+    ref = ref.double()
+    cl = torch.channels_last
+    xo = base.to(dtype).contiguous(memory_format=cl).requires_grad_()
+    xr = base.contiguous(memory_format=cl).requires_grad_()
+    yo, yr = ours(xo), torch.relu(ref(xr))
+    go = torch.autograd.grad(yo, (xo, ours.weight, ours.bias), gy.to(dtype).contiguous(memory_format=cl))
+    gr = torch.autograd.grad(yr, (xr, ref.weight, ref.bias), gy.contiguous(memory_format=cl))
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for a, b in [(yo, yr), *zip(go, gr), (ours.running_mean, ref.running_mean),
+                 (ours.running_var, ref.running_var)]:
+        torch.testing.assert_close(a.double(), b.detach(), **tol)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -250,27 +274,37 @@ def test_batch_norm_cpu_schedules_agree(dtype):
     # to back) when its tensors exceed the last-level cache, else as two
     # sweeps over contiguous ranges. Both must give the same bits, and
     # torch's result: the assumed cache size is forced both ways.
+    # (by channel also needs C >= 2 x threads: two threads, 8 channels)
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(6, 8, 11, 13, generator=g, dtype=dtype) * 2 + 1).requires_grad_()
     gy = torch.randn(x.shape, generator=g, dtype=dtype)
     results = []
+    threads, isa = torch.get_num_threads(), cnnkernels.cpu_isa()
+    paths = ["generic"] + (["avx2"] if cnnkernels._C._avx2_available() else [])
     try:
-        for llc in (0, 1 << 40):  # nothing fits / everything fits
-            cnnkernels._C._set_llc_bytes(llc)
-            m = cnn.BatchNormReLU2d(8).to(dtype)
-            y = m(x)
-            grads = torch.autograd.grad(y, (x, m.weight, m.bias), gy)
-            results.append((y, *grads, m.running_mean, m.running_var))
+        torch.set_num_threads(2)
+        for path in paths:
+            cnnkernels.set_cpu_isa(path)
+            for llc in (0, 1 << 40):  # nothing fits / everything fits
+                cnnkernels._C._set_llc_bytes(llc)
+                m = cnn.BatchNormReLU2d(8).to(dtype)
+                y = m(x)
+                grads = torch.autograd.grad(y, (x, m.weight, m.bias), gy)
+                results.append((y, *grads, m.running_mean, m.running_var))
     finally:
         cnnkernels._C._set_llc_bytes(-1)
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+        cnnkernels.set_cpu_isa(isa)
+        torch.set_num_threads(threads)
+    for i in range(0, len(results), 2):  # per code path: both schedules agree bit for bit
+        for a, b in zip(results[i], results[i + 1]):
+            assert torch.equal(a, b)
     ref = torch.nn.BatchNorm2d(8).to(dtype)
     y = torch.relu(ref(x))
     want = (y, *torch.autograd.grad(y, (x, ref.weight, ref.bias), gy), ref.running_mean,
             ref.running_var)
-    for a, b in zip(results[0], want):
-        torch.testing.assert_close(a, b)
+    for r in results:
+        for a, b in zip(r, want):
+            torch.testing.assert_close(a, b)
 
 
 def test_batch_norm_gradcheck_float64():

@@ -46,13 +46,14 @@ def _reference_keep(n, seed, offset, threshold):
     return torch.tensor(keep)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tie_at", [None, 0, 100, 190])
-def test_mask_matches_the_documented_stream(tie_at):
+def test_mask_matches_the_documented_stream(device, tie_at):
     # Element-wise masks take 16 bits per element; when an element's value
     # equals the threshold's high half, a second stream decides. A threshold
     # made to tie with element tie_at forces that path (in a vector step for
     # the AVX2 code) and must still give the exact documented mask.
-    seed, offset, n = 0x0123456789ABCDEF, 8, 203
+    seed, offset, n = 0x0123456789ABCDEF, (5 << 32) + 8, 203  # both offset words
     if tie_at is None:
         threshold = 0x6B851EB8  # p = 0.42
     else:
@@ -64,15 +65,15 @@ def test_mask_matches_the_documented_stream(tie_at):
     want = _reference_keep(n, seed, offset, threshold)
     if tie_at is not None:
         assert bool(want[tie_at])
-    state = torch.tensor([seed, offset], dtype=torch.int64)
+    state = torch.tensor([seed, offset], dtype=torch.int64, device=device)
     isa = cnnkernels.cpu_isa()
     paths = ["generic"] + (["avx2"] if cnnkernels._C._avx2_available() else [])
     try:
-        for path in paths:
+        for path in paths if device == "cpu" else [isa]:
             cnnkernels.set_cpu_isa(path)
-            for dtype in (torch.float32, torch.float64):
-                g = torch.ones(n, dtype=dtype)
-                got = ops.dropout_backward(g, state, p, False, False)
+            for dtype in dtypes_for(device):
+                g = torch.ones(n, dtype=dtype, device=device)
+                got = ops.dropout_backward(g, state, p, False, False).cpu()
                 assert torch.equal(got != 0, want), (path, dtype)
                 torch.testing.assert_close(got[want], torch.full_like(got[want], 1 / (1 - p)))
     finally:
@@ -81,7 +82,8 @@ def test_mask_matches_the_documented_stream(tie_at):
         threshold += 1
         want = _reference_keep(n, seed, offset, threshold)
         assert not bool(want[tie_at])
-        got = ops.dropout_backward(torch.ones(n), state, threshold / 2**32, False, False)
+        g = torch.ones(n, device=device)
+        got = ops.dropout_backward(g, state, threshold / 2**32, False, False).cpu()
         assert torch.equal(got != 0, want)
 
 

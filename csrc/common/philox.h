@@ -4,7 +4,7 @@
 //
 // cnnkernels' dropout uses key = the seed drawn from torch's generator and
 // counter = {block, block >> 32, offset, offset >> 32}. Element-wise dropout
-// takes 16 bits per element (dropout_keep below: block = element_index / 8);
+// takes 16 bits per element (dropout_keep8 below: block = element_index / 8);
 // channel-wise dropout takes word g % 4 of block g / 4 for channel g. The mask
 // of an element therefore depends on (seed, offset, index) only: not on the
 // number of threads, the launch configuration or the device.
@@ -64,13 +64,26 @@ CNNK_HD uint32_t philox_half(const Philox4& r, int e) {
   return (r.v[(e >> 1) & 3] >> ((e & 1) * 16)) & 0xFFFFu;
 }
 
-// Element e (0..7) of block `block`, whose stream call is r.
-CNNK_HD bool dropout_keep(const Philox4& r, int e, uint64_t block, uint64_t offset, uint64_t seed,
-                          uint32_t threshold) {
-  const uint32_t h = philox_half(r, e), t = threshold >> 16;
-  if (h != t) return h > t;
-  const Philox4 s = philox4x32_10(block, offset ^ kDropoutTieBit, seed);
-  return philox_half(s, e) >= (threshold & 0xFFFFu);
+// Keep bits (bit e for element e = 0..7) of block `block`, whose stream
+// call is r; the tie stream is called once, only when some element ties.
+CNNK_HD uint32_t dropout_keep8(const Philox4& r, uint64_t block, uint64_t offset, uint64_t seed,
+                               uint32_t threshold) {
+  const uint32_t t = threshold >> 16;
+  uint32_t keep = 0, tie = 0;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int e = 0; e < 8; ++e) {
+    const uint32_t h = philox_half(r, e);
+    keep |= uint32_t(h > t) << e;
+    tie |= uint32_t(h == t) << e;
+  }
+  if (tie != 0) {
+    const Philox4 s = philox4x32_10(block, offset ^ kDropoutTieBit, seed);
+    for (int e = 0; e < 8; ++e)
+      if ((tie >> e) & 1u) keep |= uint32_t(philox_half(s, e) >= (threshold & 0xFFFFu)) << e;
+  }
+  return keep;
 }
 
 // An element is kept when its 32-bit value (element-wise: the 16-bit value

@@ -118,7 +118,7 @@ void stats_planar_t(const T* x, int64_t S, int64_t p0, int64_t p1, Moments* out)
       for (; i < L; ++i) {
         const T d = xc[i] - k;
         s1 += d;
-        s2 += d * d;
+        s2 = add_square(s2, d);
       }
       for (int j = 0; j < kLanes; ++j) s1 += v1[j], s2 += v2[j];
       const double mu = double(s1) / double(L);

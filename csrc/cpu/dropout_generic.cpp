@@ -16,12 +16,10 @@ void apply_t(const T* x, T* y, int64_t i0, int64_t i1, uint64_t seed, uint64_t o
   int64_t i = i0;
   while (i < i1) {
     const uint64_t block = static_cast<uint64_t>(i) >> 3;
-    const Philox4 r = philox4x32_10(block, offset, seed);
+    const uint32_t keep =
+        dropout_keep8(philox4x32_10(block, offset, seed), block, offset, seed, threshold);
     const int64_t end = std::min<int64_t>(static_cast<int64_t>(block * 8 + 8), i1);
-    for (; i < end; ++i)
-      y[i] = x[i] * (dropout_keep(r, static_cast<int>(i & 7), block, offset, seed, threshold)
-                         ? scale
-                         : T(0));
+    for (; i < end; ++i) y[i] = x[i] * (((keep >> (i & 7)) & 1u) ? scale : T(0));
   }
 }
 

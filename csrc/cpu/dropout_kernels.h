@@ -10,7 +10,7 @@ namespace cpu {
 namespace drop {
 
 // For element indices i in [i0, i1): y[i] = x[i] * (keep(i) ? scale : 0),
-// keep(i) being dropout_keep of element i % 8 of Philox4x32-10 at block i / 8
+// keep(i) being bit i % 8 of dropout_keep8 for the call at block i / 8
 // (common/philox.h). x may equal y (in place). Backward applies the same to
 // the gradient.
 #define CNNK_DROP_DECLARE(T)                                                              \

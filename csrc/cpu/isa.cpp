@@ -59,8 +59,12 @@ int64_t llc_bytes() {
   const int64_t o = llc_override().load(std::memory_order_relaxed);
   if (o >= 0) return o;
   static const int64_t detected = [] {
+#ifdef _SC_LEVEL3_CACHE_SIZE  // glibc
     const long v = sysconf(_SC_LEVEL3_CACHE_SIZE);
     return v > 0 ? int64_t(v) : int64_t(0);
+#else
+    return int64_t(0);
+#endif
   }();
   return detected;
 }

@@ -76,11 +76,11 @@ __global__ void dropout_kernel(const T* __restrict__ x, T* __restrict__ y, int64
   const int64_t blocks = (n + 7) / 8;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; b < blocks; b += stride) {
-    const Philox4 r = philox4x32_10(static_cast<uint64_t>(b), offset, seed);
+    const uint64_t blk = static_cast<uint64_t>(b);
+    const uint32_t bits = dropout_keep8(philox4x32_10(blk, offset, seed), blk, offset, seed, threshold);
     A keep[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k)
-      keep[k] = dropout_keep(r, k, static_cast<uint64_t>(b), offset, seed, threshold) ? scale : A(0);
+    for (int k = 0; k < 8; ++k) keep[k] = ((bits >> k) & 1u) ? scale : A(0);
     const int64_t i = b * 8;
     if (aligned && i + 8 <= n) {
 #pragma unroll
