@@ -55,6 +55,18 @@ inline int64_t floor_div(int64_t a, int64_t b) {
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
+// (row, col) on a grid `cols` wide of the pixels q0 .. q0 + rows - 1 of a
+// tile, the last one repeated up to kMR, with one division per tile instead
+// of one per pixel (no timing difference measurable on this machine).
+inline void tile_pixels(int64_t q0, int64_t rows, int64_t cols, int64_t* rr, int64_t* cc) {
+  int64_t r = q0 / cols, c = q0 - r * cols;
+  for (int i = 0; i < kMR; ++i) {
+    rr[i] = r;
+    cc[i] = c;
+    if (i + 1 < rows && ++c == cols) c = 0, ++r;
+  }
+}
+
 // The kernels of the selected code path.
 template <typename T>
 struct Kern {
@@ -234,10 +246,10 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
         const int64_t oc0 = grp * OCg + cb * kNR, ncols = std::min<int64_t>(kNR, OCg - cb * kNR);
         for (int64_t tl = t0; tl < t1; ++tl) {
           const int64_t p0 = tl * kMR, rows = std::min<int64_t>(kMR, P - p0);
-          for (int i = 0; i < kMR; ++i) {
-            const int64_t p = p0 + std::min<int64_t>(i, rows - 1), oh = p / g.OW, ow = p % g.OW;
-            ap[i] = xp.p + n * xp.sN + oh * g.sh * xp.sR + ow * g.sw * xp.sC + grp * Cg;
-          }
+          int64_t oh[kMR], ow[kMR];
+          tile_pixels(p0, rows, g.OW, oh, ow);
+          for (int i = 0; i < kMR; ++i)
+            ap[i] = xp.p + n * xp.sN + oh[i] * g.sh * xp.sR + ow[i] * g.sw * xp.sC + grp * Cg;
           K.tile(ap, a_off.data(), bw, b_off.data(), ntaps, len, 1, kNR, out);
           if (cl) {
             for (int64_t i = 0; i < rows; ++i) {
@@ -335,18 +347,17 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
         const int64_t c0 = grp * Cg + cb * kNR, ncols = std::min<int64_t>(kNR, Cg - cb * kNR);
         for (int64_t tl = t0; tl < t1; ++tl) {
           const int64_t q0 = tl * kMR, rows = std::min<int64_t>(kMR, Q - q0);
+          int64_t th[kMR], tw[kMR];
+          tile_pixels(q0, rows, ph.TW, th, tw);
           if (ntaps > 0) {
-            for (int i = 0; i < kMR; ++i) {
-              const int64_t q = q0 + std::min<int64_t>(i, rows - 1);
-              ap[i] = gp.p + n * gp.sN + (q / ph.TW) * gp.sR + (q % ph.TW) * gp.sC + grp * OCg;
-            }
+            for (int i = 0; i < kMR; ++i)
+              ap[i] = gp.p + n * gp.sN + th[i] * gp.sR + tw[i] * gp.sC + grp * OCg;
             K.tile(ap, ph.a_off.data(), bw, ph.b_off.data(), ntaps, OCg, 1, kNR, out);
           } else {
             std::fill(out, out + kMR * kNR, T(0));
           }
           for (int64_t i = 0; i < rows; ++i) {
-            const int64_t q = q0 + i;
-            const int64_t ih = ph.rh + (q / ph.TW) * g.sh, iw = ph.rw + (q % ph.TW) * g.sw;
+            const int64_t ih = ph.rh + th[i] * g.sh, iw = ph.rw + tw[i] * g.sw;
             if (cl) {
               T* xr = gx + ((n * g.H + ih) * g.W + iw) * g.C + c0;
               for (int64_t j = 0; j < ncols; ++j) xr[j] = out[i * kNR + j] + (bias ? bias[c0 + j] : T(0));
