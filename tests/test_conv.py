@@ -466,3 +466,20 @@ def test_depthwise_channels_last_large_output_cpu(cpu_isa, stride):
     gy = torch.randn(r.shape, generator=g).contiguous(memory_format=torch.channels_last)
     for a, e in zip(torch.autograd.grad(y, (x, w, b), gy), torch.autograd.grad(r, (x, w, b), gy)):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_weight_grad_long_reduction_cpu(cpu_isa, layout):
+    """A reduction over enough pixels to be split (P / (8 x chunk) >= 2),
+    chunks cut at image boundaries, and NCHW grad_output packed straight from
+    its planes: a stem-like 7x7 stride-2 layer, float64 against torch."""
+    g = torch.Generator().manual_seed(6)
+    x = _layout(torch.randn(5, 3, 66, 66, generator=g, dtype=torch.float64), layout)
+    w = torch.randn(16, 3, 7, 7, generator=g, dtype=torch.float64)
+    gy = _layout(torch.randn(5, 16, 33, 33, generator=g, dtype=torch.float64), layout)
+    ours = torch.ops.cnnkernels.conv2d_backward(gy, x, w, [2, 2], [3, 3], [1, 1], 1,
+                                                [False, True, True])
+    ref = torch.ops.aten.convolution_backward(gy, x, w, [16], [2, 2], [3, 3], [1, 1], False,
+                                              [0, 0], 1, [False, True, True])
+    torch.testing.assert_close(ours[1], ref[1], rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(ours[2], ref[2], rtol=1e-10, atol=1e-9)

@@ -391,9 +391,15 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   const int64_t Cg = g.Cg(), OCg = g.OCg(), KK = g.KH * g.KW;
   const int64_t R = (g.OH - 1) * g.sh + (g.KH - 1) * g.dh + 1;
   const int64_t Cn = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1;
-  Tensor xbuf, gbuf;
+  Tensor xbuf;
   const Nhwc<T> xp = nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, false, xbuf);
-  const Nhwc<T> gp = nhwc_window<T>(gy, cl, 0, g.OH, 0, g.OW, false, gbuf);
+  // grad_output: channels_last is read in place; NCHW planes are packed
+  // straight from the planes (a chunk's pixels are contiguous in each), with
+  // no NHWC copy (for a 7x7 stem, 26 MB of grad_output transposed per call)
+  Tensor gbuf;
+  const Nhwc<T> gp = cl ? nhwc_window<T>(gy, cl, 0, g.OH, 0, g.OW, false, gbuf) : Nhwc<T>{};
+  const T* gplanes = cl ? nullptr : gy.data_ptr<T>();
+  const int64_t HWo = g.OH * g.OW;
 
   // The reduction columns, all (kh, kw, c) of one group, in the order the
   // input holds them: each kernel row's (kw, c) run is contiguous in NHWC
@@ -433,9 +439,14 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   const int64_t ncol = (int64_t)cols.size(), nrb = ceil_div(OCg, kMR);
   const int64_t P = g.N * g.OH * g.OW, wsize = g.OC * Cg * KK;
   const int64_t kc = std::clamp<int64_t>(32768 / (nrb * kMR), 64, 256);
-  const int64_t ksplit =
-      g.G * ncol >= 8 ? 1
-                      : std::clamp<int64_t>(std::min(ceil_div(8, g.G * ncol), P / (4 * kc)), 1, 8);
+  // Splits of the pixel range (a count fixed by the shapes, never by the
+  // thread count, so that the sums repeat bit for bit): enough for 8 work
+  // items when there are few column blocks, and one per 8 chunks when the
+  // reduction is long. Splitting columns instead (below) makes every item
+  // pack the same grad_output panel again: with 4 column groups over a 7x7
+  // stem's 100k pixels, packing took as long as the tiles.
+  const int64_t ks_cols = g.G * ncol >= 8 ? 1 : std::min(ceil_div(8, g.G * ncol), P / (4 * kc));
+  const int64_t ksplit = std::clamp<int64_t>(std::max(ks_cols, P / (8 * kc)), 1, 8);
   const int64_t ncg = std::min<int64_t>(
       ncol, std::max<int64_t>(1, ceil_div(2 * at::get_num_threads(), g.G * ksplit)));
   std::fill(gw, gw + wsize, T(0));  // (every value is written below unless P == 0)
@@ -453,10 +464,12 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
       const int64_t p_lo = P * sp / ksplit, p_hi = P * (sp + 1) / ksplit;
       T* dst = sp == 0 ? gw : partial.data() + (sp - 1) * wsize;
       acc.assign((c_hi - c_lo) * nrb * kMR * kNR, T(0));
-      for (int64_t p0 = p_lo; p0 < p_hi; p0 += kc) {
-        const int64_t n = std::min(kc, p_hi - p0);
+      for (int64_t p0 = p_lo, n = 0; p0 < p_hi; p0 += n) {
+        // a chunk stays within one image (fixed by the shapes: deterministic)
+        const int64_t img0 = p0 / HWo;
+        n = std::min({kc, p_hi - p0, (img0 + 1) * HWo - p0});
         // pixel bases of the chunk, walking (image, row, column)
-        int64_t img = p0 / (g.OH * g.OW), oh = (p0 / g.OW) % g.OH, ow = p0 % g.OW;
+        int64_t img = img0, oh = (p0 / g.OW) % g.OH, ow = p0 % g.OW;
         for (int64_t k = 0; k < n; ++k) {
           xo[k] = img * xp.sN + oh * g.sh * xp.sR + ow * g.sw * xp.sC + grp * Cg;
           go[k] = img * gp.sN + oh * gp.sR + ow * gp.sC + grp * OCg;
@@ -468,7 +481,16 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
         for (int64_t rb = 0; rb < nrb; ++rb) {
           const int64_t rows = std::min<int64_t>(kMR, OCg - rb * kMR);
           T* a = Ap.data() + rb * kc * kMR;
-          if (rows == kMR) {
+          if (gplanes != nullptr) {  // NCHW: row i of the panel from plane oc, n contiguous pixels
+            for (int64_t i = 0; i < kMR; ++i) {
+              if (i < rows) {
+                const T* src = gplanes + (img0 * g.OC + grp * OCg + rb * kMR + i) * HWo + (p0 - img0 * HWo);
+                for (int64_t k = 0; k < n; ++k) a[k * kMR + i] = src[k];
+              } else {
+                for (int64_t k = 0; k < n; ++k) a[k * kMR + i] = T(0);
+              }
+            }
+          } else if (rows == kMR) {
             for (int64_t k = 0; k < n; ++k) std::memcpy(a + k * kMR, gp.p + go[k] + rb * kMR, kMR * sizeof(T));
           } else {
             for (int64_t k = 0; k < n; ++k) {
@@ -486,8 +508,11 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
             if (cs.nseg == 1 && cs.ncols == kNR) {
               std::memcpy(d, src + sg[0].off, kNR * sizeof(T));
             } else {
-              for (int64_t q = 0; q < cs.nseg; ++q)
-                std::memcpy(d + sg[q].pos, src + sg[q].off, sg[q].len * sizeof(T));
+              for (int64_t q = 0; q < cs.nseg; ++q) {  // short runs: no library call
+                const T* s = src + sg[q].off;
+                T* dd = d + sg[q].pos;
+                for (int64_t j = 0; j < sg[q].len; ++j) dd[j] = s[j];
+              }
               for (int64_t j = cs.ncols; j < kNR; ++j) d[j] = T(0);
             }
           }
