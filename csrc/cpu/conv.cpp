@@ -502,12 +502,26 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
         for (int64_t ci = c_lo; ci < c_hi; ++ci) {
           const Col& cs = cols[ci];
           const Seg* sg = segs.data() + cs.seg0;
-          for (int64_t k = 0; k < n; ++k) {
-            const T* src = xp.p + xo[k];
-            T* d = Bp.data() + k * kNR;
-            if (cs.nseg == 1 && cs.ncols == kNR) {
-              std::memcpy(d, src + sg[0].off, kNR * sizeof(T));
-            } else {
+          T* __restrict bp = Bp.data();
+          if (cs.nseg == 1 && cs.ncols == kNR) {
+            const int64_t o0 = sg[0].off;
+            for (int64_t k = 0; k < n; ++k) std::memcpy(bp + k * kNR, xp.p + xo[k] + o0, kNR * sizeof(T));
+          } else if (cs.nseg == 2 && cs.ncols == kNR) {
+            // A block spanning two kernel rows (e.g. 3-channel stems): run 0
+            // fills [0, p1), run 1 [p1, 16). Sixteen values from run 0's
+            // start and sixteen ending at run 1's end, both inside the span
+            // of the two runs, merged by position: fixed-length, vectorised
+            // (element loops per run cost as much as the tiles here).
+            const int64_t o0 = sg[0].off, p1 = sg[1].pos, o1 = sg[1].off + sg[1].len - kNR;
+            for (int64_t k = 0; k < n; ++k) {
+              const T* __restrict src = xp.p + xo[k];
+              T* __restrict d = bp + k * kNR;
+              for (int j = 0; j < kNR; ++j) d[j] = j < p1 ? src[o0 + j] : src[o1 + j];
+            }
+          } else {
+            for (int64_t k = 0; k < n; ++k) {
+              const T* src = xp.p + xo[k];
+              T* d = bp + k * kNR;
               for (int64_t q = 0; q < cs.nseg; ++q) {  // short runs: no library call
                 const T* s = src + sg[q].off;
                 T* dd = d + sg[q].pos;
