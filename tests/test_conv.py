@@ -470,13 +470,14 @@ def test_depthwise_channels_last_large_output_cpu(cpu_isa, stride):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_weight_grad_long_reduction_cpu(cpu_isa, layout):
-    """A reduction over enough pixels to be split (P / (8 x chunk) >= 2),
-    chunks cut at image boundaries, and NCHW grad_output packed straight from
-    its planes: a stem-like 7x7 stride-2 layer, float64 against torch."""
+    """A reduction over enough pixels to be split (P / (8 x chunk) = 4),
+    chunks spanning image boundaries, and (on two threads: one column group)
+    NCHW grad_output packed straight from its planes: a stem-like 7x7
+    stride-2 layer, float64 against torch."""
     g = torch.Generator().manual_seed(6)
-    x = _layout(torch.randn(5, 3, 66, 66, generator=g, dtype=torch.float64), layout)
+    x = _layout(torch.randn(8, 3, 66, 66, generator=g, dtype=torch.float64), layout)
     w = torch.randn(16, 3, 7, 7, generator=g, dtype=torch.float64)
-    gy = _layout(torch.randn(5, 16, 33, 33, generator=g, dtype=torch.float64), layout)
+    gy = _layout(torch.randn(8, 16, 33, 33, generator=g, dtype=torch.float64), layout)
     ours = torch.ops.cnnkernels.conv2d_backward(gy, x, w, [2, 2], [3, 3], [1, 1], 1,
                                                 [False, True, True])
     ref = torch.ops.aten.convolution_backward(gy, x, w, [16], [2, 2], [3, 3], [1, 1], False,

@@ -393,12 +393,6 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   const int64_t Cn = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1;
   Tensor xbuf;
   const Nhwc<T> xp = nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, false, xbuf);
-  // grad_output: channels_last is read in place; NCHW planes are packed
-  // straight from the planes (a chunk's pixels are contiguous in each), with
-  // no NHWC copy (for a 7x7 stem, 26 MB of grad_output transposed per call)
-  Tensor gbuf;
-  const Nhwc<T> gp = cl ? nhwc_window<T>(gy, cl, 0, g.OH, 0, g.OW, false, gbuf) : Nhwc<T>{};
-  const T* gplanes = cl ? nullptr : gy.data_ptr<T>();
   const int64_t HWo = g.OH * g.OW;
 
   // The reduction columns, all (kh, kw, c) of one group, in the order the
@@ -441,14 +435,29 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   const int64_t kc = std::clamp<int64_t>(32768 / (nrb * kMR), 64, 256);
   // Splits of the pixel range (a count fixed by the shapes, never by the
   // thread count, so that the sums repeat bit for bit): enough for 8 work
-  // items when there are few column blocks, and one per 8 chunks when the
-  // reduction is long. Splitting columns instead (below) makes every item
-  // pack the same grad_output panel again: with 4 column groups over a 7x7
-  // stem's 100k pixels, packing took as long as the tiles.
+  // items when there are few column blocks, and, with at most 16 column
+  // blocks, one per 8 chunks of a long reduction. Splitting columns instead
+  // (below) makes every item pack the same grad_output panel again, which
+  // costs about 1 / (its column blocks) of its tiles: with 4 column groups of
+  // a 7x7 stem's 10 blocks over 100k pixels, as much as the tiles. With many
+  // column blocks that cost is small and pixel splits would cost more (a
+  // per-split copy of the whole gradient, summed serially: VGG's 512-channel
+  // layers lost 5-10 % of a training step that way).
   const int64_t ks_cols = g.G * ncol >= 8 ? 1 : std::min(ceil_div(8, g.G * ncol), P / (4 * kc));
-  const int64_t ksplit = std::clamp<int64_t>(std::max(ks_cols, P / (8 * kc)), 1, 8);
+  const int64_t ks_pix = ncol <= 16 ? P / (8 * kc) : 1;
+  const int64_t ksplit = std::clamp<int64_t>(std::max(ks_cols, ks_pix), 1, 8);
   const int64_t ncg = std::min<int64_t>(
       ncol, std::max<int64_t>(1, ceil_div(2 * at::get_num_threads(), g.G * ksplit)));
+  // grad_output: channels_last is read in place. NCHW: when each chunk's
+  // panel is packed once (one column group), straight from the planes (a
+  // chunk's pixels are contiguous in each; for a 7x7 stem that saves
+  // transposing 26 MB per call); when several column groups each pack it,
+  // from one NHWC copy (24-byte rows instead of stride-6 element copies:
+  // VGG's 64-channel layers lost time to the repeated element copies).
+  Tensor gbuf;
+  const bool planar = !cl && ncg == 1;
+  const Nhwc<T> gp = planar ? Nhwc<T>{} : nhwc_window<T>(gy, cl, 0, g.OH, 0, g.OW, false, gbuf);
+  const T* gplanes = planar ? gy.data_ptr<T>() : nullptr;
   std::fill(gw, gw + wsize, T(0));  // (every value is written below unless P == 0)
   std::vector<T> partial((ksplit - 1) * wsize, T(0));
 
@@ -464,12 +473,10 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
       const int64_t p_lo = P * sp / ksplit, p_hi = P * (sp + 1) / ksplit;
       T* dst = sp == 0 ? gw : partial.data() + (sp - 1) * wsize;
       acc.assign((c_hi - c_lo) * nrb * kMR * kNR, T(0));
-      for (int64_t p0 = p_lo, n = 0; p0 < p_hi; p0 += n) {
-        // a chunk stays within one image (fixed by the shapes: deterministic)
-        const int64_t img0 = p0 / HWo;
-        n = std::min({kc, p_hi - p0, (img0 + 1) * HWo - p0});
+      for (int64_t p0 = p_lo; p0 < p_hi; p0 += kc) {
+        const int64_t n = std::min(kc, p_hi - p0);
         // pixel bases of the chunk, walking (image, row, column)
-        int64_t img = img0, oh = (p0 / g.OW) % g.OH, ow = p0 % g.OW;
+        int64_t img = p0 / HWo, oh = (p0 / g.OW) % g.OH, ow = p0 % g.OW;
         for (int64_t k = 0; k < n; ++k) {
           xo[k] = img * xp.sN + oh * g.sh * xp.sR + ow * g.sw * xp.sC + grp * Cg;
           go[k] = img * gp.sN + oh * gp.sR + ow * gp.sC + grp * OCg;
@@ -481,13 +488,18 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
         for (int64_t rb = 0; rb < nrb; ++rb) {
           const int64_t rows = std::min<int64_t>(kMR, OCg - rb * kMR);
           T* a = Ap.data() + rb * kc * kMR;
-          if (gplanes != nullptr) {  // NCHW: row i of the panel from plane oc, n contiguous pixels
+          if (gplanes != nullptr) {  // NCHW: row i of the panel from plane oc, one run per image
             for (int64_t i = 0; i < kMR; ++i) {
-              if (i < rows) {
-                const T* src = gplanes + (img0 * g.OC + grp * OCg + rb * kMR + i) * HWo + (p0 - img0 * HWo);
-                for (int64_t k = 0; k < n; ++k) a[k * kMR + i] = src[k];
-              } else {
+              if (i >= rows) {
                 for (int64_t k = 0; k < n; ++k) a[k * kMR + i] = T(0);
+                continue;
+              }
+              for (int64_t k = 0, pp = p0; k < n;) {
+                const int64_t im = pp / HWo, off = pp - im * HWo, len = std::min(n - k, HWo - off);
+                const T* src = gplanes + (im * g.OC + grp * OCg + rb * kMR + i) * HWo + off;
+                for (int64_t q = 0; q < len; ++q) a[(k + q) * kMR + i] = src[q];
+                k += len;
+                pp += len;
               }
             }
           } else if (rows == kMR) {
