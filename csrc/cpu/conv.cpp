@@ -436,15 +436,14 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   // Splits of the pixel range (a count fixed by the shapes, never by the
   // thread count, so that the sums repeat bit for bit): enough for 8 work
   // items when there are few column blocks, and, with at most 32 column
-  // blocks, one per 8 chunks of a long reduction (11x11 stems have 23:
-  // their weight gradient went from 20 to 17 ms, AlexNet's, and 28 to 22 ms,
-  // NiN's). Splitting columns instead
+  // blocks, one per 8 chunks of a long reduction. Splitting columns instead
   // (below) makes every item pack the same grad_output panel again, which
   // costs about 1 / (its column blocks) of its tiles: with 4 column groups of
-  // a 7x7 stem's 10 blocks over 100k pixels, as much as the tiles. With many
-  // column blocks that cost is small and pixel splits would cost more (a
-  // per-split copy of the whole gradient, summed serially: VGG's 512-channel
-  // layers lost 5-10 % of a training step that way).
+  // a 7x7 stem's 10 blocks over 100k pixels, as much as the tiles (stem
+  // weight gradients: 7x7 25-27 -> 17-18 ms, AlexNet's 11x11 (23 blocks)
+  // 20-22 -> 17 ms, NiN's 27-29 -> 22-23 ms). With many column blocks the
+  // repacking costs little, while each split adds a copy of the whole
+  // gradient to sum at the end.
   const int64_t ks_cols = g.G * ncol >= 8 ? 1 : std::min(ceil_div(8, g.G * ncol), P / (4 * kc));
   const int64_t ks_pix = ncol <= 32 ? P / (8 * kc) : 1;
   const int64_t ksplit = std::clamp<int64_t>(std::max(ks_cols, ks_pix), 1, 8);
