@@ -484,3 +484,44 @@ def test_weight_grad_long_reduction_cpu(cpu_isa, layout):
                                               [0, 0], 1, [False, True, True])
     torch.testing.assert_close(ours[1], ref[1], rtol=1e-10, atol=1e-9)
     torch.testing.assert_close(ours[2], ref[2], rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", [
+    ((7, 20, 2, 2), (24, 3, 3), 1, 1, 1, 1),      # 2x2 images: every pixel its own tap set
+    ((3, 5, 3, 3), (6, 1, 1), 1, 1, 1, 1),        # border outputs read only padding
+    ((2, 6, 3, 4), (5, 5, 5), 1, 2, 1, 1),        # kernel larger than the image
+    ((3, 4, 6, 7), (8, 3, 3), 2, 2, 2, 1),        # strided, dilated, wide padding
+    ((8, 8, 7, 7), (10, 3, 3), 1, 1, 1, 2),       # groups, 7x7 (ResNet's last stage)
+    ((5, 3, 4, 5), (4, 2, 3), (1, 2), (1, 2), 1, 1),  # uneven padding per axis
+])
+def test_padding_taps_skipped_cpu(cpu_isa, case, layout):
+    """The forward and the data gradient group pixels by the taps that land
+    inside the image and skip the rest: small images, outputs that see only
+    padding, groups. float64 against torch, and bit for bit the same on one
+    and on two threads."""
+    shape, (oc, kh, kw), s, p, d, g = case
+    gen = torch.Generator().manual_seed(7)
+    x = _layout(torch.randn(shape, generator=gen, dtype=torch.float64), layout)
+    w = torch.randn(oc, shape[1] // g, kh, kw, generator=gen, dtype=torch.float64)
+    b = torch.randn(oc, generator=gen, dtype=torch.float64)
+    y = CF.conv2d(x, w, b, s, p, d, g)
+    torch.testing.assert_close(y, F.conv2d(x, w, b, s, p, d, g), rtol=1e-10, atol=1e-10)
+    gy = _layout(torch.randn(y.shape, generator=gen, dtype=torch.float64), layout)
+    args = ([s, s] if isinstance(s, int) else list(s), [p, p] if isinstance(p, int) else list(p),
+            [d, d])
+    gx = ops.conv2d_backward(gy, x, w, *args, g, [True, False, False])[0]
+    ref = torch.ops.aten.convolution_backward(gy, x, w, None, *args, False, [0, 0], g,
+                                              [True, False, False])[0]
+    torch.testing.assert_close(gx, ref, rtol=1e-10, atol=1e-10)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1 = CF.conv2d(x.float(), w.float(), b.float(), s, p, d, g)
+        gx1 = ops.conv2d_backward(gy.float(), x.float(), w.float(), *args, g, [True, False, False])[0]
+        torch.set_num_threads(2)
+        y2 = CF.conv2d(x.float(), w.float(), b.float(), s, p, d, g)
+        gx2 = ops.conv2d_backward(gy.float(), x.float(), w.float(), *args, g, [True, False, False])[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(y1, y2) and torch.equal(gx1, gx2)
