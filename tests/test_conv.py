@@ -488,17 +488,18 @@ def test_weight_grad_long_reduction_cpu(cpu_isa, layout):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("case", [
-    ((7, 20, 2, 2), (24, 3, 3), 1, 1, 1, 1),      # 2x2 images: every pixel its own tap set
+    ((7, 32, 2, 2), (32, 3, 3), 1, 1, 1, 1),      # 2x2 images: every pixel its own tap set
     ((3, 5, 3, 3), (6, 1, 1), 1, 1, 1, 1),        # border outputs read only padding
     ((2, 6, 3, 4), (5, 5, 5), 1, 2, 1, 1),        # kernel larger than the image
     ((3, 4, 6, 7), (8, 3, 3), 2, 2, 2, 1),        # strided, dilated, wide padding
-    ((8, 8, 7, 7), (10, 3, 3), 1, 1, 1, 2),       # groups, 7x7 (ResNet's last stage)
+    ((8, 64, 7, 7), (64, 3, 3), 1, 1, 1, 2),      # groups, 7x7 (ResNet's last stage)
+    ((4, 3, 9, 9), (5, 3, 3), 1, 1, 1, 1),        # short reductions: rows grouped, columns not
     ((5, 3, 4, 5), (4, 2, 3), (1, 2), (1, 2), 1, 1),  # uneven padding per axis
 ])
 def test_padding_taps_skipped_cpu(cpu_isa, case, layout):
     """The forward and the data gradient group pixels by the taps that land
-    inside the image and skip the rest: small images, outputs that see only
-    padding, groups. float64 against torch, and bit for bit the same on one
+    inside the image and skip the rest (columns too when the reduction has
+    256 steps or more): small images, outputs that see only padding, groups. float64 against torch, and bit for bit the same on one
     and on two threads."""
     shape, (oc, kh, kw), s, p, d, g = case
     gen = torch.Generator().manual_seed(7)

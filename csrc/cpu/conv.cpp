@@ -192,12 +192,29 @@ Nhwc<T> nhwc_window(const Tensor& t, bool cl, int64_t r0, int64_t R, int64_t c0,
 // one group in (image, row, column) order, across images, so small images
 // fill their tiles (at 2x2 the four positions of 32 images make 4 x 6 tiles,
 // instead of 32 tiles with 4 of 6 rows used).
+// A group's pixels are (image n, row r, column c) for its rows and columns;
+// per row and per column, the part of the pixel's a offset and of its output
+// offset (pixel (n, r, c) of conv group grp: a at a0 + n * a_sN + grp * a_sG
+// + a_r[r] + a_c[c], output at n * o_sN + grp * o_sG + o_r[r] + o_c[c]).
 struct PixelGroup {
-  std::vector<int64_t> rows, cols;    // grid rows and columns of the group
+  std::vector<int64_t> a_r, a_c, o_r, o_c;
   std::vector<int64_t> a_off, b_off;  // its taps (micro-kernel offsets)
   int64_t len = 0;                    // reduction run of every tap
-  int64_t tag = 0;                    // the caller's (the stride phase)
+  int64_t rows() const { return (int64_t)a_r.size(); }
+  int64_t cols() const { return (int64_t)a_c.size(); }
 };
+template <typename T>
+struct PixelLayout {
+  const T* a0;
+  int64_t a_sN, a_sG, o_sN, o_sG;
+};
+
+// Whether to group columns too, for a reduction of `len` steps per pixel.
+// Row groups are runs of whole rows; a column group's tile holds pixels of
+// one column in 6 rows, whose NCHW output lines the other groups fill later.
+// With short reductions that scatter costs more than the padding it skips
+// (LeNet's 5x5 first layer, 25 steps: 3.4 -> 3.9 ms forward on one thread).
+inline bool group_columns(int64_t len) { return len >= 256; }
 
 // Indices 0 .. keys.size() - 1 grouped by equal key, in order of first appearance.
 std::vector<std::vector<int64_t>> group_by_key(const std::vector<std::vector<int64_t>>& keys) {
@@ -214,118 +231,149 @@ std::vector<std::vector<int64_t>> group_by_key(const std::vector<std::vector<int
   return groups;
 }
 
-// Stores a tile: dst[pixel i][channel c0 + j] = v[i * kNR + j] + bv[j] for
-// i < rows, j < ncols; pixel i is (n[i], r[i], c[i]) of an (N, Ctot, *, W)
-// activation with P pixels per plane, NCHW or channels_last.
+// The bias (or zeros) as [G][column block][16], zero past each group's channels.
 template <typename T>
-inline void store_tile(T* dst, bool cl, int64_t Ctot, int64_t P, int64_t c0, int64_t ncols,
-                       int64_t rows, const int64_t* n, const int64_t* r, const int64_t* c,
-                       int64_t W, const T* bv, const T* v) {
-  int64_t off[kMR];
-  for (int64_t i = 0; i < rows; ++i) off[i] = cl ? ((n[i] * P + r[i] * W + c[i]) * Ctot + c0)
-                                                 : ((n[i] * Ctot + c0) * P + r[i] * W + c[i]);
-  if (cl) {
+std::vector<T> padded_bias(const T* bias, int64_t G, int64_t Cg, int64_t ncb) {
+  std::vector<T> b(G * ncb * kNR, T(0));
+  if (bias != nullptr)
+    for (int64_t grp = 0; grp < G; ++grp)
+      for (int64_t c = 0; c < Cg; ++c) b[(grp * ncb + c / kNR) * kNR + c % kNR] = bias[grp * Cg + c];
+  return b;
+}
+
+// Stores a tile: dst[off[i] + j * cs] = v[i * kNR + j] + bv[j] for i < rows,
+// j < ncols (cs: the channel stride, 1 for channels_last, H * W for NCHW).
+template <typename T>
+inline void store_tile(T* __restrict dst, int64_t cs, int64_t ncols, int64_t rows,
+                       const int64_t* __restrict off, const T* __restrict bv,
+                       const T* __restrict v) {
+  if (cs == 1) {
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t j = 0; j < ncols; ++j) dst[off[i] + j] = v[i * kNR + j] + bv[j];
-  } else if (rows == kMR && ncols == kNR) {
-    for (int64_t j = 0; j < kNR; ++j)
-      for (int64_t i = 0; i < kMR; ++i) dst[off[i] + j * P] = v[i * kNR + j] + bv[j];
+  } else if (rows == kMR) {
+    const int64_t o0 = off[0], o1 = off[1], o2 = off[2], o3 = off[3], o4 = off[4], o5 = off[5];
+    for (int64_t j = 0; j < ncols; ++j) {
+      T* __restrict d = dst + j * cs;
+      const T b = bv[j];
+      d[o0] = v[j] + b, d[o1] = v[kNR + j] + b, d[o2] = v[2 * kNR + j] + b;
+      d[o3] = v[3 * kNR + j] + b, d[o4] = v[4 * kNR + j] + b, d[o5] = v[5 * kNR + j] + b;
+    }
   } else {
     for (int64_t j = 0; j < ncols; ++j)
-      for (int64_t i = 0; i < rows; ++i) dst[off[i] + j * P] = v[i * kNR + j] + bv[j];
+      for (int64_t i = 0; i < rows; ++i) dst[off[i] + j * cs] = v[i * kNR + j] + bv[j];
   }
 }
 
-// A tile: pixels q0 .. q0 + rows - 1 of pixel group gi.
-struct GroupTile {
-  int64_t gi, q0, rows;
-};
 constexpr int64_t kTilesPerItem = 16;
 
 // Runs every group's tiles against every 16-column block of the packed
 // panel wp ([G][column block][...], blk values per block):
-//   base(n, grp, row, col)   the micro-kernel's a pointer of a pixel,
-//   store(grp, group, cb, rows, n[], row[], col[], vals)  a tile's values
-//                            (rows x 16, pixel i at n[i], row[i], col[i]).
+//   L                             where pixels read and write (see PixelGroup),
+//   store(grp, cb, rows, off[], vals)  a tile's values (rows x 16).
 // The tiles of all groups, in order, are cut into work items of up to 16
 // (each 16-column weight panel is reused by the item's tiles whatever the
 // group sizes; fewer when there would be under 8 items per thread: with
 // items cut at group boundaries, or 5 items split 3 / 2 between two threads,
 // a 7x7 512-channel layer at batch 8 was 15 % slower than before the
 // grouping), and the items into one contiguous run per thread by their
-// multiply-add count (groups differ in taps). Each output is computed by one
-// tile, in a fixed order: results do not depend on the thread count.
-template <typename T, typename Base, typename Store>
+// multiply-add count (groups differ in taps). Nothing is stored per tile
+// (LeNet's first layer has 33k tiles of 25 steps: a serial per-tile setup
+// cost it a third of its time on two threads). Each output is computed by
+// one tile, in a fixed order: results do not depend on the thread count.
+template <typename T, typename Store>
 void run_pixel_groups(const Kern<T>& K, int64_t N, int64_t G, const std::vector<PixelGroup>& groups,
-                      int64_t ncb, const T* wp, int64_t blk, const Base& base, const Store& store) {
-  std::vector<GroupTile> tiles;
-  std::vector<double> cum{0.0};  // multiply-adds (+ a per-tile overhead) before each tile
-  for (int64_t gi = 0; gi < (int64_t)groups.size(); ++gi) {
-    const PixelGroup& pg = groups[gi];
-    const int64_t Q = N * (int64_t)(pg.rows.size() * pg.cols.size());
-    const double cost = (double)pg.a_off.size() * pg.len + 32.0;
-    for (int64_t q0 = 0; q0 < Q; q0 += kMR) {
-      tiles.push_back({gi, q0, std::min<int64_t>(kMR, Q - q0)});
-      cum.push_back(cum.back() + cost);
-    }
+                      int64_t ncb, const T* wp, int64_t blk, const PixelLayout<T>& L,
+                      const Store& store) {
+  // Segments: the pixels of one group in one block of nb images, block by
+  // block, so that each image's outputs are written close together in time
+  // (LeNet's 28x28 first layer was 10 % slower with each border row group
+  // spread over the whole batch), with nb large enough that every group
+  // fills its tiles: at least 24 pixels of the smallest group (AlexNet's
+  // 26x26 5x5 layer has 1-pixel corner groups: one image per block gave
+  // back the whole gain of the grouping) and 384 pixels in all.
+  int64_t ppi = 0, pmin = INT64_MAX;  // grid pixels per image, of the smallest group
+  for (const PixelGroup& pg : groups) ppi += pg.rows() * pg.cols(), pmin = std::min(pmin, pg.rows() * pg.cols());
+  const int64_t nb = std::clamp<int64_t>(
+      std::max(ceil_div(384, std::max<int64_t>(1, ppi)), ceil_div(24, std::max<int64_t>(1, pmin))), 1,
+      std::max<int64_t>(1, N));
+  const int64_t ngrp = (int64_t)groups.size(), ng = ceil_div(N, nb) * ngrp;
+  // per segment: pixels, first tile, cost per tile and the cost before it
+  std::vector<int64_t> gq(ng), gfirst(ng + 1, 0);
+  std::vector<double> gcost(ng), gcum(ng + 1, 0.0);
+  for (int64_t gi = 0; gi < ng; ++gi) {
+    const PixelGroup& pg = groups[gi % ngrp];
+    const int64_t n0 = gi / ngrp * nb;
+    gq[gi] = std::min(nb, N - n0) * pg.rows() * pg.cols();
+    gcost[gi] = (double)pg.a_off.size() * pg.len + 32.0;  // + store, setup
+    gfirst[gi + 1] = gfirst[gi] + ceil_div(gq[gi], kMR);
+    gcum[gi + 1] = gcum[gi] + gcost[gi] * (gfirst[gi + 1] - gfirst[gi]);
   }
-  const int64_t ntl = (int64_t)tiles.size();
-  // at least 8 items per thread where possible: 5 items of 16 tiles (a 7x7
-  // layer at batch 8) split 3 / 2 between two threads
+  const int64_t ntl = gfirst[ng];
+  auto cost_before = [&](int64_t t) {  // of tiles [0, t)
+    const int64_t gi = std::upper_bound(gfirst.begin(), gfirst.end(), t) - gfirst.begin() - 1;
+    return gi >= ng ? gcum[ng] : gcum[gi] + gcost[gi] * (t - gfirst[gi]);
+  };
+  // at least 8 items per thread where possible
   const int64_t nthreads = at::get_num_threads();
   const int64_t tpi = std::max<int64_t>(1, std::min<int64_t>(kTilesPerItem, G * ntl / (8 * nthreads)));
   const int64_t per_grp = ceil_div(ntl, tpi), nitem = G * per_grp;
-  auto item_cost = [&](int64_t it) {
-    const int64_t t0 = (it % per_grp) * tpi;
-    return cum[std::min(ntl, t0 + tpi)] - cum[t0];
+  auto item_cost_before = [&](int64_t it) {  // of items [0, it)
+    return (it / per_grp) * gcum[ng] + cost_before(std::min(ntl, (it % per_grp) * tpi));
   };
-  double total = 0;
-  for (int64_t it = 0; it < nitem; ++it) total += item_cost(it);
   const int64_t nth = std::max<int64_t>(1, std::min<int64_t>(nthreads, nitem));
   std::vector<int64_t> cut(nth + 1, nitem);
-  double acc = 0;
-  for (int64_t k = 0, it = 0; k < nth; ++k) {
-    while (it < nitem && acc < total * k / nth) acc += item_cost(it++);
-    cut[k] = it;
+  for (int64_t k = 0; k < nth; ++k) {  // first item whose cost before reaches k / nth
+    int64_t lo = 0, hi = nitem;
+    const double target = G * gcum[ng] * k / nth;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (item_cost_before(mid) < target) lo = mid + 1; else hi = mid;
+    }
+    cut[k] = lo;
   }
   at::parallel_for(0, nth, 1, [&](int64_t kb, int64_t ke) {
     T out[kMR * kNR];
     const T* ap[kTilesPerItem][kMR];
-    int64_t pn[kTilesPerItem][kMR], pr[kTilesPerItem][kMR], pc[kTilesPerItem][kMR];
+    int64_t po[kTilesPerItem][kMR];
+    int64_t tg[kTilesPerItem], trows[kTilesPerItem];
     for (int64_t it = cut[kb]; it < cut[ke]; ++it) {
       const int64_t grp = it / per_grp, t0 = (it % per_grp) * tpi, t1 = std::min(ntl, t0 + tpi);
-      // the item's pixels and their a pointers, decoded once
-      // (divisions only where a group starts: counters carry on across its tiles)
+      // the item's pixels and their a pointers, decoded once (divisions only
+      // where a group starts: the counters carry on across its tiles)
+      int64_t gi = std::upper_bound(gfirst.begin(), gfirst.end(), t0) - gfirst.begin() - 1;
       int64_t n = 0, ri = 0, ci = 0;
       for (int64_t t = t0; t < t1; ++t) {
-        const GroupTile& tl = tiles[t];
-        const PixelGroup& pg = groups[tl.gi];
-        const int64_t R = (int64_t)pg.rows.size(), C = (int64_t)pg.cols.size(), j = t - t0;
-        if (t == t0 || tiles[t - 1].gi != tl.gi) n = tl.q0 / (R * C), ri = (tl.q0 / C) % R, ci = tl.q0 % C;
+        const int64_t j = t - t0;
+        bool start = t == t0;
+        while (t >= gfirst[gi + 1]) ++gi, start = true;
+        const PixelGroup& pg = groups[gi % ngrp];
+        const int64_t R = pg.rows(), C = pg.cols();
+        const int64_t q0 = (t - gfirst[gi]) * kMR;
+        if (start) n = gi / ngrp * nb + q0 / (R * C), ri = (q0 / C) % R, ci = q0 % C;
+        tg[j] = gi % ngrp, trows[j] = std::min<int64_t>(kMR, gq[gi] - q0);
         for (int64_t i = 0; i < kMR; ++i) {
-          pn[j][i] = n, pr[j][i] = pg.rows[ri], pc[j][i] = pg.cols[ci];
-          ap[j][i] = base(n, grp, pr[j][i], pc[j][i]);
-          if (i + 1 < tl.rows && ++ci == C) {  // short tiles repeat their last pixel
+          ap[j][i] = L.a0 + n * L.a_sN + grp * L.a_sG + pg.a_r[ri] + pg.a_c[ci];
+          po[j][i] = n * L.o_sN + grp * L.o_sG + pg.o_r[ri] + pg.o_c[ci];
+          if (i + 1 < trows[j] && ++ci == C) {  // short tiles repeat their last pixel
             ci = 0;
             if (++ri == R) ri = 0, ++n;
           }
         }
-        if (tl.rows == kMR && ++ci == C) {  // the next tile's first pixel
+        if (trows[j] == kMR && ++ci == C) {  // the next tile's first pixel
           ci = 0;
           if (++ri == R) ri = 0, ++n;
         }
       }
       for (int64_t cb = 0; cb < ncb; ++cb) {
         const T* bw = wp + (grp * ncb + cb) * blk;
-        for (int64_t t = t0; t < t1; ++t) {
-          const GroupTile& tl = tiles[t];
-          const PixelGroup& pg = groups[tl.gi];
-          const int64_t j = t - t0, ntaps = (int64_t)pg.a_off.size();
+        for (int64_t j = 0; j < t1 - t0; ++j) {
+          const PixelGroup& pg = groups[tg[j]];
+          const int64_t ntaps = (int64_t)pg.a_off.size();
           if (ntaps > 0)
             K.tile(ap[j], pg.a_off.data(), bw, pg.b_off.data(), ntaps, pg.len, 1, kNR, out);
           else
             std::fill(out, out + kMR * kNR, T(0));
-          store(grp, pg, cb, tl.rows, pn[j], pr[j], pc[j], out);
+          store(grp, cb, trows[j], po[j], out);
         }
       }
     }
@@ -380,11 +428,19 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
   std::vector<std::vector<int64_t>> rkey(g.OH), ckey(g.OW);
   for (int64_t oh = 0; oh < g.OH; ++oh) rkey[oh] = taps_inside(oh, g.sh, g.pt, g.dh, g.KH, g.H);
   for (int64_t ow = 0; ow < g.OW; ++ow) ckey[ow] = taps_inside(ow, g.sw, g.pl, g.dw, g.KW, g.W);
+  if (!group_columns(KK * Cg))
+    for (auto& k : ckey) {  // every kw: one column group
+      k.clear();
+      for (int64_t kw = 0; kw < g.KW; ++kw) k.push_back(kw);
+    }
   std::vector<PixelGroup> groups;
   for (const auto& rg : group_by_key(rkey))
     for (const auto& cg : group_by_key(ckey)) {
       PixelGroup pg;
-      pg.rows = rg, pg.cols = cg;
+      for (int64_t oh : rg)
+        pg.a_r.push_back(oh * g.sh * xp.sR), pg.o_r.push_back(oh * g.OW * (cl ? g.OC : 1));
+      for (int64_t ow : cg)
+        pg.a_c.push_back(ow * g.sw * xp.sC), pg.o_c.push_back(ow * (cl ? g.OC : 1));
       const auto &khs = rkey[rg[0]], &kws = ckey[cg[0]];
       if (!khs.empty() && !kws.empty()) {
         if (merged) {
@@ -405,17 +461,13 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
       groups.push_back(std::move(pg));
     }
 
+  const std::vector<T> bpad = padded_bias(bias, g.G, OCg, ncb);
   run_pixel_groups<T>(
       K, g.N, g.G, groups, ncb, wp.data(), blk,
-      [&](int64_t n, int64_t grp, int64_t oh, int64_t ow) {
-        return xp.p + n * xp.sN + oh * g.sh * xp.sR + ow * g.sw * xp.sC + grp * Cg;
-      },
-      [&](int64_t grp, const PixelGroup&, int64_t cb, int64_t rows, const int64_t* n,
-          const int64_t* oh, const int64_t* ow, const T* v) {
-        const int64_t oc0 = grp * OCg + cb * kNR, ncols = std::min<int64_t>(kNR, OCg - cb * kNR);
-        T bv[kNR];
-        for (int64_t j = 0; j < kNR; ++j) bv[j] = bias && j < ncols ? bias[oc0 + j] : T(0);
-        store_tile(y, cl, g.OC, P, oc0, ncols, rows, n, oh, ow, g.OW, bv, v);
+      PixelLayout<T>{xp.p, xp.sN, Cg, g.OC * P, cl ? OCg : OCg * P},
+      [&](int64_t grp, int64_t cb, int64_t rows, const int64_t* off, const T* v) {
+        const int64_t ncols = std::min<int64_t>(kNR, OCg - cb * kNR), cs = cl ? 1 : P;
+        store_tile(y + cb * kNR * cs, cs, ncols, rows, off, bpad.data() + (grp * ncb + cb) * kNR, v);
       });
 }
 
@@ -457,7 +509,6 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
   // kw likewise), each from output pixel (th + vh / sh, tw + vw / sw). Within
   // a phase, pixels are grouped by the taps whose output pixel exists.
   std::vector<PixelGroup> groups;
-  std::vector<std::pair<int64_t, int64_t>> phase;  // (rh, rw) by tag
   // the taps of one axis reaching phase r at grid index t: (k, v / s) pairs
   auto axis_taps = [](int64_t r, int64_t t, int64_t s, int64_t p, int64_t d, int64_t K,
                       int64_t out) {
@@ -476,10 +527,25 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
       std::vector<std::vector<int64_t>> rkey(TH), ckey(TW);
       for (int64_t th = 0; th < TH; ++th) rkey[th] = axis_taps(rh, th, g.sh, g.pt, g.dh, g.KH, g.OH);
       for (int64_t tw = 0; tw < TW; ++tw) ckey[tw] = axis_taps(rw, tw, g.sw, g.pl, g.dw, g.KW, g.OW);
+      if (!group_columns(KK * OCg))  // every tap of the phase for every column
+        for (int64_t tw = 0; tw < TW; ++tw) {
+          ckey[tw].clear();
+          for (int64_t k = 0; k < g.KW; ++k)
+            if (((rw + g.pl - k * g.dw) % g.sw + g.sw) % g.sw == 0)
+              ckey[tw].push_back(k), ckey[tw].push_back(floor_div(rw + g.pl - k * g.dw, g.sw));
+        }
       for (const auto& rg : group_by_key(rkey))
         for (const auto& cg : group_by_key(ckey)) {
           PixelGroup pg;
-          pg.rows = rg, pg.cols = cg, pg.len = OCg, pg.tag = (int64_t)phase.size();
+          pg.len = OCg;
+          for (int64_t th : rg) {
+            const int64_t ih = rh + th * g.sh;
+            pg.a_r.push_back(th * gp.sR), pg.o_r.push_back(ih * g.W * (cl ? g.C : 1));
+          }
+          for (int64_t tw : cg) {
+            const int64_t iw = rw + tw * g.sw;
+            pg.a_c.push_back(tw * gp.sC), pg.o_c.push_back(iw * (cl ? g.C : 1));
+          }
           const auto &hs = rkey[rg[0]], &ws = ckey[cg[0]];
           for (size_t i = 0; i < hs.size(); i += 2)
             for (size_t j = 0; j < ws.size(); j += 2) {
@@ -488,23 +554,15 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
             }
           groups.push_back(std::move(pg));
         }
-      phase.emplace_back(rh, rw);
     }
 
+  const std::vector<T> bpad = padded_bias(bias, g.G, Cg, ncb);
   run_pixel_groups<T>(
       K, g.N, g.G, groups, ncb, wp.data(), blk,
-      [&](int64_t n, int64_t grp, int64_t th, int64_t tw) {
-        return gp.p + n * gp.sN + th * gp.sR + tw * gp.sC + grp * OCg;
-      },
-      [&](int64_t grp, const PixelGroup& pg, int64_t cb, int64_t rows, const int64_t* n,
-          const int64_t* th, const int64_t* tw, const T* v) {
-        const int64_t c0 = grp * Cg + cb * kNR, ncols = std::min<int64_t>(kNR, Cg - cb * kNR);
-        T bv[kNR];
-        for (int64_t j = 0; j < kNR; ++j) bv[j] = bias && j < ncols ? bias[c0 + j] : T(0);
-        int64_t ih[kMR], iw[kMR];
-        for (int64_t i = 0; i < rows; ++i)
-          ih[i] = phase[pg.tag].first + th[i] * g.sh, iw[i] = phase[pg.tag].second + tw[i] * g.sw;
-        store_tile(gx, cl, g.C, g.H * g.W, c0, ncols, rows, n, ih, iw, g.W, bv, v);
+      PixelLayout<T>{gp.p, gp.sN, OCg, g.C * g.H * g.W, cl ? Cg : Cg * g.H * g.W},
+      [&](int64_t grp, int64_t cb, int64_t rows, const int64_t* off, const T* v) {
+        const int64_t ncols = std::min<int64_t>(kNR, Cg - cb * kNR), cs = cl ? 1 : g.H * g.W;
+        store_tile(gx + cb * kNR * cs, cs, ncols, rows, off, bpad.data() + (grp * ncb + cb) * kNR, v);
       });
 }
 
