@@ -313,21 +313,24 @@ void run_pixel_groups(const Kern<T>& K, int64_t N, int64_t G, const std::vector<
     const int64_t gi = std::upper_bound(gfirst.begin(), gfirst.end(), t) - gfirst.begin() - 1;
     return gi >= ng ? gcum[ng] : gcum[gi] + gcost[gi] * (t - gfirst[gi]);
   };
-  // at least 8 items per thread where possible
-  const int64_t nthreads = at::get_num_threads();
-  const int64_t tpi = std::max<int64_t>(1, std::min<int64_t>(kTilesPerItem, G * ntl / (8 * nthreads)));
-  const int64_t per_grp = ceil_div(ntl, tpi), nitem = G * per_grp;
-  auto item_cost_before = [&](int64_t it) {  // of items [0, it)
-    return (it / per_grp) * gcum[ng] + cost_before(std::min(ntl, (it % per_grp) * tpi));
+  // Each thread takes a contiguous run of the G * ntl tiles (conv group
+  // major) of about equal cost, in items of up to tpi tiles (fewer where
+  // there would be under 8 items per thread). Runs cut at tiles, not at
+  // items: AlexNet's 12x12 layers have 24 items of 16 tiles, and cut at
+  // items the two threads' shares could differ by one.
+  const int64_t nthreads = at::get_num_threads(), total = G * ntl;
+  const int64_t tpi = std::max<int64_t>(1, std::min<int64_t>(kTilesPerItem, total / (8 * nthreads)));
+  auto tiles_cost_before = [&](int64_t t) {  // of tiles [0, t) of the G * ntl
+    return (t / ntl) * gcum[ng] + cost_before(t % ntl);
   };
-  const int64_t nth = std::max<int64_t>(1, std::min<int64_t>(nthreads, nitem));
-  std::vector<int64_t> cut(nth + 1, nitem);
-  for (int64_t k = 0; k < nth; ++k) {  // first item whose cost before reaches k / nth
-    int64_t lo = 0, hi = nitem;
+  const int64_t nth = std::max<int64_t>(1, std::min<int64_t>(nthreads, ceil_div(total, tpi)));
+  std::vector<int64_t> cut(nth + 1, total);
+  for (int64_t k = 0; k < nth; ++k) {  // first tile whose cost before reaches k / nth
+    int64_t lo = 0, hi = total;
     const double target = G * gcum[ng] * k / nth;
     while (lo < hi) {
       const int64_t mid = (lo + hi) / 2;
-      if (item_cost_before(mid) < target) lo = mid + 1; else hi = mid;
+      if (tiles_cost_before(mid) < target) lo = mid + 1; else hi = mid;
     }
     cut[k] = lo;
   }
@@ -336,8 +339,10 @@ void run_pixel_groups(const Kern<T>& K, int64_t N, int64_t G, const std::vector<
     const T* ap[kTilesPerItem][kMR];
     int64_t po[kTilesPerItem][kMR];
     int64_t tg[kTilesPerItem], trows[kTilesPerItem];
-    for (int64_t it = cut[kb]; it < cut[ke]; ++it) {
-      const int64_t grp = it / per_grp, t0 = (it % per_grp) * tpi, t1 = std::min(ntl, t0 + tpi);
+    for (int64_t u0 = cut[kb]; u0 < cut[ke];) {  // an item: tiles [u0, u1) of one conv group
+      const int64_t grp = u0 / ntl, u1 = std::min({cut[ke], u0 + tpi, (grp + 1) * ntl});
+      const int64_t t0 = u0 % ntl, t1 = t0 + (u1 - u0);
+      u0 = u1;
       // the item's pixels and their a pointers, decoded once (divisions only
       // where a group starts: the counters carry on across its tiles)
       int64_t gi = std::upper_bound(gfirst.begin(), gfirst.end(), t0) - gfirst.begin() - 1;
