@@ -493,19 +493,27 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
   const Nhwc<T> gp =
       nhwc_window<T>(gy, cl, oh_lo, oh_hi - oh_lo + 1, ow_lo, ow_hi - ow_lo + 1, false, gbuf);
 
-  // transposed weights packed as [G][column block][kh][kw][oc][16 input channels]
+  // transposed weights packed as [G][column block][kh][kw][oc][16 input channels].
+  // With groups == 1 and unit stride and dilation along the width, the kw
+  // taps of a kernel row read consecutive grad_output pixels (kw descending),
+  // whose (pixel, oc) values are contiguous in NHWC: packed in descending kw,
+  // a kernel row runs as one reduction of (kw range) x OC steps, as in the
+  // forward (64-channel layers: 3 runs of 192 instead of 9 of 64).
+  const bool merged = g.G == 1 && g.sw == 1 && g.dw == 1;
   const int64_t ncb = ceil_div(Cg, kNR), blk = KK * OCg * kNR;
   std::vector<T> wp(g.G * ncb * blk);
   at::parallel_for(0, g.G * ncb, 1, [&](int64_t b, int64_t e) {
     for (int64_t gc = b; gc < e; ++gc) {
       const int64_t grp = gc / ncb, cb = gc % ncb;
       T* d = wp.data() + gc * blk;
-      for (int64_t t = 0; t < KK; ++t)
+      for (int64_t t = 0; t < KK; ++t) {
+        const int64_t src = merged ? t / g.KW * g.KW + (g.KW - 1 - t % g.KW) : t;
         for (int64_t oc = 0; oc < OCg; ++oc)
           for (int64_t j = 0; j < kNR; ++j) {
             const int64_t c = cb * kNR + j;
-            *d++ = c < Cg ? w[((grp * OCg + oc) * Cg + c) * KK + t] : T(0);
+            *d++ = c < Cg ? w[((grp * OCg + oc) * Cg + c) * KK + src] : T(0);
           }
+      }
     }
   });
 
@@ -552,11 +560,20 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
             pg.a_c.push_back(tw * gp.sC), pg.o_c.push_back(iw * (cl ? g.C : 1));
           }
           const auto &hs = rkey[rg[0]], &ws = ckey[cg[0]];
-          for (size_t i = 0; i < hs.size(); i += 2)
-            for (size_t j = 0; j < ws.size(); j += 2) {
-              pg.a_off.push_back((hs[i + 1] - oh_lo) * gp.sR + (ws[j + 1] - ow_lo) * gp.sC);
-              pg.b_off.push_back((hs[i] * g.KW + ws[j]) * OCg * kNR);
+          if (merged && !ws.empty()) {  // ws: kw ascending, output column descending
+            const int64_t kw_hi = ws[ws.size() - 2], v_lo = ws.back(), nkw = (int64_t)ws.size() / 2;
+            for (size_t i = 0; i < hs.size(); i += 2) {
+              pg.a_off.push_back((hs[i + 1] - oh_lo) * gp.sR + (v_lo - ow_lo) * gp.sC);
+              pg.b_off.push_back((hs[i] * g.KW + g.KW - 1 - kw_hi) * OCg * kNR);
             }
+            pg.len = nkw * OCg;
+          } else {
+            for (size_t i = 0; i < hs.size(); i += 2)
+              for (size_t j = 0; j < ws.size(); j += 2) {
+                pg.a_off.push_back((hs[i + 1] - oh_lo) * gp.sR + (ws[j + 1] - ow_lo) * gp.sC);
+                pg.b_off.push_back((hs[i] * g.KW + ws[j]) * OCg * kNR);
+              }
+          }
           groups.push_back(std::move(pg));
         }
     }
