@@ -68,6 +68,11 @@ struct Kern {
     avx2 ? conv::avx2::tile(a, ao, b, bo, nt, len, acs, ldb, out)
          : conv::generic::tile(a, ao, b, bo, nt, len, acs, ldb, out);
   }
+  void tile_add(const T* const* a, const int64_t* ao, const T* b, const int64_t* bo, int64_t nt,
+                int64_t len, int64_t acs, int64_t ldb, T* out) const {
+    avx2 ? conv::avx2::tile_add(a, ao, b, bo, nt, len, acs, ldb, out)
+         : conv::generic::tile_add(a, ao, b, bo, nt, len, acs, ldb, out);
+  }
   void axpy(T* acc, const T* x, int64_t n, int64_t s, T w) const {
     avx2 ? conv::avx2::axpy(acc, x, n, s, w) : conv::generic::axpy(acc, x, n, s, w);
   }
@@ -680,7 +685,6 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   at::parallel_for(0, g.G * ksplit * ncg, 1, [&](int64_t b, int64_t e) {
     std::vector<T> Ap(nrb * kMR * kc), Bp(kc * kNR), acc;  // acc: [col][rb][6][16]
     std::vector<int64_t> xo(kc), go(kc);
-    T out[kMR * kNR];
     const T* ap[kMR];
     const int64_t zero = 0;
     for (int64_t item = b; item < e; ++item) {
@@ -760,9 +764,8 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
           }
           for (int64_t rb = 0; rb < nrb; ++rb) {
             for (int i = 0; i < kMR; ++i) ap[i] = Ap.data() + rb * kc * kMR + i;
-            K.tile(ap, &zero, Bp.data(), &zero, 1, n, kMR, kNR, out);
-            T* t = acc.data() + ((ci - c_lo) * nrb + rb) * kMR * kNR;
-            for (int64_t q = 0; q < kMR * kNR; ++q) t[q] += out[q];
+            K.tile_add(ap, &zero, Bp.data(), &zero, 1, n, kMR, kNR,
+                       acc.data() + ((ci - c_lo) * nrb + rb) * kMR * kNR);
           }
         }
       }
@@ -1282,7 +1285,6 @@ void nchw_1x1_wgrad(const ConvGeometry& g, const T* gy, const T* x, T* gw) {
   std::fill(gw, gw + OC * C, T(0));
   at::parallel_for(0, ncg, 1, [&](int64_t b, int64_t e) {
     std::vector<T> bp(kc * kNR), acc;
-    T out[kMR * kNR];
     const T* a[kMR];
     const int64_t zero = 0;
     for (int64_t cg = b; cg < e; ++cg) {
@@ -1306,9 +1308,8 @@ void nchw_1x1_wgrad(const ConvGeometry& g, const T* gy, const T* x, T* gw) {
               const int64_t rows = std::min<int64_t>(kMR, OC - rb * kMR);
               for (int i = 0; i < kMR; ++i)
                 a[i] = gy + (n * OC + rb * kMR + std::min<int64_t>(i, rows - 1)) * HW + p0;
-              Kn.tile(a, &zero, bp.data(), &zero, 1, pn, 1, kNR, out);
-              T* t = acc.data() + ((cb - cb_lo) * nrb + rb) * kMR * kNR;
-              for (int64_t q = 0; q < kMR * kNR; ++q) t[q] += out[q];
+              Kn.tile_add(a, &zero, bp.data(), &zero, 1, pn, 1, kNR,
+                          acc.data() + ((cb - cb_lo) * nrb + rb) * kMR * kNR);
             }
           }
         }

@@ -4,7 +4,9 @@
 // tile: an MR x NR (6 x 16) register tile; the float32 AVX2 version keeps the
 // 12 accumulators in ymm registers and per reduction step issues 2 loads of
 // b, 6 broadcasts of a and 12 FMAs (the BLIS-style outer product). The
-// portable version is the same loop nest in plain C++.
+// portable version is the same loop nest in plain C++. tile_add starts from
+// out instead of zero (weight-gradient chunks accumulate in place, without a
+// second pass adding a separate tile).
 #include <algorithm>
 #include <cstring>
 
@@ -15,13 +17,13 @@ namespace CNNK_CONV_NS {
 
 namespace {
 
-template <typename T>
+template <bool Add, typename T>
 inline void tile_portable(const T* const* a, const int64_t* a_off, const T* b,
                           const int64_t* b_off, int64_t ntaps, int64_t len, int64_t a_cs,
                           int64_t ldb, T* out) {
   T acc[kMR][kNR];
   for (int i = 0; i < kMR; ++i)
-    for (int j = 0; j < kNR; ++j) acc[i][j] = T(0);
+    for (int j = 0; j < kNR; ++j) acc[i][j] = Add ? out[i * kNR + j] : T(0);
   for (int64_t t = 0; t < ntaps; ++t) {
     const T* ap[kMR];
     for (int i = 0; i < kMR; ++i) ap[i] = a[i] + a_off[t];
@@ -290,14 +292,18 @@ void dw_rows(const double* const* rows, const double* const* w, int64_t nrows, i
 }
 
 #ifdef CNNK_CONV_AVX2
-void tile(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
-          int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+template <bool Add>
+inline void tile_avx2(const float* const* a, const int64_t* a_off, const float* b,
+                      const int64_t* b_off, int64_t ntaps, int64_t len, int64_t a_cs,
+                      int64_t ldb, float* out) {
+#define CNNK_INIT(K) (Add ? _mm256_loadu_ps(out + 8 * (K)) : _mm256_setzero_ps())
+  __m256 c00 = CNNK_INIT(0), c01 = CNNK_INIT(1);
+  __m256 c10 = CNNK_INIT(2), c11 = CNNK_INIT(3);
+  __m256 c20 = CNNK_INIT(4), c21 = CNNK_INIT(5);
+  __m256 c30 = CNNK_INIT(6), c31 = CNNK_INIT(7);
+  __m256 c40 = CNNK_INIT(8), c41 = CNNK_INIT(9);
+  __m256 c50 = CNNK_INIT(10), c51 = CNNK_INIT(11);
+#undef CNNK_INIT
 #define CNNK_STEP(OFF)                                                   \
   {                                                                      \
     const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8); \
@@ -356,16 +362,32 @@ void tile(const float* const* a, const int64_t* a_off, const float* b, const int
   _mm256_storeu_ps(out + 80, c50);
   _mm256_storeu_ps(out + 88, c51);
 }
+void tile(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
+          int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out) {
+  tile_avx2<false>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
+}
+void tile_add(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
+              int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out) {
+  tile_avx2<true>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
+}
 #else
 void tile(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
           int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out) {
-  tile_portable(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
+  tile_portable<false>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
+}
+void tile_add(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
+              int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out) {
+  tile_portable<true>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
 }
 #endif
 
 void tile(const double* const* a, const int64_t* a_off, const double* b, const int64_t* b_off,
           int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, double* out) {
-  tile_portable(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
+  tile_portable<false>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
+}
+void tile_add(const double* const* a, const int64_t* a_off, const double* b, const int64_t* b_off,
+              int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, double* out) {
+  tile_portable<true>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
 }
 
 #define CNNK_CONV_DEFINE(T)                                                      \

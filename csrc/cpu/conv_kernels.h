@@ -22,6 +22,9 @@ constexpr int kNR = 16;
 #define CNNK_CONV_DECLARE(T)                                                                   \
   void tile(const T* const* a, const int64_t* a_off, const T* b, const int64_t* b_off,         \
             int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, T* out);                    \
+  /* the same, added to out (out += product) */                                                \
+  void tile_add(const T* const* a, const int64_t* a_off, const T* b, const int64_t* b_off,     \
+                int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, T* out);                \
   /* acc[k] += w * x[k * s] for k < n */                                                       \
   void axpy(T* acc, const T* x, int64_t n, int64_t s, T w);                                    \
   /* acc[k * s] += w * x[k] for k < n */                                                       \
