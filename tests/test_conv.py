@@ -365,6 +365,7 @@ def _x(*s, **k):
     (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3), padding=-1), "conv2d: padding should be non-negative"),
     (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3), dilation=0), "conv2d: dilation should be positive"),
     (lambda: CF.conv2d(_x(1, 2, 2, 5), _x(3, 2, 3, 3)), r"conv2d: the padded input \(2 x 5\) is smaller"),
+    (lambda: CF.conv2d(_x(1, 2, 0, 3), _x(3, 2, 3, 3), padding=2), "conv2d: only a zero batch may have an empty image"),
     (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3), stride=2, padding="same"), "not supported for strided"),
     (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3), padding="full"), "Invalid padding string: 'full'"),
     (lambda: CF.conv2d(_x(1, 2, 5, 5), _x(3, 2, 3, 3, dtype=torch.float64)), "conv2d: weight should have the input's dtype"),
@@ -494,35 +495,41 @@ def test_weight_grad_long_reduction_cpu(cpu_isa, layout):
     ((3, 4, 6, 7), (8, 3, 3), 2, 2, 2, 1),        # strided, dilated, wide padding
     ((8, 64, 7, 7), (64, 3, 3), 1, 1, 1, 2),      # groups, 7x7 (ResNet's last stage)
     ((4, 3, 9, 9), (5, 3, 3), 1, 1, 1, 1),        # short reductions: rows grouped, columns not
+    ((5, 3, 14, 14), (4, 3, 3), 1, 1, 1, 1),      # blocks of 2 images (2, 2, 1)
+    ((2, 32, 9, 9), (32, 3, 3), 2, 2, 2, 1),      # column groups, strided and dilated
+    ((3, 8, 9, 10), (8, 3, 3), (2, 1), 1, 1, 1),  # merged data-gradient runs, 2 row phases
+    ((2, 32, 6, 7), (32, 4, 2), 1, "same", 1, 1),  # uneven padding (extra row / column)
     ((5, 3, 4, 5), (4, 2, 3), (1, 2), (1, 2), 1, 1),  # uneven padding per axis
 ])
 def test_padding_taps_skipped_cpu(cpu_isa, case, layout):
-    """The forward and the data gradient group pixels by the taps that land
-    inside the image and skip the rest (columns too when the reduction has
-    256 steps or more): small images, outputs that see only padding, groups. float64 against torch, and bit for bit the same on one
-    and on two threads."""
+    """The forward and the data gradient group pixels by the taps inside the
+    image and skip the rest (columns too for reductions of 256+ steps):
+    small images, outputs that see only padding, groups, image blocks.
+    float64 against torch, and bit for bit the same on 1, 2 and 3 threads."""
     shape, (oc, kh, kw), s, p, d, g = case
     gen = torch.Generator().manual_seed(7)
     x = _layout(torch.randn(shape, generator=gen, dtype=torch.float64), layout)
     w = torch.randn(oc, shape[1] // g, kh, kw, generator=gen, dtype=torch.float64)
     b = torch.randn(oc, generator=gen, dtype=torch.float64)
-    y = CF.conv2d(x, w, b, s, p, d, g)
-    torch.testing.assert_close(y, F.conv2d(x, w, b, s, p, d, g), rtol=1e-10, atol=1e-10)
-    gy = _layout(torch.randn(y.shape, generator=gen, dtype=torch.float64), layout)
-    args = ([s, s] if isinstance(s, int) else list(s), [p, p] if isinstance(p, int) else list(p),
-            [d, d])
-    gx = ops.conv2d_backward(gy, x, w, *args, g, [True, False, False])[0]
-    ref = torch.ops.aten.convolution_backward(gy, x, w, None, *args, False, [0, 0], g,
-                                              [True, False, False])[0]
-    torch.testing.assert_close(gx, ref, rtol=1e-10, atol=1e-10)
+
+    def run(x, w, b, conv):
+        x = x.detach().requires_grad_()
+        y = conv(x, w, b, s, p, d, g)
+        gy = _layout(torch.randn(y.shape, generator=torch.Generator().manual_seed(8),
+                                 dtype=y.dtype), layout)
+        return y, torch.autograd.grad(y, x, gy)[0]
+
+    y, gx = run(x, w, b, CF.conv2d)
+    ry, rgx = run(x, w, b, F.conv2d)
+    torch.testing.assert_close(y, ry, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gx, rgx, rtol=1e-10, atol=1e-10)
     threads = torch.get_num_threads()
+    runs = []
     try:
-        torch.set_num_threads(1)
-        y1 = CF.conv2d(x.float(), w.float(), b.float(), s, p, d, g)
-        gx1 = ops.conv2d_backward(gy.float(), x.float(), w.float(), *args, g, [True, False, False])[0]
-        torch.set_num_threads(2)
-        y2 = CF.conv2d(x.float(), w.float(), b.float(), s, p, d, g)
-        gx2 = ops.conv2d_backward(gy.float(), x.float(), w.float(), *args, g, [True, False, False])[0]
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            runs.append(run(x.float(), w.float(), b.float(), CF.conv2d))
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(y1, y2) and torch.equal(gx1, gx2)
+    for other in runs[1:]:
+        assert torch.equal(runs[0][0], other[0]) and torch.equal(runs[0][1], other[1])

@@ -76,6 +76,9 @@ ConvGeometry conv2d_geometry(const char* op, const at::Tensor& input, const at::
   TORCH_CHECK(g.C == weight.size(1) * groups, op, ": with groups=", groups, " and weight of size ",
               int_list_str(weight.sizes()), ", the input should have ", weight.size(1) * groups,
               " channels, but got input of size ", int_list_str(input.sizes()));
+  TORCH_CHECK(g.N == 0 || (g.H > 0 && g.W > 0), op,
+              ": only a zero batch may have an empty image (as in torch), but got input of size ",
+              int_list_str(input.sizes()));
   const int64_t eh = g.dh * (g.KH - 1) + 1, ew = g.dw * (g.KW - 1) + 1;
   const int64_t hp = g.H + g.pt + pb, wp = g.W + g.pl + pr;
   TORCH_CHECK(hp >= eh && wp >= ew, op, ": the padded input (", hp, " x ", wp,

@@ -16,7 +16,8 @@
 // size of the input plus its padding, never input x kernel area); a
 // channels_last input without padding is read in place. When groups == 1 and
 // the width dilation is 1, the kw taps of one kernel row are contiguous in
-// NHWC and merge into one reduction run (long runs for 3-channel stems).
+// NHWC and merge into one reduction run (long runs for 3-channel stems); the
+// data gradient merges them too when the width stride is also 1.
 //
 // Depthwise convolutions (one input channel per group) have their own loops:
 // NCHW along output rows, NHWC along channels.
@@ -191,9 +192,11 @@ Nhwc<T> nhwc_window(const Tensor& t, bool cl, int64_t r0, int64_t R, int64_t c0,
 // the kernel taps that land inside the image; near the border that is fewer
 // than all of them (a 3x3, padding-1 layer spends 11 % of its multiply-adds on
 // padding at 12x12, 31 % at 4x4 and 56 % at 2x2). Grid rows are grouped by
-// the taps they need along the height, columns along the width; every pair
-// of a row group and a column group is a pixel group with its own tap list,
-// so no multiply-add reads padding. A tile takes kMR consecutive pixels of
+// the taps they need along the height, columns along the width (columns
+// only for reductions of 256+ steps, see group_columns); every pair of a row
+// group and a column group is a pixel group with its own tap list, so no
+// multiply-add reads padding rows (nor padding columns, where columns are
+// grouped). A tile takes kMR consecutive pixels of
 // one group in (image, row, column) order, across images, so small images
 // fill their tiles (at 2x2 the four positions of 32 images make 4 x 6 tiles,
 // instead of 32 tiles with 4 of 6 rows used).
@@ -275,13 +278,13 @@ constexpr int64_t kTilesPerItem = 16;
 // panel wp ([G][column block][...], blk values per block):
 //   L                             where pixels read and write (see PixelGroup),
 //   store(grp, cb, rows, off[], vals)  a tile's values (rows x 16).
-// The tiles of all groups, in order, are cut into work items of up to 16
-// (each 16-column weight panel is reused by the item's tiles whatever the
-// group sizes; fewer when there would be under 8 items per thread: with
-// items cut at group boundaries, or 5 items split 3 / 2 between two threads,
-// a 7x7 512-channel layer at batch 8 was 15 % slower than before the
-// grouping), and the items into one contiguous run per thread by their
-// multiply-add count (groups differ in taps). Nothing is stored per tile
+// The tiles of all groups, in order, are cut into one contiguous run per
+// thread by their multiply-add count (groups differ in taps), and each run
+// into work items of up to 16 tiles (each 16-column weight panel is reused
+// by the item's tiles whatever the group sizes; fewer when there would be
+// under 8 items per thread: with items cut at group boundaries, or 5 items
+// split 3 / 2 between two threads, a 7x7 512-channel layer at batch 8 was
+// 15 % slower than before the grouping). Nothing is stored per tile
 // (LeNet's first layer has 33k tiles of 25 steps: a serial per-tile setup
 // cost it a third of its time on two threads). Each output is computed by
 // one tile, in a fixed order: results do not depend on the thread count.
@@ -296,6 +299,7 @@ void run_pixel_groups(const Kern<T>& K, int64_t N, int64_t G, const std::vector<
   // fills its tiles: at least 24 pixels of the smallest group (AlexNet's
   // 26x26 5x5 layer has 1-pixel corner groups: one image per block gave
   // back the whole gain of the grouping) and 384 pixels in all.
+  if (groups.empty()) return;  // (a data gradient of an empty input)
   int64_t ppi = 0, pmin = INT64_MAX;  // grid pixels per image, of the smallest group
   for (const PixelGroup& pg : groups) ppi += pg.rows() * pg.cols(), pmin = std::min(pmin, pg.rows() * pg.cols());
   const int64_t nb = std::clamp<int64_t>(
