@@ -471,7 +471,7 @@ def test_depthwise_channels_last_large_output_cpu(cpu_isa, stride):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_weight_grad_long_reduction_cpu(cpu_isa, layout):
-    """A reduction over enough pixels to be split (P / (8 x chunk) = 4),
+    """A reduction over enough pixels to be split (P / (8 x chunk) = 2),
     chunks spanning image boundaries, and (on two threads: one column group)
     NCHW grad_output packed straight from its planes: a stem-like 7x7
     stride-2 layer, float64 against torch."""
