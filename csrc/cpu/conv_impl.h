@@ -362,33 +362,25 @@ inline void tile_avx2(const float* const* a, const int64_t* a_off, const float* 
   _mm256_storeu_ps(out + 80, c50);
   _mm256_storeu_ps(out + 88, c51);
 }
-void tile(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
-          int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out) {
-  tile_avx2<false>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
-}
-void tile_add(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
-              int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out) {
-  tile_avx2<true>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
-}
-#else
-void tile(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
-          int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out) {
-  tile_portable<false>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
-}
-void tile_add(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
-              int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out) {
-  tile_portable<true>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
-}
 #endif
 
-void tile(const double* const* a, const int64_t* a_off, const double* b, const int64_t* b_off,
-          int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, double* out) {
-  tile_portable<false>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
-}
-void tile_add(const double* const* a, const int64_t* a_off, const double* b, const int64_t* b_off,
-              int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, double* out) {
-  tile_portable<true>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
-}
+// tile / tile_add of type T on the implementation IMPL<Add>
+#define CNNK_TILE_DEFINE(T, IMPL)                                                            \
+  void tile(const T* const* a, const int64_t* a_off, const T* b, const int64_t* b_off,       \
+            int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, T* out) {                 \
+    IMPL<false>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);                             \
+  }                                                                                          \
+  void tile_add(const T* const* a, const int64_t* a_off, const T* b, const int64_t* b_off,   \
+                int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, T* out) {             \
+    IMPL<true>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);                              \
+  }
+#ifdef CNNK_CONV_AVX2
+CNNK_TILE_DEFINE(float, tile_avx2)
+#else
+CNNK_TILE_DEFINE(float, tile_portable)
+#endif
+CNNK_TILE_DEFINE(double, tile_portable)
+#undef CNNK_TILE_DEFINE
 
 #define CNNK_CONV_DEFINE(T)                                                      \
   void axpy(T* acc, const T* x, int64_t n, int64_t s, T w) {                    \
