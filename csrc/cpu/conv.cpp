@@ -531,15 +531,16 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
   // kw likewise), each from output pixel (th + vh / sh, tw + vw / sw). Within
   // a phase, pixels are grouped by the taps whose output pixel exists.
   std::vector<PixelGroup> groups;
-  // the taps of one axis reaching phase r at grid index t: (k, v / s) pairs
+  // the taps of one axis reaching phase r at grid index t: (k, v / s) pairs,
+  // only those whose output index lies in [0, out) unless `all`
   auto axis_taps = [](int64_t r, int64_t t, int64_t s, int64_t p, int64_t d, int64_t K,
-                      int64_t out) {
+                      int64_t out, bool all) {
     std::vector<int64_t> v;
     for (int64_t k = 0; k < K; ++k) {
       const int64_t vk = r + p - k * d;
       if (((vk % s) + s) % s != 0) continue;
       const int64_t o = t + floor_div(vk, s);
-      if (o >= 0 && o < out) v.push_back(k), v.push_back(floor_div(vk, s));
+      if (all || (o >= 0 && o < out)) v.push_back(k), v.push_back(floor_div(vk, s));
     }
     return v;
   };
@@ -547,15 +548,12 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
     for (int64_t rw = 0; rw < std::min(g.sw, g.W); ++rw) {
       const int64_t TH = ceil_div(g.H - rh, g.sh), TW = ceil_div(g.W - rw, g.sw);
       std::vector<std::vector<int64_t>> rkey(TH), ckey(TW);
-      for (int64_t th = 0; th < TH; ++th) rkey[th] = axis_taps(rh, th, g.sh, g.pt, g.dh, g.KH, g.OH);
-      for (int64_t tw = 0; tw < TW; ++tw) ckey[tw] = axis_taps(rw, tw, g.sw, g.pl, g.dw, g.KW, g.OW);
-      if (!group_columns(KK * OCg))  // every tap of the phase for every column
-        for (int64_t tw = 0; tw < TW; ++tw) {
-          ckey[tw].clear();
-          for (int64_t k = 0; k < g.KW; ++k)
-            if (((rw + g.pl - k * g.dw) % g.sw + g.sw) % g.sw == 0)
-              ckey[tw].push_back(k), ckey[tw].push_back(floor_div(rw + g.pl - k * g.dw, g.sw));
-        }
+      // (without column groups, every tap of the phase for every column)
+      const bool all_cols = !group_columns(KK * OCg);
+      for (int64_t th = 0; th < TH; ++th)
+        rkey[th] = axis_taps(rh, th, g.sh, g.pt, g.dh, g.KH, g.OH, false);
+      for (int64_t tw = 0; tw < TW; ++tw)
+        ckey[tw] = axis_taps(rw, tw, g.sw, g.pl, g.dw, g.KW, g.OW, all_cols);
       for (const auto& rg : group_by_key(rkey))
         for (const auto& cg : group_by_key(ckey)) {
           PixelGroup pg;
