@@ -33,6 +33,19 @@ def _layout(x, layout):
     return x
 
 
+def _on_threads(fn, counts=(1, 2, 3)):
+    """fn() run with each thread count in turn (the count restored after)."""
+    threads = torch.get_num_threads()
+    try:
+        out = []
+        for n in counts:
+            torch.set_num_threads(n)
+            out.append(fn())
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _run(fn, ref_fn, tensors, device, dtype, layout, grads=(True, True, True)):
     """Calls fn and ref_fn (torch, in float64 on the CPU) on the same values;
     compares outputs and the gradients of every tensor that requires one."""
@@ -489,6 +502,69 @@ def test_weight_grad_long_reduction_cpu(cpu_isa, layout):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("case", [
+    ((5, 1, 28, 28), (6, 5, 5), 1, 0, 1),           # LeNet's first layer, rows read in place
+    ((3, 1, 28, 28), (6, 5, 5), 1, 2, 1),           # padded: zero-bordered row copies
+    ((2, 3, 13, 37), (7, 3, 4), (2, 1), 1, (1, 2)),  # 7 channels = 4 + 3, tail vectors, dilation
+    ((2, 2, 9, 11), (8, 2, 3), 1, "same", 1),      # 4 + 4 channels, extra right padding
+    ((1, 4, 6, 20), (1, 7, 1), (3, 1), 3, 1),      # one channel, rows that see only padding
+    ((2, 3, 5, 70), (5, 1, 3), 1, (0, 1), (1, 3)),  # wide rows: several vector blocks
+])
+def test_few_output_channels_rows_cpu(cpu_isa, case, layout):
+    """Few output channels (at most 8, width stride 1) run as output rows
+    vectorised along the width: float32 and float64 against torch in float64,
+    NCHW and channels_last outputs (strides as torch's), and bit for bit the
+    same on 1, 2 and 3 threads."""
+    shape, (oc, kh, kw), s, p, d = case
+    gen = torch.Generator().manual_seed(9)
+    x = _layout(torch.randn(shape, generator=gen, dtype=torch.float64), layout)
+    w = torch.randn(oc, shape[1], kh, kw, generator=gen, dtype=torch.float64)
+    b = torch.randn(oc, generator=gen, dtype=torch.float64)
+    ref = F.conv2d(x, w, b, s, p, d)
+    torch.testing.assert_close(CF.conv2d(x, w, b, s, p, d), ref, rtol=1e-10, atol=1e-10)
+    runs = _on_threads(lambda: CF.conv2d(x.float(), w.float(), None, s, p, d))
+    torch.testing.assert_close(runs[0].double(), F.conv2d(x, w, None, s, p, d), rtol=1e-4,
+                               atol=1e-4)
+    assert runs[0].stride() == F.conv2d(x.float(), w.float(), None, s, p, d).stride()
+    for other in runs[1:]:
+        assert torch.equal(runs[0], other)
+
+
+@pytest.mark.parametrize("case", [
+    ((2, 8, 13, 21), 1, (3, 3), 1, 1, 1),        # 3x3 'same': data gradient as a reversed-tap conv
+    ((2, 4, 9, 30), 2, (3, 5), 1, (1, 2), (2, 1)),  # multiplier 2, dilation, masked row tails
+    ((3, 6, 11, 17), 1, (5, 3), (2, 1), 2, 1),    # height stride: weight gradient rows only
+    ((1, 3, 6, 12), 1, (3, 3), 1, (3, 4), 1),     # padding past the kernel: other data-gradient loop
+    ((2, 5, 7, 6), 1, (3, 3), 1, 1, 1),           # rows narrower than a vector
+])
+def test_depthwise_rows_cpu(cpu_isa, case):
+    """NCHW depthwise layers with width stride 1 run on the output-row kernels:
+    forward, data gradient and weight gradient against torch in float64, and
+    float32 bit for bit the same on 1, 2 and 3 threads."""
+    shape, mult, (kh, kw), s, p, d = case
+    c = shape[1]
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    w = torch.randn(c * mult, 1, kh, kw, generator=gen, dtype=torch.float64)
+    b = torch.randn(c * mult, generator=gen, dtype=torch.float64)
+
+    def run(conv, x, w, b):
+        x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+        y = conv(x, w, b, s, p, d, c)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(11),
+                         dtype=torch.float64).to(y.dtype)
+        return (y,) + torch.autograd.grad(y, (x, w), gy)
+
+    for ours, ref in zip(run(CF.conv2d, x, w, b), run(F.conv2d, x, w, b)):
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+    runs = _on_threads(lambda: run(CF.conv2d, x.float(), w.float(), b.float()))
+    for ours, ref in zip(runs[0], run(F.conv2d, x, w, b)):
+        torch.testing.assert_close(ours.double(), ref, rtol=1e-4, atol=1e-4)
+    for other in runs[1:]:
+        assert all(torch.equal(a, o) for a, o in zip(runs[0], other))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", [
     ((7, 32, 2, 2), (32, 3, 3), 1, 1, 1, 1),      # 2x2 images: every pixel its own tap set
     ((3, 5, 3, 3), (6, 1, 1), 1, 1, 1, 1),        # border outputs read only padding
     ((2, 6, 3, 4), (5, 5, 5), 1, 2, 1, 1),        # kernel larger than the image
@@ -523,13 +599,6 @@ def test_padding_taps_skipped_cpu(cpu_isa, case, layout):
     ry, rgx = run(x, w, b, F.conv2d)
     torch.testing.assert_close(y, ry, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gx, rgx, rtol=1e-10, atol=1e-10)
-    threads = torch.get_num_threads()
-    runs = []
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            runs.append(run(x.float(), w.float(), b.float(), CF.conv2d))
-    finally:
-        torch.set_num_threads(threads)
+    runs = _on_threads(lambda: run(x.float(), w.float(), b.float(), CF.conv2d))
     for other in runs[1:]:
         assert torch.equal(runs[0][0], other[0]) and torch.equal(runs[0][1], other[1])

@@ -19,8 +19,12 @@
 // NHWC and merge into one reduction run (long runs for 3-channel stems); the
 // data gradient merges them too when the width stride is also 1.
 //
-// Depthwise convolutions (one input channel per group) have their own loops:
-// NCHW along output rows, NHWC along channels.
+// Few output channels per group (at most 8: LeNet's 1 -> 6 first layer,
+// depthwise layers) with width stride 1 run along output rows instead
+// (conv_rows: up to 6 channels x 8-wide column vectors in registers), as do
+// the NCHW depthwise data gradient (a convolution of grad_output with the taps
+// reversed) and weight gradient (wgrad_rows). Other depthwise cases have their
+// own loops: NHWC along channels, the rest per tap.
 //
 // The forward and the data gradient skip the taps that read padding: pixels
 // are grouped by the taps inside the image, each group with its own tap list
@@ -38,6 +42,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <tuple>
 #include <vector>
@@ -53,6 +58,7 @@ namespace {
 using at::Tensor;
 using conv::kMR;
 using conv::kNR;
+using conv::kRowOuts;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t floor_div(int64_t a, int64_t b) {
@@ -86,10 +92,24 @@ struct Kern {
   void vmac(T* acc, const T* w, const T* x, int64_t n) const {
     avx2 ? conv::avx2::vmac(acc, w, x, n) : conv::generic::vmac(acc, w, x, n);
   }
-  void dw_rows(const T* const* rows, const T* const* w, int64_t nrows, int64_t K,
-               const int64_t* coff, int64_t lo, int64_t hi, T init, T* y) const {
-    avx2 ? conv::avx2::dw_rows(rows, w, nrows, K, coff, lo, hi, init, y)
-         : conv::generic::dw_rows(rows, w, nrows, K, coff, lo, hi, init, y);
+  void conv_rows(const T* const* rows, const T* const* w, int64_t ws, int64_t nrows, int64_t K,
+                 int64_t kstep, int64_t no, int64_t lo, int64_t hi, const T* init, T* y,
+                 int64_t ys, int64_t nrep = 1, int64_t xstep = 0, int64_t ystep = 0,
+                 bool nt = false) const {
+    avx2 ? conv::avx2::conv_rows(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep,
+                                 ystep, nt)
+         : conv::generic::conv_rows(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep,
+                                    xstep, ystep, nt);
+  }
+  void pad_rows(const T* src, int64_t ss, int64_t cs, int64_t nrows, int64_t j0, int64_t j1,
+                T* dst, int64_t Wp) const {
+    avx2 ? conv::avx2::pad_rows(src, ss, cs, nrows, j0, j1, dst, Wp)
+         : conv::generic::pad_rows(src, ss, cs, nrows, j0, j1, dst, Wp);
+  }
+  void wgrad_rows(const T* g, int64_t gstep, const T* x, const int64_t* xoff, int64_t nt,
+                  int64_t n, int64_t nrep, int64_t xstep, T* acc) const {
+    avx2 ? conv::avx2::wgrad_rows(g, gstep, x, xoff, nt, n, nrep, xstep, acc)
+         : conv::generic::wgrad_rows(g, gstep, x, xoff, nt, n, nrep, xstep, acc);
   }
   void dw_pixels(const T* x, const int64_t* xoff, const T* const* w, int64_t nt, int64_t npix,
                  int64_t xs, int64_t C, const T* init, T* y, bool stream) const {
@@ -102,36 +122,6 @@ struct Kern {
          : conv::generic::dw_wpixels(gy, gs, x, xoff, nt, npix, xs, C, acc);
   }
 };
-
-// One output row of a stride-1 (along the row) depthwise pass:
-//   y[o] = init + sum_r sum_k w[r][k] * rows[r][o + coff[k]]  for o < n,
-// taps reading outside [0, width) skipped. The interior (every tap inside)
-// runs in the vector kernel, the border columns here.
-template <typename T>
-void dw_row(const Kern<T>& K, const std::vector<const T*>& rows, const std::vector<const T*>& w,
-            int64_t KW, const int64_t* coff, int64_t width, int64_t n, T init, T* y) {
-  if (rows.empty()) {
-    std::fill(y, y + n, init);
-    return;
-  }
-  int64_t cmin = coff[0], cmax = coff[0];
-  for (int64_t k = 1; k < KW; ++k) cmin = std::min(cmin, coff[k]), cmax = std::max(cmax, coff[k]);
-  const int64_t lo = std::min(n, std::max<int64_t>(0, -cmin));
-  const int64_t hi = std::max(lo, std::min(n, width - cmax));
-  const int64_t nr = (int64_t)rows.size();
-  K.dw_rows(rows.data(), w.data(), nr, KW, coff, lo, hi, init, y);
-  auto edge = [&](int64_t o) {
-    T acc = init;
-    for (int64_t r = 0; r < nr; ++r)
-      for (int64_t k = 0; k < KW; ++k) {
-        const int64_t i = o + coff[k];
-        if (i >= 0 && i < width) acc += w[r][k] * rows[r][i];
-      }
-    y[o] = acc;
-  };
-  for (int64_t o = 0; o < lo; ++o) edge(o);
-  for (int64_t o = hi; o < n; ++o) edge(o);
-}
 
 // An activation read in NHWC order: (n, row, col, ch) at p + n*sN + row*sR + col*sC + ch.
 template <typename T>
@@ -843,6 +833,138 @@ void bias_grad(const Tensor& gy, bool cl, T* gb) {
   }
 }
 
+// Outputs larger than this are written with non-temporal stores by the
+// channels_last depthwise kernels: they would not stay in the caches anyway,
+// and streaming them saves the read-for-ownership of every line (measured:
+// 8x128x56x56 forward 2.3 -> 1.05 ms on 2 threads; 2 images, 1.6 MB, unchanged).
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+// ------------------------------- few output channels per group: output rows
+// A convolution with few output channels per group (LeNet's first layer,
+// 1 -> 6; depthwise layers, 1 per group) would fill few of the GEMM tile's
+// 16 columns. Here an output row is computed for up to kRowOuts channels of a
+// group at once, vectorised along the width (width stride 1): per (input
+// channel, kernel row) one input row, per kw tap an 8-wide read shifted by
+// kw * dw, the channels' weights broadcast. Kernel rows that land in the
+// padding are skipped; padding columns come from a zero-bordered copy of the
+// rows (made only when there is column padding or the input is channels_last,
+// which the copy transposes to rows), so no output column needs a scalar
+// border case. A channels_last output is computed as rows, then interleaved.
+// (A channels_last depthwise layer runs along channels instead: dw_forward.)
+constexpr int64_t kRowPathMaxOC = 8;
+
+inline bool rows_path(const ConvGeometry& g, bool cl) {
+  return g.sw == 1 && g.OCg() <= kRowPathMaxOC && g.OW >= 8 && !(cl && g.G > 1);
+}
+
+// Runs of output rows that see the same kernel rows [klo, khi) inside the
+// image: {first row, klo, khi} per run, then {OH, 0, 0}.
+inline std::vector<std::array<int64_t, 3>> row_runs(const ConvGeometry& g) {
+  std::vector<std::array<int64_t, 3>> runs;
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    const int64_t top = oh * g.sh - g.pt;  // input row of kh = 0
+    const int64_t klo = std::min(g.KH, ceil_div(std::max<int64_t>(0, -top), g.dh));
+    const int64_t khi =
+        std::max(klo, std::min(g.KH, ceil_div(std::max<int64_t>(0, g.H - top), g.dh)));
+    if (runs.empty() || runs.back()[1] != klo || runs.back()[2] != khi)
+      runs.push_back({oh, klo, khi});
+  }
+  runs.push_back({g.OH, 0, 0});
+  return runs;
+}
+
+// Input rows [ih0, ih0 + nr) of channels [c0, c0 + nc) of image n, as rows of
+// Wp columns from column -pl, zero outside the image: row (c0 + c, ih) at
+// base + c * cs + (ih - ih0) * Wr. Read in place from an NCHW input when no
+// column padding is needed, else copied into buf.
+template <typename T>
+struct PaddedRows {
+  const T* base;
+  int64_t cs, Wr;
+};
+
+template <typename T>
+PaddedRows<T> padded_rows(const Kern<T>& K, const ConvGeometry& g, const T* x, bool cl, int64_t n,
+                          int64_t c0, int64_t nc, int64_t ih0, int64_t nr, int64_t Wp,
+                          std::vector<T>& buf) {
+  if (!cl && g.pl == 0 && Wp <= g.W)
+    return {x + ((n * g.C + c0) * g.H + ih0) * g.W, g.H * g.W, g.W};
+  buf.resize(nc * nr * Wp);
+  const int64_t j0 = std::min(Wp, g.pl), j1 = std::min(Wp, g.pl + g.W);  // inside the image
+  for (int64_t c = 0; c < nc; ++c) {
+    if (cl)
+      K.pad_rows(x + ((n * g.H + ih0) * g.W - g.pl) * g.C + c0 + c, g.W * g.C, g.C, nr, j0, j1,
+                 buf.data() + c * nr * Wp, Wp);
+    else
+      K.pad_rows(x + ((n * g.C + c0 + c) * g.H + ih0) * g.W - g.pl, g.W, 1, nr, j0, j1,
+                 buf.data() + c * nr * Wp, Wp);
+  }
+  return {buf.data(), nr * Wp, Wp};
+}
+
+template <typename T>
+void rows_forward(const ConvGeometry& g, const T* x, bool cl, const T* w, const T* bias, T* y) {
+  const Kern<T> K;
+  const int64_t Cg = g.Cg(), OCg = g.OCg(), KK = g.KH * g.KW, ws = Cg * KK;
+  const int64_t Wp = g.OW + (g.KW - 1) * g.dw;  // columns read per row, from column -pl
+  const int64_t nob = ceil_div(OCg, kRowOuts);  // channel blocks, as even as possible
+  const bool stream = g.N * g.OC * g.OH * g.OW * int64_t(sizeof(T)) > kStreamBytes;
+  // work units: (image, group, chunk of output rows), at least 4 per thread
+  const int64_t want = 4 * at::get_num_threads(), NG = g.N * g.G;
+  const int64_t per = NG >= want ? 1 : std::min(g.OH, ceil_div(want, NG));
+  const int64_t rch = ceil_div(g.OH, per), nch = ceil_div(g.OH, rch);
+  std::vector<T> init(g.OC, T(0));
+  if (bias) std::copy(bias, bias + g.OC, init.begin());
+  const auto runs = row_runs(g);
+  at::parallel_for(0, NG * nch, 1, [&](int64_t b, int64_t e) {
+    std::vector<T> buf, tmp(cl ? OCg * rch * g.OW : 0);
+    std::vector<const T*> rows, wr;
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t n = u / (g.G * nch), grp = u / nch % g.G, ch = u % nch;
+      const int64_t oh0 = ch * rch, oh1 = std::min(g.OH, oh0 + rch), c0 = grp * Cg;
+      // the input rows [ih0, ih1) these output rows read, clipped to the image
+      const int64_t ih0 = std::max<int64_t>(0, oh0 * g.sh - g.pt);
+      const int64_t ih1 = std::min(g.H, (oh1 - 1) * g.sh - g.pt + (g.KH - 1) * g.dh + 1);
+      const auto pr = padded_rows(K, g, x, cl, n, c0, Cg, ih0, std::max<int64_t>(0, ih1 - ih0),
+                                  Wp, buf);
+      // one call per run of output rows (the rows advance by sh input rows)
+      // and channel block
+      for (size_t ri = 0; ri + 1 < runs.size(); ++ri) {
+        const int64_t oh = std::max(oh0, runs[ri][0]), end = std::min(oh1, runs[ri + 1][0]);
+        if (oh >= end) continue;
+        const int64_t klo = runs[ri][1], khi = runs[ri][2];
+        rows.clear(), wr.clear();
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int64_t kh = klo; kh < khi; ++kh) {
+            rows.push_back(pr.base + c * pr.cs + (oh * g.sh + kh * g.dh - g.pt - ih0) * pr.Wr);
+            wr.push_back(w + grp * OCg * ws + c * KK + kh * g.KW);  // the group's first channel
+          }
+        const int64_t nrows = (int64_t)rows.size(), nrep = end - oh;
+        for (int64_t ob = 0, j0 = 0; ob < nob; ++ob) {
+          const int64_t j1 = (ob + 1) * OCg / nob, oc0 = grp * OCg + j0;
+          if (cl)
+            K.conv_rows(rows.data(), wr.data(), ws, nrows, g.KW, g.dw, j1 - j0, 0, g.OW,
+                        init.data() + oc0, tmp.data() + (j0 * rch + oh - oh0) * g.OW,
+                        rch * g.OW, nrep, g.sh * pr.Wr, g.OW);
+          else
+            K.conv_rows(rows.data(), wr.data(), ws, nrows, g.KW, g.dw, j1 - j0, 0, g.OW,
+                        init.data() + oc0, y + ((n * g.OC + oc0) * g.OH + oh) * g.OW,
+                        g.OH * g.OW, nrep, g.sh * pr.Wr, g.OW, stream);
+          for (auto& p : wr) p += (j1 - j0) * ws;
+          j0 = j1;
+        }
+      }
+      if (cl)
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          T* yr = y + (n * g.OH + oh) * g.OW * g.OC + grp * OCg;
+          const T* t = tmp.data() + (oh - oh0) * g.OW;
+          for (int64_t ow = 0; ow < g.OW; ++ow)
+            for (int64_t j = 0; j < OCg; ++j) yr[ow * g.OC + j] = t[j * rch * g.OW + ow];
+        }
+    }
+  });
+}
+
 // ---------------------------------------------------------------- depthwise
 // One input channel per group; output channel oc reads input channel oc / M.
 
@@ -853,11 +975,6 @@ inline void col_range(const ConvGeometry& g, int64_t kw, int64_t& lo, int64_t& h
   hi = std::min(g.OW, floor_div(g.W - 1 - off, g.sw) + 1);
 }
 
-// Outputs larger than this are written with non-temporal stores by the
-// channels_last depthwise kernels: they would not stay in the caches anyway,
-// and streaming them saves the read-for-ownership of every line (measured:
-// 8x128x56x56 forward 2.3 -> 1.05 ms on 2 threads; 2 images, 1.6 MB, unchanged).
-constexpr int64_t kStreamBytes = int64_t(8) << 20;
 
 // Output columns [lo, hi) where every tap kw lands inside the image.
 inline void interior_cols(const ConvGeometry& g, int64_t& lo, int64_t& hi) {
@@ -895,29 +1012,6 @@ template <typename T>
 void dw_forward(const ConvGeometry& g, const T* x, bool cl, const T* w, const T* bias, T* y) {
   const Kern<T> K;
   const int64_t M = g.OCg(), KK = g.KH * g.KW;
-  if (!cl && g.sw == 1) {
-    std::vector<int64_t> coff(g.KW);
-    for (int64_t kw = 0; kw < g.KW; ++kw) coff[kw] = kw * g.dw - g.pl;
-    at::parallel_for(0, g.N * g.OC, 1, [&](int64_t b, int64_t e) {
-      std::vector<const T*> rows, wr;
-      for (int64_t pl = b; pl < e; ++pl) {
-        const int64_t n = pl / g.OC, oc = pl % g.OC, c = oc / M;
-        const T* xs = x + (n * g.C + c) * g.H * g.W;
-        for (int64_t oh = 0; oh < g.OH; ++oh) {
-          rows.clear(), wr.clear();
-          for (int64_t kh = 0; kh < g.KH; ++kh) {
-            const int64_t ih = oh * g.sh + kh * g.dh - g.pt;
-            if (ih < 0 || ih >= g.H) continue;
-            rows.push_back(xs + ih * g.W);
-            wr.push_back(w + oc * KK + kh * g.KW);
-          }
-          dw_row(K, rows, wr, g.KW, coff.data(), g.W, g.OW, bias ? bias[oc] : T(0),
-                 y + (pl * g.OH + oh) * g.OW);
-        }
-      }
-    });
-    return;
-  }
   if (!cl) {
     at::parallel_for(0, g.N * g.OC, 1, [&](int64_t b, int64_t e) {
       for (int64_t pl = b; pl < e; ++pl) {
@@ -1000,31 +1094,21 @@ template <typename T>
 void dw_dgrad(const ConvGeometry& g, const T* gy, bool cl, const T* w, const T* bias, T* gx) {
   const Kern<T> K;
   const int64_t M = g.OCg(), KK = g.KH * g.KW;
-  if (!cl && g.sw == 1) {
-    // gather: gx[ih][iw] = sum over (m, kh, kw) of w * gy[(ih + pt - kh*dh) / sh][iw + pl - kw*dw]
-    std::vector<int64_t> coff(g.KW);
-    for (int64_t kw = 0; kw < g.KW; ++kw) coff[kw] = g.pl - kw * g.dw;
-    at::parallel_for(0, g.N * g.C, 1, [&](int64_t b, int64_t e) {
-      std::vector<const T*> rows, wr;
-      for (int64_t pl = b; pl < e; ++pl) {
-        const int64_t n = pl / g.C, c = pl % g.C;
-        for (int64_t ih = 0; ih < g.H; ++ih) {
-          rows.clear(), wr.clear();
-          for (int64_t m = 0; m < M; ++m) {
-            const int64_t oc = c * M + m;
-            for (int64_t kh = 0; kh < g.KH; ++kh) {
-              const int64_t vh = ih + g.pt - kh * g.dh;
-              if (vh < 0 || vh % g.sh != 0 || vh / g.sh >= g.OH) continue;
-              rows.push_back(gy + ((n * g.OC + oc) * g.OH + vh / g.sh) * g.OW);
-              wr.push_back(w + oc * KK + kh * g.KW);
-            }
-          }
-          dw_row(K, rows, wr, g.KW, coff.data(), g.OW, g.W, bias ? bias[c] : T(0),
-                 gx + (pl * g.H + ih) * g.W);
-        }
-      }
-    });
-    return;
+  if (!cl && g.sh == 1 && g.sw == 1) {
+    // gx[c][ih][iw] = bias + sum over (m, kh, kw) of
+    //   w[c M + m][kh][kw] * gy[c M + m][ih + pt - kh dh][iw + pl - kw dw]:
+    // a convolution of gy (groups C, M input channels each) with the taps
+    // reversed and padding (K - 1) d - p, run on the output-row kernels
+    ConvGeometry t = g;
+    t.C = g.OC, t.H = g.OH, t.W = g.OW, t.OC = g.C, t.OH = g.H, t.OW = g.W;
+    t.pt = (g.KH - 1) * g.dh - g.pt, t.pl = (g.KW - 1) * g.dw - g.pl;
+    if (t.pt >= 0 && t.pl >= 0 && rows_path(t, false)) {
+      std::vector<T> wf(g.OC * KK);
+      for (int64_t oc = 0; oc < g.OC; ++oc)
+        for (int64_t k = 0; k < KK; ++k) wf[oc * KK + k] = w[oc * KK + KK - 1 - k];
+      rows_forward<T>(t, gy, false, wf.data(), bias, gx);
+      return;
+    }
   }
   if (!cl) {
     at::parallel_for(0, g.N * g.C, 1, [&](int64_t b, int64_t e) {
@@ -1123,6 +1207,41 @@ template <typename T>
 void dw_wgrad(const ConvGeometry& g, const T* gy, const T* x, bool cl, T* gw) {
   const Kern<T> K;
   const int64_t M = g.OCg(), KK = g.KH * g.KW;
+  if (!cl && g.sw == 1) {
+    // per output channel and image: the input plane as zero-bordered rows,
+    // every tap's 8-lane sums over the output rows (one call per run of rows
+    // with the same kernel rows inside the image), then summed in double
+    const int64_t Wp = g.OW + (g.KW - 1) * g.dw;
+    const auto runs = row_runs(g);
+    at::parallel_for(0, g.OC, 1, [&](int64_t b, int64_t e) {
+      std::vector<double> acc(KK);
+      std::vector<T> buf, lanes(8 * KK);
+      std::vector<int64_t> xoff(KK);
+      for (int64_t oc = b; oc < e; ++oc) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t n = 0; n < g.N; ++n) {
+          const auto pr = padded_rows(K, g, x, false, n, oc / M, 1, 0, g.H, Wp, buf);
+          std::fill(lanes.begin(), lanes.end(), T(0));
+          for (size_t ri = 0; ri + 1 < runs.size(); ++ri) {
+            const int64_t oh = runs[ri][0], klo = runs[ri][1], khi = runs[ri][2];
+            int64_t nt = 0;
+            for (int64_t kh = klo; kh < khi; ++kh)
+              for (int64_t kw = 0; kw < g.KW; ++kw)
+                xoff[nt++] = (oh * g.sh + kh * g.dh - g.pt) * pr.Wr + kw * g.dw;
+            K.wgrad_rows(gy + ((n * g.OC + oc) * g.OH + oh) * g.OW, g.OW, pr.base, xoff.data(), nt,
+                         g.OW, runs[ri + 1][0] - oh, g.sh * pr.Wr, lanes.data() + 8 * klo * g.KW);
+          }
+          for (int64_t t = 0; t < KK; ++t) {
+            double s = 0;
+            for (int l = 0; l < 8; ++l) s += (double)lanes[8 * t + l];
+            acc[t] += s;
+          }
+        }
+        for (int64_t t = 0; t < KK; ++t) gw[oc * KK + t] = (T)acc[t];
+      }
+    });
+    return;
+  }
   if (!cl) {
     at::parallel_for(0, g.OC, 1, [&](int64_t b, int64_t e) {
       std::vector<double> acc(KK);
@@ -1340,7 +1459,9 @@ template <typename T>
 void run_forward(const ConvGeometry& g, const Tensor& x, bool cl, const Tensor& w,
                  const Tensor& b, Tensor& y) {
   const T* bias = b.defined() ? b.data_ptr<T>() : nullptr;
-  if (g.depthwise() && g.G > 1)
+  if (rows_path(g, cl))
+    rows_forward<T>(g, x.data_ptr<T>(), cl, w.data_ptr<T>(), bias, y.data_ptr<T>());
+  else if (g.depthwise() && g.G > 1)
     dw_forward<T>(g, x.data_ptr<T>(), cl, w.data_ptr<T>(), bias, y.data_ptr<T>());
   else if (nchw_1x1(g, cl))
     nchw_gemm<T>(g.OC, g.C, g.N, g.H * g.W, w.data_ptr<T>(), g.C, 1, x.data_ptr<T>(), bias,

@@ -80,21 +80,53 @@ inline void vmac_impl(T* acc, const T* w, const T* x, int64_t n) {
 }
 
 template <typename T>
-inline void dw_rows_portable(const T* const* rows, const T* const* w, int64_t nrows, int64_t K,
-                             const int64_t* coff, int64_t lo, int64_t hi, T init, T* y) {
-  for (int64_t o = lo; o < hi; o += 8) {
-    const int64_t b = o + 8 <= hi || hi - lo < 8 ? o : hi - 8;  // last block shifted back
-    const int nl = (int)std::min<int64_t>(8, hi - b);
-    T acc[8];
-    for (int l = 0; l < 8; ++l) acc[l] = init;
-    for (int64_t r = 0; r < nrows; ++r)
-      for (int64_t k = 0; k < K; ++k) {
-        const T wk = w[r][k];
-        const T* xp = rows[r] + b + coff[k];
-        for (int l = 0; l < nl; ++l) acc[l] += wk * xp[l];
+inline void conv_rows_portable(const T* const* rows, const T* const* w, int64_t ws,
+                               int64_t nrows, int64_t K, int64_t kstep, int64_t no,
+                               int64_t lo, int64_t hi, const T* init, T* y, int64_t ys,
+                               int64_t nrep, int64_t xstep, int64_t ystep) {
+  for (int64_t q = 0; q < nrep; ++q)
+    for (int64_t o = lo; o < hi; o += 8) {
+      const int64_t b = o + 8 <= hi || hi - lo < 8 ? o : hi - 8;  // last block shifted back
+      const int nl = (int)std::min<int64_t>(8, hi - b);
+      for (int64_t j = 0; j < no; ++j) {
+        T acc[8];
+        for (int l = 0; l < 8; ++l) acc[l] = init[j];
+        for (int64_t r = 0; r < nrows; ++r)
+          for (int64_t k = 0; k < K; ++k) {
+            const T wk = w[r][j * ws + k];
+            const T* xp = rows[r] + q * xstep + b + k * kstep;
+            for (int l = 0; l < nl; ++l) acc[l] += wk * xp[l];
+          }
+        for (int l = 0; l < nl; ++l) y[q * ystep + j * ys + b + l] = acc[l];
       }
-    for (int l = 0; l < nl; ++l) y[b + l] = acc[l];
+    }
+}
+
+template <typename T>
+inline void pad_rows_impl(const T* src, int64_t ss, int64_t cs, int64_t nrows, int64_t j0,
+                          int64_t j1, T* dst, int64_t Wp) {
+  for (int64_t r = 0; r < nrows; ++r) {
+    const T* s = src + r * ss;
+    T* d = dst + r * Wp;
+    for (int64_t j = 0; j < j0; ++j) d[j] = T(0);
+    if (cs == 1) {
+      for (int64_t j = j0; j < j1; ++j) d[j] = s[j];  // vectorised by the compiler
+    } else {
+      for (int64_t j = j0; j < j1; ++j) d[j] = s[j * cs];
+    }
+    for (int64_t j = std::max(j0, j1); j < Wp; ++j) d[j] = T(0);
   }
+}
+
+template <typename T>
+inline void wgrad_rows_portable(const T* g, int64_t gstep, const T* x, const int64_t* xoff,
+                                int64_t ntaps, int64_t n, int64_t nrep, int64_t xstep, T* acc) {
+  for (int64_t t = 0; t < ntaps; ++t)
+    for (int64_t q = 0; q < nrep; ++q) {
+      const T* gq = g + q * gstep;
+      const T* xq = x + xoff[t] + q * xstep;
+      for (int64_t o = 0; o < n; ++o) acc[t * 8 + o % 8] += gq[o] * xq[o];
+    }
 }
 
 template <typename T>
@@ -129,58 +161,120 @@ inline void dw_wpixels_portable(const T* gy, int64_t gs, const T* x, const int64
 }  // namespace
 
 #ifdef CNNK_CONV_AVX2
-template <int NB>
-void dw_rows_tail(const float* const* rows, const float* const* w, int64_t nrows, int64_t K,
-                  const int64_t* coff, int64_t o, int64_t hi, __m256 vi, float* y) {
-  int64_t b[NB];
-  __m256 acc[NB];
-  for (int i = 0; i < NB; ++i) b[i] = std::min<int64_t>(o + 8 * i, hi - 8), acc[i] = vi;
-  for (int64_t r = 0; r < nrows; ++r)
-    for (int64_t k = 0; k < K; ++k) {
-      const __m256 wk = _mm256_set1_ps(w[r][k]);
-      const float* xp = rows[r] + coff[k];
-      for (int i = 0; i < NB; ++i) acc[i] = _mm256_fmadd_ps(wk, _mm256_loadu_ps(xp + b[i]), acc[i]);
+// NO outputs x NV 8-wide column vectors (columns o .. o + 8 NV) in registers;
+// per tap NV loads of the row, NO weight broadcasts, NO x NV FMAs. KC: the
+// taps per kernel row when known at compile time (0: K at run time).
+template <int NO, int NV, int KC>
+inline void conv_rows_block(const float* const* rows, const float* const* w, int64_t ws,
+                            int64_t nrows, int64_t K, int64_t kstep, int64_t o, int64_t xo,
+                            const float* init, float* y, int64_t ys, bool nt) {
+  __m256 acc[NO][NV];
+#pragma GCC unroll 8
+  for (int j = 0; j < NO; ++j) {
+    const __m256 v = _mm256_set1_ps(init[j]);
+#pragma GCC unroll 8
+    for (int i = 0; i < NV; ++i) acc[j][i] = v;
+  }
+  const int64_t kn = KC ? KC : K;
+  for (int64_t r = 0; r < nrows; ++r) {
+    const float* xp = rows[r] + xo + o;
+    const float* wr = w[r];
+#pragma GCC unroll 8
+    for (int64_t k = 0; k < kn; ++k, xp += kstep) {
+      __m256 xv[NV];
+#pragma GCC unroll 8
+      for (int i = 0; i < NV; ++i) xv[i] = _mm256_loadu_ps(xp + 8 * i);
+#pragma GCC unroll 8
+      for (int j = 0; j < NO; ++j) {
+        const __m256 wv = _mm256_broadcast_ss(wr + j * ws + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < NV; ++i) acc[j][i] = _mm256_fmadd_ps(wv, xv[i], acc[j][i]);
+      }
     }
-  for (int i = 0; i < NB; ++i) _mm256_storeu_ps(y + b[i], acc[i]);
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < NO; ++j)
+#pragma GCC unroll 8
+    for (int i = 0; i < NV; ++i) {
+      float* d = y + j * ys + o + 8 * i;
+      if (nt && (reinterpret_cast<uintptr_t>(d) & 31) == 0)
+        _mm256_stream_ps(d, acc[j][i]);
+      else
+        _mm256_storeu_ps(d, acc[j][i]);
+    }
 }
 
-// Outputs are recomputed from init (not accumulated), so the last 8-block can
-// be shifted back to overlap the previous one instead of running scalar.
-void dw_rows(const float* const* rows, const float* const* w, int64_t nrows, int64_t K,
-             const int64_t* coff, int64_t lo, int64_t hi, float init, float* y) {
-  if (hi - lo < 8) return dw_rows_portable(rows, w, nrows, K, coff, lo, hi, init, y);
-  const __m256 vi = _mm256_set1_ps(init);
-  int64_t o = lo;
-  for (; o + 32 <= hi; o += 32) {  // 4 accumulators cover the FMA latency
-    __m256 a0 = vi, a1 = vi, a2 = vi, a3 = vi;
-    for (int64_t r = 0; r < nrows; ++r)
-      for (int64_t k = 0; k < K; ++k) {
-        const __m256 wk = _mm256_set1_ps(w[r][k]);
-        const float* xp = rows[r] + o + coff[k];
-        a0 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(xp), a0);
-        a1 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(xp + 8), a1);
-        a2 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(xp + 16), a2);
-        a3 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(xp + 24), a3);
-      }
-    _mm256_storeu_ps(y + o, a0);
-    _mm256_storeu_ps(y + o + 8, a1);
-    _mm256_storeu_ps(y + o + 16, a2);
-    _mm256_storeu_ps(y + o + 24, a3);
+// Per output row q: blocks of NV vectors (at most 12 accumulators), then the
+// last (hi - o) < 8 NV outputs as one block of up to NV vectors shifted back
+// to end at hi (outputs are recomputed from init, not accumulated, so
+// overlapping the previous block is harmless); in a row too short for that,
+// the last vector alone. Needs hi - lo >= 8.
+template <int NO, int KC>
+void conv_rows_no(const float* const* rows, const float* const* w, int64_t ws, int64_t nrows,
+                  int64_t K, int64_t kstep, int64_t lo, int64_t hi, const float* init, float* y,
+                  int64_t ys, int64_t nrep, int64_t xstep, int64_t ystep, bool nt) {
+  constexpr int NV = NO <= 2 ? 4 : NO == 3 ? 3 : 2;
+  for (int64_t q = 0; q < nrep; ++q) {
+    const int64_t xo = q * xstep;
+    float* yq = y + q * ystep;
+    int64_t o = lo;
+    for (; o + 8 * NV <= hi; o += 8 * NV)
+      conv_rows_block<NO, NV, KC>(rows, w, ws, nrows, K, kstep, o, xo, init, yq, ys, nt);
+    int nv = (int)((hi - o + 7) / 8);
+    if (nv > 0 && hi - 8 * nv < lo) {  // a short row: nv - 1 vectors, then the last one alone
+      conv_rows_block<NO, 1, KC>(rows, w, ws, nrows, K, kstep, hi - 8, xo, init, yq, ys, nt);
+      --nv;
+    } else {
+      o = hi - 8 * nv;
+    }
+    switch (nv) {
+#define CNNK_ROWS_TAIL(N)                                                                      \
+  case N:                                                                                      \
+    conv_rows_block<NO, (NV >= N ? N : 1), KC>(rows, w, ws, nrows, K, kstep, o, xo, init, yq, ys, \
+                                               nt);                                            \
+    break;
+      CNNK_ROWS_TAIL(1) CNNK_ROWS_TAIL(2) CNNK_ROWS_TAIL(3) CNNK_ROWS_TAIL(4)
+#undef CNNK_ROWS_TAIL
+      default: break;
+    }
   }
-  // the last (hi - o) < 32 outputs: up to 4 blocks of 8 in one sweep over the
-  // taps (independent accumulators), the last block shifted back
-  switch ((hi - o + 7) / 8) {
-    case 1: return dw_rows_tail<1>(rows, w, nrows, K, coff, o, hi, vi, y);
-    case 2: return dw_rows_tail<2>(rows, w, nrows, K, coff, o, hi, vi, y);
-    case 3: return dw_rows_tail<3>(rows, w, nrows, K, coff, o, hi, vi, y);
-    case 4: return dw_rows_tail<4>(rows, w, nrows, K, coff, o, hi, vi, y);
+}
+
+template <int KC>
+void conv_rows_kc(const float* const* rows, const float* const* w, int64_t ws, int64_t nrows,
+                  int64_t K, int64_t kstep, int64_t no, int64_t lo, int64_t hi,
+                  const float* init, float* y, int64_t ys, int64_t nrep, int64_t xstep,
+                  int64_t ystep, bool nt) {
+  switch (no) {
+#define CNNK_ROWS_NO(N)                                                                    \
+  case N:                                                                                  \
+    return conv_rows_no<N, KC>(rows, w, ws, nrows, K, kstep, lo, hi, init, y, ys, nrep, xstep, \
+                               ystep, nt);
+    CNNK_ROWS_NO(1) CNNK_ROWS_NO(2) CNNK_ROWS_NO(3) CNNK_ROWS_NO(4) CNNK_ROWS_NO(5) CNNK_ROWS_NO(6)
+#undef CNNK_ROWS_NO
     default: return;
   }
 }
+
+void conv_rows(const float* const* rows, const float* const* w, int64_t ws, int64_t nrows,
+               int64_t K, int64_t kstep, int64_t no, int64_t lo, int64_t hi, const float* init,
+               float* y, int64_t ys, int64_t nrep, int64_t xstep, int64_t ystep, bool nt) {
+  if (hi - lo < 8)
+    return conv_rows_portable(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep,
+                              ystep);
+  switch (K) {  // the common kernel widths with their taps unrolled
+    case 3: conv_rows_kc<3>(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep, ystep, nt); break;
+    case 5: conv_rows_kc<5>(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep, ystep, nt); break;
+    default: conv_rows_kc<0>(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep, ystep, nt); break;
+  }
+  if (nt) _mm_sfence();  // order the streamed stores before whatever follows
+}
 #else
-void dw_rows(const float* const* rows, const float* const* w, int64_t nrows, int64_t K,
-             const int64_t* coff, int64_t lo, int64_t hi, float init, float* y) {
-  dw_rows_portable(rows, w, nrows, K, coff, lo, hi, init, y);
+void conv_rows(const float* const* rows, const float* const* w, int64_t ws, int64_t nrows,
+               int64_t K, int64_t kstep, int64_t no, int64_t lo, int64_t hi,
+               const float* init, float* y, int64_t ys, int64_t nrep, int64_t xstep,
+               int64_t ystep, bool) {
+  conv_rows_portable(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep, ystep);
 }
 #endif
 
@@ -266,7 +360,57 @@ void dw_wpixels(const float* gy, int64_t gs, const float* x, const int64_t* xoff
   }
   if (C % 8) dw_wpixels_portable(gy, gs, x, xoff, ntaps, npix, xs, C, acc, C - C % 8);
 }
+
+// NT taps' 8-lane sums in registers over the rows; the last n % 8 columns
+// through masked loads (nothing read past the row).
+template <int NT>
+inline void wgrad_rows_block(const float* g, int64_t gstep, const float* x, const int64_t* xoff,
+                             int64_t n, int64_t nrep, int64_t xstep, float* acc) {
+  __m256 a[NT];
+  const float* xt[NT];
+#pragma GCC unroll 12
+  for (int t = 0; t < NT; ++t) a[t] = _mm256_loadu_ps(acc + 8 * t), xt[t] = x + xoff[t];
+  const int64_t nv = n / 8, rem = n % 8;
+  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rem),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  for (int64_t q = 0; q < nrep; ++q) {
+    const float* gq = g + q * gstep;
+    const int64_t xq = q * xstep;
+    for (int64_t v = 0; v < nv; ++v) {
+      const __m256 gv = _mm256_loadu_ps(gq + 8 * v);
+#pragma GCC unroll 12
+      for (int t = 0; t < NT; ++t)
+        a[t] = _mm256_fmadd_ps(gv, _mm256_loadu_ps(xt[t] + xq + 8 * v), a[t]);
+    }
+    if (rem) {
+      const __m256 gv = _mm256_maskload_ps(gq + 8 * nv, mask);
+#pragma GCC unroll 12
+      for (int t = 0; t < NT; ++t)
+        a[t] = _mm256_fmadd_ps(gv, _mm256_maskload_ps(xt[t] + xq + 8 * nv, mask), a[t]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int t = 0; t < NT; ++t) _mm256_storeu_ps(acc + 8 * t, a[t]);
+}
+
+void wgrad_rows(const float* g, int64_t gstep, const float* x, const int64_t* xoff, int64_t ntaps,
+                int64_t n, int64_t nrep, int64_t xstep, float* acc) {
+  for (int64_t t0 = 0; t0 < ntaps; t0 += 12) {
+    switch (std::min<int64_t>(12, ntaps - t0)) {
+#define CNNK_WROWS(N) \
+  case N: wgrad_rows_block<N>(g, gstep, x, xoff + t0, n, nrep, xstep, acc + 8 * t0); break;
+      CNNK_WROWS(1) CNNK_WROWS(2) CNNK_WROWS(3) CNNK_WROWS(4) CNNK_WROWS(5) CNNK_WROWS(6)
+      CNNK_WROWS(7) CNNK_WROWS(8) CNNK_WROWS(9) CNNK_WROWS(10) CNNK_WROWS(11) CNNK_WROWS(12)
+#undef CNNK_WROWS
+      default: break;
+    }
+  }
+}
 #else
+void wgrad_rows(const float* g, int64_t gstep, const float* x, const int64_t* xoff, int64_t ntaps,
+                int64_t n, int64_t nrep, int64_t xstep, float* acc) {
+  wgrad_rows_portable(g, gstep, x, xoff, ntaps, n, nrep, xstep, acc);
+}
 void dw_pixels(const float* x, const int64_t* xoff, const float* const* w, int64_t ntaps,
                int64_t npix, int64_t xs, int64_t C, const float* init, float* y, bool) {
   dw_pixels_portable(x, xoff, w, ntaps, npix, xs, C, init, y);
@@ -277,6 +421,10 @@ void dw_wpixels(const float* gy, int64_t gs, const float* x, const int64_t* xoff
 }
 #endif
 
+void wgrad_rows(const double* g, int64_t gstep, const double* x, const int64_t* xoff,
+                int64_t ntaps, int64_t n, int64_t nrep, int64_t xstep, double* acc) {
+  wgrad_rows_portable(g, gstep, x, xoff, ntaps, n, nrep, xstep, acc);
+}
 void dw_pixels(const double* x, const int64_t* xoff, const double* const* w, int64_t ntaps,
                int64_t npix, int64_t xs, int64_t C, const double* init, double* y, bool) {
   dw_pixels_portable(x, xoff, w, ntaps, npix, xs, C, init, y);
@@ -286,9 +434,11 @@ void dw_wpixels(const double* gy, int64_t gs, const double* x, const int64_t* xo
   dw_wpixels_portable(gy, gs, x, xoff, ntaps, npix, xs, C, acc);
 }
 
-void dw_rows(const double* const* rows, const double* const* w, int64_t nrows, int64_t K,
-             const int64_t* coff, int64_t lo, int64_t hi, double init, double* y) {
-  dw_rows_portable(rows, w, nrows, K, coff, lo, hi, init, y);
+void conv_rows(const double* const* rows, const double* const* w, int64_t ws, int64_t nrows,
+               int64_t K, int64_t kstep, int64_t no, int64_t lo, int64_t hi,
+               const double* init, double* y, int64_t ys, int64_t nrep, int64_t xstep,
+               int64_t ystep, bool) {
+  conv_rows_portable(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep, ystep);
 }
 
 #ifdef CNNK_CONV_AVX2
@@ -383,6 +533,10 @@ CNNK_TILE_DEFINE(double, tile_portable)
 #undef CNNK_TILE_DEFINE
 
 #define CNNK_CONV_DEFINE(T)                                                      \
+  void pad_rows(const T* src, int64_t ss, int64_t cs, int64_t nrows, int64_t j0, int64_t j1, \
+                T* dst, int64_t Wp) {                                                    \
+    pad_rows_impl(src, ss, cs, nrows, j0, j1, dst, Wp);                                  \
+  }                                                                                      \
   void axpy(T* acc, const T* x, int64_t n, int64_t s, T w) {                    \
     axpy_impl(acc, x, n, s, w);                                                  \
   }                                                                              \

@@ -18,6 +18,8 @@ namespace conv {
 
 constexpr int kMR = 6;
 constexpr int kNR = 16;
+// outputs (channels) per conv_rows call
+constexpr int kRowOuts = 6;
 
 #define CNNK_CONV_DECLARE(T)                                                                   \
   void tile(const T* const* a, const int64_t* a_off, const T* b, const int64_t* b_off,         \
@@ -33,9 +35,22 @@ constexpr int kNR = 16;
   double dot(const T* a, const T* x, int64_t n, int64_t s);                                    \
   /* acc[c] += w[c] * x[c] for c < n */                                                        \
   void vmac(T* acc, const T* w, const T* x, int64_t n);                                        \
-  /* y[o] = init + sum_{r < nrows} sum_{k < K} w[r][k] * rows[r][o + coff[k]], o in [lo, hi) */ \
-  void dw_rows(const T* const* rows, const T* const* w, int64_t nrows, int64_t K,               \
-               const int64_t* coff, int64_t lo, int64_t hi, T init, T* y);                    \
+  /* no (<= kRowOuts) outputs of nrep rows, for q < nrep, j < no, o in [lo, hi):           */ \
+  /*   y[q * ystep + j * ys + o] = init[j]                                                  */ \
+  /*     + sum_{r < nrows} sum_{k < K} w[r][j * ws + k] * rows[r][q * xstep + o + k * kstep] */ \
+  /* nt: non-temporal stores where aligned                                                */ \
+  void conv_rows(const T* const* rows, const T* const* w, int64_t ws, int64_t nrows, int64_t K, \
+                 int64_t kstep, int64_t no, int64_t lo, int64_t hi, const T* init, T* y,  \
+                 int64_t ys, int64_t nrep, int64_t xstep, int64_t ystep, bool nt);                      \
+  /* rows r < nrows of width Wp: dst[r * Wp + j] = src[r * ss + j * cs] for j in [j0, j1), */ \
+  /* zero elsewhere (zero-bordered copies of activation rows)                              */ \
+  void pad_rows(const T* src, int64_t ss, int64_t cs, int64_t nrows, int64_t j0, int64_t j1,  \
+                T* dst, int64_t Wp);                                                           \
+  /* weight gradient along rows: for t < ntaps, lanes l < 8,                              */ \
+  /*   acc[t * 8 + l] += sum_{q < nrep} sum_{o < n, o % 8 == l}                           */ \
+  /*                       g[q * gstep + o] * x[xoff[t] + q * xstep + o]                  */ \
+  void wgrad_rows(const T* g, int64_t gstep, const T* x, const int64_t* xoff, int64_t ntaps,   \
+                  int64_t n, int64_t nrep, int64_t xstep, T* acc);                             \
   /* channels_last depthwise, a run of pixels: for j < npix, c < C               */           \
   /*   y[j * C + c] = init[c] (0 if null) + sum_t w[t][c] * x[xoff[t] + j * xs + c] */        \
   /* nt: non-temporal stores (outputs too large to stay in cache)                   */        \
