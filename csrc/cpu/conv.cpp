@@ -123,11 +123,12 @@ struct Kern {
   }
 };
 
-// An activation read in NHWC order: (n, row, col, ch) at p + n*sN + row*sR + col*sC + ch.
+// An activation read in NHWC order: (n, row, col, ch) at p + n*sN + row*sR + col*sC + ch,
+// the channels of convolution group grp from p + grp * sG.
 template <typename T>
 struct Nhwc {
   const T* p = nullptr;
-  int64_t sN = 0, sR = 0, sC = 0;
+  int64_t sN = 0, sR = 0, sC = 0, sG = 0;
 };
 
 // Rows [r0, r0 + R) x cols [c0, c0 + Cn) of an (N, C, H, W) activation `t`
@@ -135,46 +136,54 @@ struct Nhwc {
 // image. A channels_last tensor that covers the window is read in place
 // (unless `copy`); otherwise the window is copied into `buf` (plus kNR
 // elements of slack, so that a 16-wide read past the last channel stays
-// inside the allocation).
+// inside the allocation). With G > 1 groups the copy is group-major,
+// [G][N][R][Cn][C / G]: a pixel's channels of one group are then contiguous
+// with its neighbours' along the row (runs over kw merge, and no cache line
+// holds other groups' channels).
 template <typename T>
 Nhwc<T> nhwc_window(const Tensor& t, bool cl, int64_t r0, int64_t R, int64_t c0, int64_t Cn,
-                    bool copy, Tensor& buf) {
-  const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3);
+                    bool copy, Tensor& buf, int64_t G = 1) {
+  const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3), Cg = C / G;
   const T* src = t.data_ptr<T>();
-  if (cl && !copy && r0 >= 0 && c0 >= 0 && r0 + R <= H && c0 + Cn <= W) {
-    return {src + (r0 * W + c0) * C, H * W * C, W * C, C};
+  if (G == 1 && cl && !copy && r0 >= 0 && c0 >= 0 && r0 + R <= H && c0 + Cn <= W) {
+    return {src + (r0 * W + c0) * C, H * W * C, W * C, C, Cg};
   }
-  buf = at::empty({N * R * Cn * C + kNR}, t.options().memory_format(at::MemoryFormat::Contiguous));
+  const int64_t gsz = N * R * Cn * Cg;  // one group's elements
+  buf = at::empty({G * gsz + kNR}, t.options().memory_format(at::MemoryFormat::Contiguous));
   T* dst = buf.data_ptr<T>();
-  std::fill(dst + N * R * Cn * C, dst + N * R * Cn * C + kNR, T(0));
+  std::fill(dst + G * gsz, dst + G * gsz + kNR, T(0));
   const int64_t lo = std::min(Cn, std::max<int64_t>(0, -c0));
   const int64_t hi = std::max(lo, std::min(Cn, W - c0));
-  at::parallel_for(0, N * R, 4, [&](int64_t b, int64_t e) {
-    for (int64_t nr = b; nr < e; ++nr) {
-      const int64_t n = nr / R, r = nr % R, ih = r0 + r;
-      T* d = dst + nr * Cn * C;
+  at::parallel_for(0, G * N * R, 4, [&](int64_t b, int64_t e) {
+    for (int64_t gnr = b; gnr < e; ++gnr) {
+      const int64_t grp = gnr / (N * R), nr = gnr % (N * R), n = nr / R, r = nr % R, ih = r0 + r;
+      T* d = dst + gnr * Cn * Cg;
       if (ih < 0 || ih >= H || lo >= hi) {
-        std::fill(d, d + Cn * C, T(0));
+        std::fill(d, d + Cn * Cg, T(0));
         continue;
       }
-      std::fill(d, d + lo * C, T(0));
-      std::fill(d + hi * C, d + Cn * C, T(0));
-      if (cl) {
+      std::fill(d, d + lo * Cg, T(0));
+      std::fill(d + hi * Cg, d + Cn * Cg, T(0));
+      if (cl && G == 1) {
         std::memcpy(d + lo * C, src + ((n * H + ih) * W + c0 + lo) * C, (hi - lo) * C * sizeof(T));
+      } else if (cl) {
+        const T* s = src + ((n * H + ih) * W + c0) * C + grp * Cg;
+        for (int64_t col = lo; col < hi; ++col)
+          std::memcpy(d + col * Cg, s + col * C, Cg * sizeof(T));
       } else {
-        // transpose a C x (hi - lo) strip, 8 channels at a time for locality
-        const T* s = src + (n * C * H + ih) * W + c0;
-        for (int64_t cb = 0; cb < C; cb += 8) {
-          const int64_t ce = std::min(C, cb + 8);
+        // transpose a Cg x (hi - lo) strip, 8 channels at a time for locality
+        const T* s = src + ((n * C + grp * Cg) * H + ih) * W + c0;
+        for (int64_t cb = 0; cb < Cg; cb += 8) {
+          const int64_t ce = std::min(Cg, cb + 8);
           for (int64_t col = lo; col < hi; ++col) {
-            T* dp = d + col * C;
+            T* dp = d + col * Cg;
             for (int64_t ch = cb; ch < ce; ++ch) dp[ch] = s[ch * H * W + col];
           }
         }
       }
     }
   });
-  return {dst, R * Cn * C, Cn * C, C};
+  return {dst, R * Cn * Cg, Cn * Cg, Cg, G > 1 ? gsz : Cg};
 }
 
 // ------------------------------------------- pixel groups (skipping padding)
@@ -406,7 +415,7 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
   const int64_t R = (g.OH - 1) * g.sh + (g.KH - 1) * g.dh + 1;
   const int64_t Cn = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1;
   Tensor xbuf;
-  const Nhwc<T> xp = nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, false, xbuf);
+  const Nhwc<T> xp = nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, false, xbuf, g.G);
 
   // weights packed as [G][column block][kh][kw][c][16 output channels]
   const int64_t ncb = ceil_div(OCg, kNR), blk = KK * Cg * kNR;
@@ -424,11 +433,11 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
     }
   });
 
-  // Pixel groups by the taps inside the image. When groups == 1 and the
-  // width dilation is 1, a kernel row's (kw, c) values are contiguous in NHWC
-  // and run as one reduction (long runs for 3-channel stems), cut to the kw
-  // range inside the image.
-  const bool merged = g.G == 1 && g.dw == 1;
+  // Pixel groups by the taps inside the image. When the width dilation is 1,
+  // a kernel row's (kw, c) values are contiguous in the (group-major) NHWC
+  // window and run as one reduction (long runs for 3-channel stems), cut to
+  // the kw range inside the image.
+  const bool merged = xp.sC == Cg && g.dw == 1;
   std::vector<std::vector<int64_t>> rkey(g.OH), ckey(g.OW);
   for (int64_t oh = 0; oh < g.OH; ++oh) rkey[oh] = taps_inside(oh, g.sh, g.pt, g.dh, g.KH, g.H);
   for (int64_t ow = 0; ow < g.OW; ++ow) ckey[ow] = taps_inside(ow, g.sw, g.pl, g.dw, g.KW, g.W);
@@ -468,7 +477,7 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
   const std::vector<T> bpad = padded_bias(bias, g.G, OCg, ncb);
   run_pixel_groups<T>(
       K, g.N, g.G, groups, ncb, wp.data(), blk,
-      PixelLayout<T>{xp.p, xp.sN, Cg, g.OC * P, cl ? OCg : OCg * P},
+      PixelLayout<T>{xp.p, xp.sN, xp.sG, g.OC * P, cl ? OCg : OCg * P},
       [&](int64_t grp, int64_t cb, int64_t rows, const int64_t* off, const T* v) {
         const int64_t ncols = std::min<int64_t>(kNR, OCg - cb * kNR), cs = cl ? 1 : P;
         store_tile(y + cb * kNR * cs, cs, ncols, rows, off, bpad.data() + (grp * ncb + cb) * kNR, v);
@@ -490,15 +499,17 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
   const int64_t ow_hi = floor_div(g.W - 1 + g.pl, g.sw);
   Tensor gbuf;
   const Nhwc<T> gp =
-      nhwc_window<T>(gy, cl, oh_lo, oh_hi - oh_lo + 1, ow_lo, ow_hi - ow_lo + 1, false, gbuf);
+      nhwc_window<T>(gy, cl, oh_lo, oh_hi - oh_lo + 1, ow_lo, ow_hi - ow_lo + 1, false, gbuf,
+                     g.G);
 
   // transposed weights packed as [G][column block][kh][kw][oc][16 input channels].
-  // With groups == 1 and unit stride and dilation along the width, the kw
-  // taps of a kernel row read consecutive grad_output pixels (kw descending),
-  // whose (pixel, oc) values are contiguous in NHWC: packed in descending kw,
-  // a kernel row runs as one reduction of (kw range) x OC steps, as in the
-  // forward (64-channel layers: 3 runs of 192 instead of 9 of 64).
-  const bool merged = g.G == 1 && g.sw == 1 && g.dw == 1;
+  // With unit stride and dilation along the width, the kw taps of a kernel
+  // row read consecutive grad_output pixels (kw descending), whose (pixel,
+  // oc) values are contiguous in the (group-major) NHWC window: packed in
+  // descending kw, a kernel row runs as one reduction of (kw range) x OCg
+  // steps, as in the forward (64-channel layers: 3 runs of 192 instead of 9
+  // of 64).
+  const bool merged = gp.sC == OCg && g.sw == 1 && g.dw == 1;
   const int64_t ncb = ceil_div(Cg, kNR), blk = KK * OCg * kNR;
   std::vector<T> wp(g.G * ncb * blk);
   at::parallel_for(0, g.G * ncb, 1, [&](int64_t b, int64_t e) {
@@ -578,7 +589,7 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
   const std::vector<T> bpad = padded_bias(bias, g.G, Cg, ncb);
   run_pixel_groups<T>(
       K, g.N, g.G, groups, ncb, wp.data(), blk,
-      PixelLayout<T>{gp.p, gp.sN, OCg, g.C * g.H * g.W, cl ? Cg : Cg * g.H * g.W},
+      PixelLayout<T>{gp.p, gp.sN, gp.sG, g.C * g.H * g.W, cl ? Cg : Cg * g.H * g.W},
       [&](int64_t grp, int64_t cb, int64_t rows, const int64_t* off, const T* v) {
         const int64_t ncols = std::min<int64_t>(kNR, Cg - cb * kNR), cs = cl ? 1 : g.H * g.W;
         store_tile(gx + cb * kNR * cs, cs, ncols, rows, off, bpad.data() + (grp * ncb + cb) * kNR, v);
@@ -604,12 +615,12 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   const int64_t R = (g.OH - 1) * g.sh + (g.KH - 1) * g.dh + 1;
   const int64_t Cn = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1;
   Tensor xbuf;
-  const Nhwc<T> xp = nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, false, xbuf);
+  const Nhwc<T> xp = nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, false, xbuf, g.G);
   const int64_t HWo = g.OH * g.OW;
 
   // The reduction columns, all (kh, kw, c) of one group, in the order the
-  // input holds them: each kernel row's (kw, c) run is contiguous in NHWC
-  // when dw == 1. Per column: its offset from a pixel's base and its index
+  // input holds them: each kernel row's (kw, c) run is contiguous in the
+  // (group-major) NHWC window when dw == 1. Per column: its offset from a pixel's base and its index
   // in gw's [c][kh][kw]. A block takes 16 consecutive columns, gathered as
   // runs of consecutive offsets (a block may span two kernel rows, so a
   // 3-channel 11x11 kernel needs 23 blocks, not 33).
@@ -693,7 +704,7 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
         // pixel bases of the chunk, walking (image, row, column)
         int64_t img = p0 / HWo, oh = (p0 / g.OW) % g.OH, ow = p0 % g.OW;
         for (int64_t k = 0; k < n; ++k) {
-          xo[k] = img * xp.sN + oh * g.sh * xp.sR + ow * g.sw * xp.sC + grp * Cg;
+          xo[k] = img * xp.sN + oh * g.sh * xp.sR + ow * g.sw * xp.sC + grp * xp.sG;
           go[k] = img * gp.sN + oh * gp.sR + ow * gp.sC + grp * OCg;
           if (++ow == g.OW) {
             ow = 0;
