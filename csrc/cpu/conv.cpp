@@ -913,65 +913,91 @@ PaddedRows<T> padded_rows(const Kern<T>& K, const ConvGeometry& g, const T* x, b
   return {buf.data(), nr * Wp, Wp};
 }
 
+// The output-row convolution of one geometry: what every work unit shares,
+// and unit(): output rows [oh0, oh1) of convolution group grp of image n.
+template <typename T>
+struct RowConv {
+  const ConvGeometry& g;
+  const T* x;
+  bool cl;
+  const T* w;
+  T* y;
+  const Kern<T> K;
+  const int64_t Cg, OCg, KK, ws, Wp, nob;
+  const bool stream;
+  std::vector<T> init;
+  const std::vector<std::array<int64_t, 3>> runs;
+  struct Scratch {
+    std::vector<T> buf, tmp;
+    std::vector<const T*> rows, wr;
+  };
+
+  RowConv(const ConvGeometry& g_, const T* x_, bool cl_, const T* w_, const T* bias, T* y_)
+      : g(g_), x(x_), cl(cl_), w(w_), y(y_), Cg(g.Cg()), OCg(g.OCg()), KK(g.KH * g.KW),
+        ws(Cg * KK), Wp(g.OW + (g.KW - 1) * g.dw),  // columns read per row, from column -pl
+        nob(ceil_div(OCg, kRowOuts)),               // channel blocks, as even as possible
+        stream(g.N * g.OC * g.OH * g.OW * int64_t(sizeof(T)) > kStreamBytes),
+        init(g.OC, T(0)), runs(row_runs(g)) {
+    if (bias) std::copy(bias, bias + g.OC, init.begin());
+  }
+
+  void unit(int64_t n, int64_t grp, int64_t oh0, int64_t oh1, Scratch& sc) const {
+    const int64_t c0 = grp * Cg, nrr = oh1 - oh0;
+    // the input rows [ih0, ih1) these output rows read, clipped to the image
+    const int64_t ih0 = std::max<int64_t>(0, oh0 * g.sh - g.pt);
+    const int64_t ih1 = std::min(g.H, (oh1 - 1) * g.sh - g.pt + (g.KH - 1) * g.dh + 1);
+    const auto pr =
+        padded_rows(K, g, x, cl, n, c0, Cg, ih0, std::max<int64_t>(0, ih1 - ih0), Wp, sc.buf);
+    if (cl) sc.tmp.resize(OCg * nrr * g.OW);
+    // one call per run of output rows (the rows advance by sh input rows)
+    // and channel block
+    for (size_t ri = 0; ri + 1 < runs.size(); ++ri) {
+      const int64_t oh = std::max(oh0, runs[ri][0]), end = std::min(oh1, runs[ri + 1][0]);
+      if (oh >= end) continue;
+      const int64_t klo = runs[ri][1], khi = runs[ri][2];
+      sc.rows.clear(), sc.wr.clear();
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t kh = klo; kh < khi; ++kh) {
+          sc.rows.push_back(pr.base + c * pr.cs + (oh * g.sh + kh * g.dh - g.pt - ih0) * pr.Wr);
+          sc.wr.push_back(w + grp * OCg * ws + c * KK + kh * g.KW);  // the group's first channel
+        }
+      const int64_t nrows = (int64_t)sc.rows.size(), nrep = end - oh;
+      for (int64_t ob = 0, j0 = 0; ob < nob; ++ob) {
+        const int64_t j1 = (ob + 1) * OCg / nob, oc0 = grp * OCg + j0;
+        if (cl)
+          K.conv_rows(sc.rows.data(), sc.wr.data(), ws, nrows, g.KW, g.dw, j1 - j0, 0, g.OW,
+                      init.data() + oc0, sc.tmp.data() + (j0 * nrr + oh - oh0) * g.OW,
+                      nrr * g.OW, nrep, g.sh * pr.Wr, g.OW);
+        else
+          K.conv_rows(sc.rows.data(), sc.wr.data(), ws, nrows, g.KW, g.dw, j1 - j0, 0, g.OW,
+                      init.data() + oc0, y + ((n * g.OC + oc0) * g.OH + oh) * g.OW, g.OH * g.OW,
+                      nrep, g.sh * pr.Wr, g.OW, stream);
+        for (auto& p : sc.wr) p += (j1 - j0) * ws;
+        j0 = j1;
+      }
+    }
+    if (cl)
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        T* yr = y + (n * g.OH + oh) * g.OW * g.OC + grp * OCg;
+        const T* t = sc.tmp.data() + (oh - oh0) * g.OW;
+        for (int64_t ow = 0; ow < g.OW; ++ow)
+          for (int64_t j = 0; j < OCg; ++j) yr[ow * g.OC + j] = t[j * nrr * g.OW + ow];
+      }
+  }
+};
+
 template <typename T>
 void rows_forward(const ConvGeometry& g, const T* x, bool cl, const T* w, const T* bias, T* y) {
-  const Kern<T> K;
-  const int64_t Cg = g.Cg(), OCg = g.OCg(), KK = g.KH * g.KW, ws = Cg * KK;
-  const int64_t Wp = g.OW + (g.KW - 1) * g.dw;  // columns read per row, from column -pl
-  const int64_t nob = ceil_div(OCg, kRowOuts);  // channel blocks, as even as possible
-  const bool stream = g.N * g.OC * g.OH * g.OW * int64_t(sizeof(T)) > kStreamBytes;
+  const RowConv<T> rc(g, x, cl, w, bias, y);
   // work units: (image, group, chunk of output rows), at least 4 per thread
   const int64_t want = 4 * at::get_num_threads(), NG = g.N * g.G;
   const int64_t per = NG >= want ? 1 : std::min(g.OH, ceil_div(want, NG));
   const int64_t rch = ceil_div(g.OH, per), nch = ceil_div(g.OH, rch);
-  std::vector<T> init(g.OC, T(0));
-  if (bias) std::copy(bias, bias + g.OC, init.begin());
-  const auto runs = row_runs(g);
   at::parallel_for(0, NG * nch, 1, [&](int64_t b, int64_t e) {
-    std::vector<T> buf, tmp(cl ? OCg * rch * g.OW : 0);
-    std::vector<const T*> rows, wr;
+    typename RowConv<T>::Scratch sc;
     for (int64_t u = b; u < e; ++u) {
-      const int64_t n = u / (g.G * nch), grp = u / nch % g.G, ch = u % nch;
-      const int64_t oh0 = ch * rch, oh1 = std::min(g.OH, oh0 + rch), c0 = grp * Cg;
-      // the input rows [ih0, ih1) these output rows read, clipped to the image
-      const int64_t ih0 = std::max<int64_t>(0, oh0 * g.sh - g.pt);
-      const int64_t ih1 = std::min(g.H, (oh1 - 1) * g.sh - g.pt + (g.KH - 1) * g.dh + 1);
-      const auto pr = padded_rows(K, g, x, cl, n, c0, Cg, ih0, std::max<int64_t>(0, ih1 - ih0),
-                                  Wp, buf);
-      // one call per run of output rows (the rows advance by sh input rows)
-      // and channel block
-      for (size_t ri = 0; ri + 1 < runs.size(); ++ri) {
-        const int64_t oh = std::max(oh0, runs[ri][0]), end = std::min(oh1, runs[ri + 1][0]);
-        if (oh >= end) continue;
-        const int64_t klo = runs[ri][1], khi = runs[ri][2];
-        rows.clear(), wr.clear();
-        for (int64_t c = 0; c < Cg; ++c)
-          for (int64_t kh = klo; kh < khi; ++kh) {
-            rows.push_back(pr.base + c * pr.cs + (oh * g.sh + kh * g.dh - g.pt - ih0) * pr.Wr);
-            wr.push_back(w + grp * OCg * ws + c * KK + kh * g.KW);  // the group's first channel
-          }
-        const int64_t nrows = (int64_t)rows.size(), nrep = end - oh;
-        for (int64_t ob = 0, j0 = 0; ob < nob; ++ob) {
-          const int64_t j1 = (ob + 1) * OCg / nob, oc0 = grp * OCg + j0;
-          if (cl)
-            K.conv_rows(rows.data(), wr.data(), ws, nrows, g.KW, g.dw, j1 - j0, 0, g.OW,
-                        init.data() + oc0, tmp.data() + (j0 * rch + oh - oh0) * g.OW,
-                        rch * g.OW, nrep, g.sh * pr.Wr, g.OW);
-          else
-            K.conv_rows(rows.data(), wr.data(), ws, nrows, g.KW, g.dw, j1 - j0, 0, g.OW,
-                        init.data() + oc0, y + ((n * g.OC + oc0) * g.OH + oh) * g.OW,
-                        g.OH * g.OW, nrep, g.sh * pr.Wr, g.OW, stream);
-          for (auto& p : wr) p += (j1 - j0) * ws;
-          j0 = j1;
-        }
-      }
-      if (cl)
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          T* yr = y + (n * g.OH + oh) * g.OW * g.OC + grp * OCg;
-          const T* t = tmp.data() + (oh - oh0) * g.OW;
-          for (int64_t ow = 0; ow < g.OW; ++ow)
-            for (int64_t j = 0; j < OCg; ++j) yr[ow * g.OC + j] = t[j * rch * g.OW + ow];
-        }
+      const int64_t n = u / (g.G * nch), grp = u / nch % g.G, oh0 = u % nch * rch;
+      rc.unit(n, grp, oh0, std::min(g.OH, oh0 + rch), sc);
     }
   });
 }
@@ -1101,22 +1127,79 @@ void dw_forward(const ConvGeometry& g, const T* x, bool cl, const T* w, const T*
   });
 }
 
+// The NCHW depthwise data gradient with unit strides,
+//   gx[c][ih][iw] = bias + sum over (m, kh, kw) of
+//                   w[c M + m][kh][kw] * gy[c M + m][ih + pt - kh dh][iw + pl - kw dw],
+// is a convolution of gy (groups C, M input channels each) with the taps
+// reversed and padding (K - 1) d - p: its geometry t and weights wf, for the
+// output-row kernels. False where that does not apply (negative padding).
+template <typename T>
+bool dw_dgrad_as_rows(const ConvGeometry& g, const T* w, ConvGeometry& t, std::vector<T>& wf) {
+  if (g.sh != 1 || g.sw != 1) return false;
+  t = g;
+  t.C = g.OC, t.H = g.OH, t.W = g.OW, t.OC = g.C, t.OH = g.H, t.OW = g.W;
+  t.pt = (g.KH - 1) * g.dh - g.pt, t.pl = (g.KW - 1) * g.dw - g.pl;
+  if (t.pt < 0 || t.pl < 0 || !rows_path(t, false)) return false;
+  const int64_t KK = g.KH * g.KW;
+  wf.resize(g.OC * KK);
+  for (int64_t oc = 0; oc < g.OC; ++oc)
+    for (int64_t k = 0; k < KK; ++k) wf[oc * KK + k] = w[oc * KK + KK - 1 - k];
+  return true;
+}
+
+// The NCHW depthwise weight gradient with unit width stride, per input
+// channel c and image n: the input plane as zero-bordered rows, then for each
+// of c's M output channels every tap's 8-lane sums over the output rows (one
+// call per run of rows with the same kernel rows inside the image), added in
+// double to acc[m * KK + tap].
+template <typename T>
+struct DwRowWgrad {
+  const ConvGeometry& g;
+  const T *gy, *x;
+  const Kern<T> K;
+  const int64_t M, KK, Wp;
+  const std::vector<std::array<int64_t, 3>> runs;
+  struct Scratch {
+    std::vector<T> buf, lanes;
+    std::vector<int64_t> xoff;
+  };
+
+  DwRowWgrad(const ConvGeometry& g_, const T* gy_, const T* x_)
+      : g(g_), gy(gy_), x(x_), M(g.OCg()), KK(g.KH * g.KW), Wp(g.OW + (g.KW - 1) * g.dw),
+        runs(row_runs(g)) {}
+
+  void image(int64_t c, int64_t n, Scratch& sc, double* acc) const {
+    const auto pr = padded_rows(K, g, x, false, n, c, 1, 0, g.H, Wp, sc.buf);
+    sc.lanes.resize(8 * KK), sc.xoff.resize(KK);
+    for (int64_t oc = c * M; oc < (c + 1) * M; ++oc) {
+      std::fill(sc.lanes.begin(), sc.lanes.end(), T(0));
+      for (size_t ri = 0; ri + 1 < runs.size(); ++ri) {
+        const int64_t oh = runs[ri][0], klo = runs[ri][1], khi = runs[ri][2];
+        int64_t nt = 0;
+        for (int64_t kh = klo; kh < khi; ++kh)
+          for (int64_t kw = 0; kw < g.KW; ++kw)
+            sc.xoff[nt++] = (oh * g.sh + kh * g.dh - g.pt) * pr.Wr + kw * g.dw;
+        K.wgrad_rows(gy + ((n * g.OC + oc) * g.OH + oh) * g.OW, g.OW, pr.base, sc.xoff.data(), nt,
+                     g.OW, runs[ri + 1][0] - oh, g.sh * pr.Wr, sc.lanes.data() + 8 * klo * g.KW);
+      }
+      double* a = acc + (oc - c * M) * KK;
+      for (int64_t t = 0; t < KK; ++t) {
+        double s = 0;
+        for (int l = 0; l < 8; ++l) s += (double)sc.lanes[8 * t + l];
+        a[t] += s;
+      }
+    }
+  }
+};
+
 template <typename T>
 void dw_dgrad(const ConvGeometry& g, const T* gy, bool cl, const T* w, const T* bias, T* gx) {
   const Kern<T> K;
   const int64_t M = g.OCg(), KK = g.KH * g.KW;
-  if (!cl && g.sh == 1 && g.sw == 1) {
-    // gx[c][ih][iw] = bias + sum over (m, kh, kw) of
-    //   w[c M + m][kh][kw] * gy[c M + m][ih + pt - kh dh][iw + pl - kw dw]:
-    // a convolution of gy (groups C, M input channels each) with the taps
-    // reversed and padding (K - 1) d - p, run on the output-row kernels
-    ConvGeometry t = g;
-    t.C = g.OC, t.H = g.OH, t.W = g.OW, t.OC = g.C, t.OH = g.H, t.OW = g.W;
-    t.pt = (g.KH - 1) * g.dh - g.pt, t.pl = (g.KW - 1) * g.dw - g.pl;
-    if (t.pt >= 0 && t.pl >= 0 && rows_path(t, false)) {
-      std::vector<T> wf(g.OC * KK);
-      for (int64_t oc = 0; oc < g.OC; ++oc)
-        for (int64_t k = 0; k < KK; ++k) wf[oc * KK + k] = w[oc * KK + KK - 1 - k];
+  if (!cl) {
+    ConvGeometry t;
+    std::vector<T> wf;
+    if (dw_dgrad_as_rows(g, w, t, wf)) {
       rows_forward<T>(t, gy, false, wf.data(), bias, gx);
       return;
     }
@@ -1219,36 +1302,14 @@ void dw_wgrad(const ConvGeometry& g, const T* gy, const T* x, bool cl, T* gw) {
   const Kern<T> K;
   const int64_t M = g.OCg(), KK = g.KH * g.KW;
   if (!cl && g.sw == 1) {
-    // per output channel and image: the input plane as zero-bordered rows,
-    // every tap's 8-lane sums over the output rows (one call per run of rows
-    // with the same kernel rows inside the image), then summed in double
-    const int64_t Wp = g.OW + (g.KW - 1) * g.dw;
-    const auto runs = row_runs(g);
-    at::parallel_for(0, g.OC, 1, [&](int64_t b, int64_t e) {
-      std::vector<double> acc(KK);
-      std::vector<T> buf, lanes(8 * KK);
-      std::vector<int64_t> xoff(KK);
-      for (int64_t oc = b; oc < e; ++oc) {
+    const DwRowWgrad<T> wg(g, gy, x);
+    at::parallel_for(0, g.C, 1, [&](int64_t b, int64_t e) {
+      typename DwRowWgrad<T>::Scratch sc;
+      std::vector<double> acc(M * KK);
+      for (int64_t c = b; c < e; ++c) {
         std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t n = 0; n < g.N; ++n) {
-          const auto pr = padded_rows(K, g, x, false, n, oc / M, 1, 0, g.H, Wp, buf);
-          std::fill(lanes.begin(), lanes.end(), T(0));
-          for (size_t ri = 0; ri + 1 < runs.size(); ++ri) {
-            const int64_t oh = runs[ri][0], klo = runs[ri][1], khi = runs[ri][2];
-            int64_t nt = 0;
-            for (int64_t kh = klo; kh < khi; ++kh)
-              for (int64_t kw = 0; kw < g.KW; ++kw)
-                xoff[nt++] = (oh * g.sh + kh * g.dh - g.pt) * pr.Wr + kw * g.dw;
-            K.wgrad_rows(gy + ((n * g.OC + oc) * g.OH + oh) * g.OW, g.OW, pr.base, xoff.data(), nt,
-                         g.OW, runs[ri + 1][0] - oh, g.sh * pr.Wr, lanes.data() + 8 * klo * g.KW);
-          }
-          for (int64_t t = 0; t < KK; ++t) {
-            double s = 0;
-            for (int l = 0; l < 8; ++l) s += (double)lanes[8 * t + l];
-            acc[t] += s;
-          }
-        }
-        for (int64_t t = 0; t < KK; ++t) gw[oc * KK + t] = (T)acc[t];
+        for (int64_t n = 0; n < g.N; ++n) wg.image(c, n, sc, acc.data());
+        for (int64_t i = 0; i < M * KK; ++i) gw[c * M * KK + i] = (T)acc[i];
       }
     });
     return;
