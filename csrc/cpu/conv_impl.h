@@ -3,7 +3,8 @@
 //
 // tile: an MR x NR (6 x 16) register tile; the float32 AVX2 version keeps the
 // 12 accumulators in ymm registers and per reduction step issues 2 loads of
-// b, 6 broadcasts of a and 12 FMAs (the BLIS-style outer product). The
+// b, 6 broadcasts of a and 12 FMAs (the BLIS-style outer product; the
+// unit-stride loop in inline assembly, as BLIS does). The
 // portable version is the same loop nest in plain C++. tile_add starts from
 // out instead of zero (weight-gradient chunks accumulate in place, without a
 // second pass adding a separate tile).
@@ -485,15 +486,55 @@ inline void tile_avx2(const float* const* a, const int64_t* a_off, const float* 
     const float* a4 = a[4] + a_off[t];
     const float* a5 = a[5] + a_off[t];
     const float* bp = b + b_off[t];
+    if (len <= 0) continue;
     if (a_cs == 1) {
-      int64_t c = 0;
-      for (; c + 4 <= len; c += 4) {
-        CNNK_STEP(c)
-        CNNK_STEP(c + 1)
-        CNNK_STEP(c + 2)
-        CNNK_STEP(c + 3)
-      }
-      for (; c < len; ++c) CNNK_STEP(c)
+      // Unit-stride steps in inline assembly, every register named: 12
+      // accumulators, the two b vectors in ymm12/13, the broadcasts
+      // alternating in ymm14/15, the a pointers advanced by len and indexed
+      // from -len up to 0 (one counter). GCC's own allocation of the same
+      // intrinsics spilled an accumulator to the stack every 4 steps; this
+      // loop made dense forwards and data gradients 5-7 % faster.
+      const float* ae[6] = {a0 + len, a1 + len, a2 + len, a3 + len, a4 + len, a5 + len};
+      int64_t idx = -len;
+      const int64_t ldb_bytes = ldb * (int64_t)sizeof(float);
+      asm volatile(
+          "mov (%[ae]), %%r8\n\t"
+          "mov 8(%[ae]), %%r9\n\t"
+          "mov 16(%[ae]), %%r10\n\t"
+          "mov 24(%[ae]), %%r11\n\t"
+          "mov 32(%[ae]), %%r12\n\t"
+          "mov 40(%[ae]), %%r13\n\t"
+          "1:\n\t"
+          "vmovups (%[bp]), %%ymm12\n\t"
+          "vmovups 32(%[bp]), %%ymm13\n\t"
+          "add %[ldbb], %[bp]\n\t"
+          "vbroadcastss (%%r8,%[idx],4), %%ymm14\n\t"
+          "vbroadcastss (%%r9,%[idx],4), %%ymm15\n\t"
+          "vfmadd231ps %%ymm12, %%ymm14, %[c00]\n\t"
+          "vfmadd231ps %%ymm13, %%ymm14, %[c01]\n\t"
+          "vfmadd231ps %%ymm12, %%ymm15, %[c10]\n\t"
+          "vfmadd231ps %%ymm13, %%ymm15, %[c11]\n\t"
+          "vbroadcastss (%%r10,%[idx],4), %%ymm14\n\t"
+          "vbroadcastss (%%r11,%[idx],4), %%ymm15\n\t"
+          "vfmadd231ps %%ymm12, %%ymm14, %[c20]\n\t"
+          "vfmadd231ps %%ymm13, %%ymm14, %[c21]\n\t"
+          "vfmadd231ps %%ymm12, %%ymm15, %[c30]\n\t"
+          "vfmadd231ps %%ymm13, %%ymm15, %[c31]\n\t"
+          "vbroadcastss (%%r12,%[idx],4), %%ymm14\n\t"
+          "vbroadcastss (%%r13,%[idx],4), %%ymm15\n\t"
+          "vfmadd231ps %%ymm12, %%ymm14, %[c40]\n\t"
+          "vfmadd231ps %%ymm13, %%ymm14, %[c41]\n\t"
+          "vfmadd231ps %%ymm12, %%ymm15, %[c50]\n\t"
+          "vfmadd231ps %%ymm13, %%ymm15, %[c51]\n\t"
+          "inc %[idx]\n\t"
+          "jnz 1b\n\t"
+          : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11),
+            [c20] "+x"(c20), [c21] "+x"(c21), [c30] "+x"(c30), [c31] "+x"(c31),
+            [c40] "+x"(c40), [c41] "+x"(c41), [c50] "+x"(c50), [c51] "+x"(c51),
+            [bp] "+r"(bp), [idx] "+r"(idx)
+          : [ae] "r"(ae), [ldbb] "r"(ldb_bytes)
+          : "r8", "r9", "r10", "r11", "r12", "r13", "ymm12", "ymm13", "ymm14", "ymm15",
+            "memory", "cc");
     } else {
       for (int64_t c = 0, off = 0; c < len; ++c, off += a_cs) CNNK_STEP(off)
     }
