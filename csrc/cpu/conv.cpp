@@ -437,7 +437,7 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
   // a kernel row's (kw, c) values are contiguous in the (group-major) NHWC
   // window and run as one reduction (long runs for 3-channel stems), cut to
   // the kw range inside the image.
-  const bool merged = xp.sC == Cg && g.dw == 1;
+  const bool merged = g.dw == 1;
   std::vector<std::vector<int64_t>> rkey(g.OH), ckey(g.OW);
   for (int64_t oh = 0; oh < g.OH; ++oh) rkey[oh] = taps_inside(oh, g.sh, g.pt, g.dh, g.KH, g.H);
   for (int64_t ow = 0; ow < g.OW; ++ow) ckey[ow] = taps_inside(ow, g.sw, g.pl, g.dw, g.KW, g.W);
@@ -509,7 +509,7 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
   // descending kw, a kernel row runs as one reduction of (kw range) x OCg
   // steps, as in the forward (64-channel layers: 3 runs of 192 instead of 9
   // of 64).
-  const bool merged = gp.sC == OCg && g.sw == 1 && g.dw == 1;
+  const bool merged = g.sw == 1 && g.dw == 1;
   const int64_t ncb = ceil_div(Cg, kNR), blk = KK * OCg * kNR;
   std::vector<T> wp(g.G * ncb * blk);
   at::parallel_for(0, g.G * ncb, 1, [&](int64_t b, int64_t e) {
@@ -905,10 +905,10 @@ PaddedRows<T> padded_rows(const Kern<T>& K, const ConvGeometry& g, const T* x, b
   const int64_t j0 = std::min(Wp, g.pl), j1 = std::min(Wp, g.pl + g.W);  // inside the image
   for (int64_t c = 0; c < nc; ++c) {
     if (cl)
-      K.pad_rows(x + ((n * g.H + ih0) * g.W - g.pl) * g.C + c0 + c, g.W * g.C, g.C, nr, j0, j1,
+      K.pad_rows(x + (n * g.H + ih0) * g.W * g.C + c0 + c, g.W * g.C, g.C, nr, j0, j1,
                  buf.data() + c * nr * Wp, Wp);
     else
-      K.pad_rows(x + ((n * g.C + c0 + c) * g.H + ih0) * g.W - g.pl, g.W, 1, nr, j0, j1,
+      K.pad_rows(x + ((n * g.C + c0 + c) * g.H + ih0) * g.W, g.W, 1, nr, j0, j1,
                  buf.data() + c * nr * Wp, Wp);
   }
   return {buf.data(), nr * Wp, Wp};

@@ -111,9 +111,9 @@ inline void pad_rows_impl(const T* src, int64_t ss, int64_t cs, int64_t nrows, i
     T* d = dst + r * Wp;
     for (int64_t j = 0; j < j0; ++j) d[j] = T(0);
     if (cs == 1) {
-      for (int64_t j = j0; j < j1; ++j) d[j] = s[j];  // vectorised by the compiler
+      for (int64_t j = j0; j < j1; ++j) d[j] = s[j - j0];  // vectorised by the compiler
     } else {
-      for (int64_t j = j0; j < j1; ++j) d[j] = s[j * cs];
+      for (int64_t j = j0; j < j1; ++j) d[j] = s[(j - j0) * cs];
     }
     for (int64_t j = std::max(j0, j1); j < Wp; ++j) d[j] = T(0);
   }

@@ -42,8 +42,9 @@ constexpr int kRowOuts = 6;
   void conv_rows(const T* const* rows, const T* const* w, int64_t ws, int64_t nrows, int64_t K, \
                  int64_t kstep, int64_t no, int64_t lo, int64_t hi, const T* init, T* y,  \
                  int64_t ys, int64_t nrep, int64_t xstep, int64_t ystep, bool nt);                      \
-  /* rows r < nrows of width Wp: dst[r * Wp + j] = src[r * ss + j * cs] for j in [j0, j1), */ \
-  /* zero elsewhere (zero-bordered copies of activation rows)                              */ \
+  /* rows r < nrows of width Wp: dst[r * Wp + j] = src[r * ss + (j - j0) * cs] for j in   */ \
+  /* [j0, j1), zero elsewhere (zero-bordered copies of activation rows, src at their    */ \
+  /* first column)                                                                        */ \
   void pad_rows(const T* src, int64_t ss, int64_t cs, int64_t nrows, int64_t j0, int64_t j1,  \
                 T* dst, int64_t Wp);                                                           \
   /* weight gradient along rows: for t < ntaps, lanes l < 8,                              */ \
