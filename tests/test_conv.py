@@ -529,6 +529,82 @@ def test_few_output_channels_rows_cpu(cpu_isa, case, layout):
         assert torch.equal(runs[0], other)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", [
+    # (input shape, out channels, (kh, kw), stride, padding, dilation, groups)
+    ((4, 6, 14, 14), 16, (5, 5), 1, 0, 1, 1),      # LeNet's 6 -> 16: full reversed padding
+    ((3, 3, 11, 20), 5, (3, 3), 1, 1, 1, 1),       # 'same' 3x3, 3 channels of gx
+    ((2, 8, 9, 17), 4, (3, 5), 1, (2, 1), (1, 2), 1),  # 8 channels, dilation, uneven taps
+    ((2, 1, 12, 9), 3, (4, 4), 1, "same", 1, 1),   # one channel, even kernel (extra right pad)
+    ((2, 8, 10, 12), 6, (3, 3), 1, 1, 1, 2),       # groups of 4 channels (NCHW on the rows)
+    ((2, 4, 8, 10), 5, (3, 3), 1, 3, 1, 1),        # padding past the kernel: GEMM loop
+    ((2, 4, 9, 11), 6, (3, 3), (1, 2), 1, 1, 1),   # width stride 2: GEMM loop
+])
+def test_few_input_channels_dgrad_rows_cpu(cpu_isa, case, layout):
+    """Data gradients with few input channels per group and unit strides run
+    as a convolution of grad_output on the output-row kernels (weights
+    transposed per group, taps reversed); so does conv_transpose2d's forward.
+    float64 against torch, float32 bit for bit on 1, 2 and 3 threads."""
+    shape, oc, (kh, kw), s, p, d, grp = case
+    gen = torch.Generator().manual_seed(12)
+    x = _layout(torch.randn(shape, generator=gen, dtype=torch.float64), layout)
+    w = torch.randn(oc, shape[1] // grp, kh, kw, generator=gen, dtype=torch.float64)
+
+    def grads(conv, x, w):
+        x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+        y = conv(x, w, None, s, p, d, grp)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(13),
+                         dtype=torch.float64).to(y.dtype)
+        return torch.autograd.grad(y, (x, w), gy)
+
+    ref = grads(F.conv2d, x, w)
+    for ours, r in zip(grads(CF.conv2d, x, w), ref):
+        torch.testing.assert_close(ours, r, rtol=1e-10, atol=1e-10)
+    runs = _on_threads(lambda: grads(CF.conv2d, x.float(), w.float()))
+    for ours, r in zip(runs[0], ref):
+        torch.testing.assert_close(ours.double(), r, rtol=1e-4, atol=1e-4)
+    assert runs[0][0].stride() == ref[0].stride()
+    for other in runs[1:]:
+        assert all(torch.equal(a, o) for a, o in zip(runs[0], other))
+    if s == 1 and isinstance(p, int):  # the same pass as conv_transpose2d's forward, with bias
+        b = torch.randn(shape[1], generator=gen, dtype=torch.float64)
+        gy = _layout(torch.randn(F.conv2d(x, w, None, s, p, d, grp).shape, generator=gen,
+                                 dtype=torch.float64), layout)
+        torch.testing.assert_close(CF.conv_transpose2d(gy, w, b, s, p, 0, grp, d),
+                                   F.conv_transpose2d(gy, w, b, s, p, 0, grp, d),
+                                   rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", [
+    ((5, 1, 28, 28), 6, (5, 5), 1, 2, 1),     # LeNet's first layer: 25 taps in 9 + 8 + 8
+    ((40, 1, 7, 7), 2, (3, 3), 1, 1, 1),      # 32 image blocks of 1 or 2 images
+    ((1, 1, 5, 30), 8, (7, 7), 1, 3, 1),      # one image, kernel taller than the image
+    ((3, 1, 9, 13), 4, (3, 3), (2, 1), 1, 2),  # height stride and dilation
+])
+def test_single_channel_wgrad_rows_cpu(cpu_isa, case, layout):
+    """One input channel (a depthwise layer of one group) takes its weight
+    gradient from the row kernels, NCHW and channels_last, in blocks of images
+    whose count does not depend on the threads: float64 against torch,
+    float32 bit for bit on 1, 2 and 3 threads."""
+    shape, oc, (kh, kw), s, p, d = case
+    gen = torch.Generator().manual_seed(14)
+    x = _layout(torch.randn(shape, generator=gen, dtype=torch.float64), layout)
+    w = torch.randn(oc, 1, kh, kw, generator=gen, dtype=torch.float64)
+    gy = _layout(torch.randn(F.conv2d(x, w, None, s, p, d).shape, generator=gen,
+                             dtype=torch.float64), layout)
+    args = ([s, s] if isinstance(s, int) else list(s), [p, p], [d, d], 1, [False, True, False])
+    ref = torch.ops.aten.convolution_backward(gy, x, w, None, args[0], args[1], args[2], False,
+                                              [0, 0], 1, args[4])[1]
+    ours = torch.ops.cnnkernels.conv2d_backward(gy, x, w, *args)[1]
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+    runs = _on_threads(
+        lambda: torch.ops.cnnkernels.conv2d_backward(gy.float(), x.float(), w.float(), *args)[1])
+    torch.testing.assert_close(runs[0].double(), ref, rtol=1e-4, atol=1e-4)
+    for other in runs[1:]:
+        assert torch.equal(runs[0], other)
+
+
 @pytest.mark.parametrize("case", [
     ((2, 8, 13, 21), 1, (3, 3), 1, 1, 1),        # 3x3 'same': data gradient as a reversed-tap conv
     ((2, 4, 9, 30), 2, (3, 5), 1, (1, 2), (2, 1)),  # multiplier 2, dilation, masked row tails

@@ -22,9 +22,11 @@
 // Few output channels per group (at most 8: LeNet's 1 -> 6 first layer,
 // depthwise layers) with width stride 1 run along output rows instead
 // (conv_rows: up to 6 channels x 8-wide column vectors in registers), as do
-// the NCHW depthwise data gradient (a convolution of grad_output with the taps
-// reversed) and weight gradient (wgrad_rows). Other depthwise cases have their
-// own loops: NHWC along channels, the rest per tap.
+// the data gradient when the input has few channels per group (a convolution
+// of grad_output with the weights transposed and the taps reversed: NCHW
+// depthwise layers, LeNet's 6 -> 16 layer), and the NCHW depthwise weight
+// gradient (wgrad_rows; also channels_last with one input channel). Other
+// depthwise cases have their own loops: NHWC along channels, the rest per tap.
 //
 // The forward and the data gradient skip the taps that read padding: pixels
 // are grouped by the taps inside the image, each group with its own tap list
@@ -1128,51 +1130,74 @@ void dw_forward(const ConvGeometry& g, const T* x, bool cl, const T* w, const T*
   });
 }
 
-// The NCHW depthwise data gradient with unit strides,
-//   gx[c][ih][iw] = bias + sum over (m, kh, kw) of
-//                   w[c M + m][kh][kw] * gy[c M + m][ih + pt - kh dh][iw + pl - kw dw],
-// is a convolution of gy (groups C, M input channels each) with the taps
-// reversed and padding (K - 1) d - p: its geometry t and weights wf, for the
-// output-row kernels. False where that does not apply (negative padding).
+// The data gradient with unit strides,
+//   gx[c][ih][iw] = bias + sum over (oc of c's group, kh, kw) of
+//                   w[oc][c'][kh][kw] * gy[oc][ih + pt - kh dh][iw + pl - kw dw]
+// (c' = c's index within its group), is a convolution of gy (the same
+// groups, OC / G input channels each) with weights transposed within each
+// group, taps reversed, and padding (K - 1) d - p: its geometry t and weights
+// wf, for the output-row kernels when gx has few channels per group (the
+// NCHW depthwise data gradient; LeNet's 6 -> 16 layer). False where that does
+// not apply (strides, negative padding, or rows_path refuses t).
 template <typename T>
-bool dw_dgrad_as_rows(const ConvGeometry& g, const T* w, ConvGeometry& t, std::vector<T>& wf) {
+bool dgrad_as_rows(const ConvGeometry& g, const T* w, bool cl, ConvGeometry& t,
+                   std::vector<T>& wf) {
   if (g.sh != 1 || g.sw != 1) return false;
   t = g;
   t.C = g.OC, t.H = g.OH, t.W = g.OW, t.OC = g.C, t.OH = g.H, t.OW = g.W;
   t.pt = (g.KH - 1) * g.dh - g.pt, t.pl = (g.KW - 1) * g.dw - g.pl;
-  if (t.pt < 0 || t.pl < 0 || !rows_path(t, false)) return false;
-  const int64_t KK = g.KH * g.KW;
-  wf.resize(g.OC * KK);
-  for (int64_t oc = 0; oc < g.OC; ++oc)
-    for (int64_t k = 0; k < KK; ++k) wf[oc * KK + k] = w[oc * KK + KK - 1 - k];
+  if (t.pt < 0 || t.pl < 0 || !rows_path(t, cl)) return false;
+  const int64_t KK = g.KH * g.KW, Cg = g.Cg(), OCg = g.OCg();
+  wf.resize(g.OC * Cg * KK);
+  for (int64_t grp = 0; grp < g.G; ++grp)
+    for (int64_t c = 0; c < Cg; ++c)
+      for (int64_t o = 0; o < OCg; ++o) {
+        const T* src = w + ((grp * OCg + o) * Cg + c) * KK;
+        T* dst = wf.data() + ((grp * Cg + c) * OCg + o) * KK;
+        for (int64_t k = 0; k < KK; ++k) dst[k] = src[KK - 1 - k];
+      }
   return true;
 }
 
-// The NCHW depthwise weight gradient with unit width stride, per input
+// The depthwise weight gradient with unit width stride (NCHW, or
+// channels_last with a single input channel: LeNet's first layer), per input
 // channel c and image n: the input plane as zero-bordered rows, then for each
 // of c's M output channels every tap's 8-lane sums over the output rows (one
 // call per run of rows with the same kernel rows inside the image), added in
-// double to acc[m * KK + tap].
+// double to acc[m * KK + tap]. A channels_last grad_output is read through a
+// per-channel copy of its rows.
 template <typename T>
 struct DwRowWgrad {
   const ConvGeometry& g;
   const T *gy, *x;
+  const bool cl;
   const Kern<T> K;
   const int64_t M, KK, Wp;
   const std::vector<std::array<int64_t, 3>> runs;
   struct Scratch {
-    std::vector<T> buf, lanes;
+    std::vector<T> buf, lanes, grows;
     std::vector<int64_t> xoff;
   };
 
-  DwRowWgrad(const ConvGeometry& g_, const T* gy_, const T* x_)
-      : g(g_), gy(gy_), x(x_), M(g.OCg()), KK(g.KH * g.KW), Wp(g.OW + (g.KW - 1) * g.dw),
-        runs(row_runs(g)) {}
+  DwRowWgrad(const ConvGeometry& g_, const T* gy_, const T* x_, bool cl_)
+      : g(g_), gy(gy_), x(x_), cl(cl_), M(g.OCg()), KK(g.KH * g.KW),
+        Wp(g.OW + (g.KW - 1) * g.dw), runs(row_runs(g)) {}
+
+  static bool applies(const ConvGeometry& g, bool cl) {
+    return g.depthwise() && g.sw == 1 && (!cl || g.C == 1);
+  }
 
   void image(int64_t c, int64_t n, Scratch& sc, double* acc) const {
-    const auto pr = padded_rows(K, g, x, false, n, c, 1, 0, g.H, Wp, sc.buf);
+    const auto pr = padded_rows(K, g, x, cl, n, c, 1, 0, g.H, Wp, sc.buf);
     sc.lanes.resize(8 * KK), sc.xoff.resize(KK);
     for (int64_t oc = c * M; oc < (c + 1) * M; ++oc) {
+      const T* gp = gy + (n * g.OC + oc) * g.OH * g.OW;
+      if (cl) {
+        sc.grows.resize(g.OH * g.OW);
+        const T* src = gy + n * g.OH * g.OW * g.OC + oc;
+        for (int64_t i = 0; i < g.OH * g.OW; ++i) sc.grows[i] = src[i * g.OC];
+        gp = sc.grows.data();
+      }
       std::fill(sc.lanes.begin(), sc.lanes.end(), T(0));
       for (size_t ri = 0; ri + 1 < runs.size(); ++ri) {
         const int64_t oh = runs[ri][0], klo = runs[ri][1], khi = runs[ri][2];
@@ -1180,8 +1205,8 @@ struct DwRowWgrad {
         for (int64_t kh = klo; kh < khi; ++kh)
           for (int64_t kw = 0; kw < g.KW; ++kw)
             sc.xoff[nt++] = (oh * g.sh + kh * g.dh - g.pt) * pr.Wr + kw * g.dw;
-        K.wgrad_rows(gy + ((n * g.OC + oc) * g.OH + oh) * g.OW, g.OW, pr.base, sc.xoff.data(), nt,
-                     g.OW, runs[ri + 1][0] - oh, g.sh * pr.Wr, sc.lanes.data() + 8 * klo * g.KW);
+        K.wgrad_rows(gp + oh * g.OW, g.OW, pr.base, sc.xoff.data(), nt, g.OW,
+                     runs[ri + 1][0] - oh, g.sh * pr.Wr, sc.lanes.data() + 8 * klo * g.KW);
       }
       double* a = acc + (oc - c * M) * KK;
       for (int64_t t = 0; t < KK; ++t) {
@@ -1190,6 +1215,28 @@ struct DwRowWgrad {
         a[t] += s;
       }
     }
+  }
+
+  // The whole weight gradient: work units of (input channel, block of
+  // images); the block count depends only on the geometry (enough blocks to
+  // share out few channels), and the blocks' sums are added in order.
+  void run(T* gw) const {
+    const int64_t nb = std::min(g.N, ceil_div(32, g.C)), MK = M * KK;
+    std::vector<double> part(g.C * nb * MK, 0.0);
+    at::parallel_for(0, g.C * nb, 1, [&](int64_t b, int64_t e) {
+      Scratch sc;
+      for (int64_t u = b; u < e; ++u) {
+        const int64_t c = u / nb, k = u % nb;
+        for (int64_t n = g.N * k / nb; n < g.N * (k + 1) / nb; ++n)
+          image(c, n, sc, part.data() + u * MK);
+      }
+    });
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t i = 0; i < MK; ++i) {
+        double s = 0;
+        for (int64_t k = 0; k < nb; ++k) s += part[(c * nb + k) * MK + i];
+        gw[c * MK + i] = (T)s;
+      }
   }
 };
 
@@ -1200,7 +1247,7 @@ void dw_dgrad(const ConvGeometry& g, const T* gy, bool cl, const T* w, const T* 
   if (!cl) {
     ConvGeometry t;
     std::vector<T> wf;
-    if (dw_dgrad_as_rows(g, w, t, wf)) {
+    if (dgrad_as_rows(g, w, false, t, wf)) {
       rows_forward<T>(t, gy, false, wf.data(), bias, gx);
       return;
     }
@@ -1302,17 +1349,8 @@ template <typename T>
 void dw_wgrad(const ConvGeometry& g, const T* gy, const T* x, bool cl, T* gw) {
   const Kern<T> K;
   const int64_t M = g.OCg(), KK = g.KH * g.KW;
-  if (!cl && g.sw == 1) {
-    const DwRowWgrad<T> wg(g, gy, x);
-    at::parallel_for(0, g.C, 1, [&](int64_t b, int64_t e) {
-      typename DwRowWgrad<T>::Scratch sc;
-      std::vector<double> acc(M * KK);
-      for (int64_t c = b; c < e; ++c) {
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t n = 0; n < g.N; ++n) wg.image(c, n, sc, acc.data());
-        for (int64_t i = 0; i < M * KK; ++i) gw[c * M * KK + i] = (T)acc[i];
-      }
-    });
+  if (DwRowWgrad<T>::applies(g, cl)) {
+    DwRowWgrad<T>(g, gy, x, cl).run(gw);
     return;
   }
   if (!cl) {
@@ -1526,8 +1564,9 @@ void nchw_1x1_wgrad(const ConvGeometry& g, const T* gy, const T* x, T* gw) {
 // ------------------------------------------------------------ dispatchers
 
 // A single input channel (C == G == 1, LeNet's first layer) counts as
-// depthwise, but its forward and weight gradient run faster as a plain
-// convolution (merged kw taps); its data gradient stays on the row loops.
+// depthwise: its forward runs on the output rows (rows_path), its weight
+// gradient on the depthwise row sums (DwRowWgrad, NCHW and channels_last),
+// its data gradient on the depthwise loops.
 template <typename T>
 void run_forward(const ConvGeometry& g, const Tensor& x, bool cl, const Tensor& w,
                  const Tensor& b, Tensor& y) {
@@ -1547,18 +1586,22 @@ template <typename T>
 void run_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const Tensor& w,
                const Tensor& b, Tensor& gx) {
   const T* bias = b.defined() ? b.data_ptr<T>() : nullptr;
+  ConvGeometry t;
+  std::vector<T> wf;
   if (g.depthwise())
     dw_dgrad<T>(g, gy.data_ptr<T>(), cl, w.data_ptr<T>(), bias, gx.data_ptr<T>());
   else if (nchw_1x1(g, cl))
     nchw_gemm<T>(g.C, g.OC, g.N, g.H * g.W, w.data_ptr<T>(), 1, g.C, gy.data_ptr<T>(), bias,
                  gx.data_ptr<T>());
+  else if (dgrad_as_rows(g, w.data_ptr<T>(), cl, t, wf))
+    rows_forward<T>(t, gy.data_ptr<T>(), cl, wf.data(), bias, gx.data_ptr<T>());
   else
     conv_dgrad<T>(g, gy, cl, w.data_ptr<T>(), bias, gx.data_ptr<T>());
 }
 
 template <typename T>
 void run_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl, Tensor& gw) {
-  if (g.depthwise() && g.G > 1)
+  if ((g.depthwise() && g.G > 1) || DwRowWgrad<T>::applies(g, cl))
     dw_wgrad<T>(g, gy.data_ptr<T>(), x.data_ptr<T>(), cl, gw.data_ptr<T>());
   else if (nchw_1x1(g, cl))
     nchw_1x1_wgrad<T>(g, gy.data_ptr<T>(), x.data_ptr<T>(), gw.data_ptr<T>());

@@ -396,8 +396,12 @@ inline void wgrad_rows_block(const float* g, int64_t gstep, const float* x, cons
 
 void wgrad_rows(const float* g, int64_t gstep, const float* x, const int64_t* xoff, int64_t ntaps,
                 int64_t n, int64_t nrep, int64_t xstep, float* acc) {
-  for (int64_t t0 = 0; t0 < ntaps; t0 += 12) {
-    switch (std::min<int64_t>(12, ntaps - t0)) {
+  // chunks of at most 12 taps, as even as possible (25 taps: 9 + 8 + 8, not
+  // 12 + 12 + 1, whose single accumulator would wait on its own FMAs)
+  const int64_t nch = (ntaps + 11) / 12;
+  for (int64_t i = 0, t0 = 0; i < nch; ++i) {
+    const int64_t t1 = ntaps * (i + 1) / nch;
+    switch (t1 - t0) {
 #define CNNK_WROWS(N) \
   case N: wgrad_rows_block<N>(g, gstep, x, xoff + t0, n, nrep, xstep, acc + 8 * t0); break;
       CNNK_WROWS(1) CNNK_WROWS(2) CNNK_WROWS(3) CNNK_WROWS(4) CNNK_WROWS(5) CNNK_WROWS(6)
@@ -405,6 +409,7 @@ void wgrad_rows(const float* g, int64_t gstep, const float* x, const int64_t* xo
 #undef CNNK_WROWS
       default: break;
     }
+    t0 = t1;
   }
 }
 #else
