@@ -102,6 +102,11 @@ def test_backward_op_errors():
         ops.max_pool2d_backward(torch.randn(2, 3, 5, 4), i, [2, 3, 8, 8], *args)
     with pytest.raises(RuntimeError, match=r"max_pool2d_backward: found an invalid index 64 in indices"):
         ops.max_pool2d_backward(y, torch.full_like(i, 64), [2, 3, 8, 8], *args)
+    for pos, bad in (((0, 0, 1, 2), -1), ((1, 2, 3, 1), 1 << 40)):  # one bad among good ones
+        for ib in (i.clone(), i.contiguous(memory_format=torch.channels_last)):
+            ib[pos] = bad
+            with pytest.raises(RuntimeError, match=f"max_pool2d_backward: found an invalid index {bad} "):
+                ops.max_pool2d_backward(y, ib, [2, 3, 8, 8], *args)
     with pytest.raises(RuntimeError, match=r"max_pool2d_backward: indices must be int64"):
         ops.max_pool2d_backward(y, i.float(), [2, 3, 8, 8], *args)
     with pytest.raises(RuntimeError, match=r"max_pool2d_backward: input_size must have 3 or 4 elements"):
