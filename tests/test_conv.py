@@ -611,6 +611,8 @@ def test_single_channel_wgrad_rows_cpu(cpu_isa, case, layout):
     ((3, 6, 11, 17), 1, (5, 3), (2, 1), 2, 1),    # height stride: weight gradient rows only
     ((1, 3, 6, 12), 1, (3, 3), 1, (3, 4), 1),     # padding past the kernel: other data-gradient loop
     ((2, 5, 7, 6), 1, (3, 3), 1, 1, 1),           # rows narrower than a vector
+    ((1, 2, 4, 150), 1, (3, 3), 1, 1, 1),         # 19 vectors a row: blocks of 6, 6 and 7
+    ((2, 3, 5, 28), 1, (3, 3), 1, 1, 1),          # 28 columns: one block of 4, the last shifted
 ])
 def test_depthwise_rows_cpu(cpu_isa, case):
     """NCHW depthwise layers with width stride 1 run on the output-row kernels:

@@ -165,10 +165,14 @@ inline void dw_wpixels_portable(const T* gy, int64_t gs, const T* x, const int64
 // NO outputs x NV 8-wide column vectors (columns o .. o + 8 NV) in registers;
 // per tap NV loads of the row, NO weight broadcasts, NO x NV FMAs. KC: the
 // taps per kernel row when known at compile time (0: K at run time).
+// The vectors sit at columns o + 8 i, except the last, at o + last (shifted
+// back to end a row: it then recomputes a few outputs of its neighbour,
+// from init, so both write the same values).
 template <int NO, int NV, int KC>
 inline void conv_rows_block(const float* const* rows, const float* const* w, int64_t ws,
-                            int64_t nrows, int64_t K, int64_t kstep, int64_t o, int64_t xo,
-                            const float* init, float* y, int64_t ys, bool nt) {
+                            int64_t nrows, int64_t K, int64_t kstep, int64_t o, int64_t last,
+                            int64_t xo, const float* init, float* y, int64_t ys, bool nt) {
+  auto off = [last](int i) { return i == NV - 1 ? last : int64_t(8) * i; };
   __m256 acc[NO][NV];
 #pragma GCC unroll 8
   for (int j = 0; j < NO; ++j) {
@@ -184,7 +188,7 @@ inline void conv_rows_block(const float* const* rows, const float* const* w, int
     for (int64_t k = 0; k < kn; ++k, xp += kstep) {
       __m256 xv[NV];
 #pragma GCC unroll 8
-      for (int i = 0; i < NV; ++i) xv[i] = _mm256_loadu_ps(xp + 8 * i);
+      for (int i = 0; i < NV; ++i) xv[i] = _mm256_loadu_ps(xp + off(i));
 #pragma GCC unroll 8
       for (int j = 0; j < NO; ++j) {
         const __m256 wv = _mm256_broadcast_ss(wr + j * ws + k);
@@ -197,7 +201,7 @@ inline void conv_rows_block(const float* const* rows, const float* const* w, int
   for (int j = 0; j < NO; ++j)
 #pragma GCC unroll 8
     for (int i = 0; i < NV; ++i) {
-      float* d = y + j * ys + o + 8 * i;
+      float* d = y + j * ys + o + off(i);
       if (nt && (reinterpret_cast<uintptr_t>(d) & 31) == 0)
         _mm256_stream_ps(d, acc[j][i]);
       else
@@ -205,38 +209,37 @@ inline void conv_rows_block(const float* const* rows, const float* const* w, int
     }
 }
 
-// Per output row q: blocks of NV vectors (at most 12 accumulators), then the
-// last (hi - o) < 8 NV outputs as one block of up to NV vectors shifted back
-// to end at hi (outputs are recomputed from init, not accumulated, so
-// overlapping the previous block is harmless); in a row too short for that,
-// the last vector alone. Needs hi - lo >= 8.
+// Per output row q: the row's ceil((hi - lo) / 8) vectors in as few blocks
+// of at most NV vectors as possible, split evenly (56 columns, one channel:
+// one block of 7), the last vector shifted back to end at hi. NV gives 8 to
+// 12 accumulators: each one's FMAs wait on each other (4 cycles), so fewer
+// than 8 leave FMA slots empty (a 28-wide row used to run as 3 vectors plus a
+// lone shifted one, each a chain of its own). Needs hi - lo >= 8.
 template <int NO, int KC>
 void conv_rows_no(const float* const* rows, const float* const* w, int64_t ws, int64_t nrows,
                   int64_t K, int64_t kstep, int64_t lo, int64_t hi, const float* init, float* y,
                   int64_t ys, int64_t nrep, int64_t xstep, int64_t ystep, bool nt) {
-  constexpr int NV = NO <= 2 ? 4 : NO == 3 ? 3 : 2;
+  constexpr int NV = NO == 1 ? 8 : NO == 2 ? 4 : NO == 3 ? 3 : 2;
+  const int64_t n8 = (hi - lo + 7) / 8, nb = (n8 + NV - 1) / NV;
   for (int64_t q = 0; q < nrep; ++q) {
     const int64_t xo = q * xstep;
     float* yq = y + q * ystep;
     int64_t o = lo;
-    for (; o + 8 * NV <= hi; o += 8 * NV)
-      conv_rows_block<NO, NV, KC>(rows, w, ws, nrows, K, kstep, o, xo, init, yq, ys, nt);
-    int nv = (int)((hi - o + 7) / 8);
-    if (nv > 0 && hi - 8 * nv < lo) {  // a short row: nv - 1 vectors, then the last one alone
-      conv_rows_block<NO, 1, KC>(rows, w, ws, nrows, K, kstep, hi - 8, xo, init, yq, ys, nt);
-      --nv;
-    } else {
-      o = hi - 8 * nv;
-    }
-    switch (nv) {
-#define CNNK_ROWS_TAIL(N)                                                                      \
-  case N:                                                                                      \
-    conv_rows_block<NO, (NV >= N ? N : 1), KC>(rows, w, ws, nrows, K, kstep, o, xo, init, yq, ys, \
-                                               nt);                                            \
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t nv = n8 * (b + 1) / nb - n8 * b / nb;
+      const int64_t last = b == nb - 1 ? hi - 8 - o : 8 * (nv - 1);
+      switch (nv) {
+#define CNNK_ROWS_NV(N)                                                                     \
+  case N:                                                                                   \
+    conv_rows_block<NO, (NV >= N ? N : 1), KC>(rows, w, ws, nrows, K, kstep, o, last, xo, init, \
+                                               yq, ys, nt);                                 \
     break;
-      CNNK_ROWS_TAIL(1) CNNK_ROWS_TAIL(2) CNNK_ROWS_TAIL(3) CNNK_ROWS_TAIL(4)
-#undef CNNK_ROWS_TAIL
-      default: break;
+        CNNK_ROWS_NV(1) CNNK_ROWS_NV(2) CNNK_ROWS_NV(3) CNNK_ROWS_NV(4)
+        CNNK_ROWS_NV(5) CNNK_ROWS_NV(6) CNNK_ROWS_NV(7) CNNK_ROWS_NV(8)
+#undef CNNK_ROWS_NV
+        default: break;
+      }
+      o += 8 * nv;
     }
   }
 }
