@@ -1164,7 +1164,7 @@ bool dgrad_as_rows(const ConvGeometry& g, const T* w, bool cl, ConvGeometry& t,
 // channel c and image n: the input plane as zero-bordered rows, then for each
 // of c's M output channels every tap's 8-lane sums over the output rows (one
 // call per run of rows with the same kernel rows inside the image), added in
-// double to acc[m * KK + tap]. A channels_last grad_output is read through a
+// double, lane by lane, to acc[(m * KK + tap) * 8 + lane]. A channels_last grad_output is read through a
 // per-channel copy of its rows.
 template <typename T>
 struct DwRowWgrad {
@@ -1208,12 +1208,9 @@ struct DwRowWgrad {
         K.wgrad_rows(gp + oh * g.OW, g.OW, pr.base, sc.xoff.data(), nt, g.OW,
                      runs[ri + 1][0] - oh, g.sh * pr.Wr, sc.lanes.data() + 8 * klo * g.KW);
       }
-      double* a = acc + (oc - c * M) * KK;
-      for (int64_t t = 0; t < KK; ++t) {
-        double s = 0;
-        for (int l = 0; l < 8; ++l) s += (double)sc.lanes[8 * t + l];
-        a[t] += s;
-      }
+      // lane by lane (independent adds, vectorised), lanes summed in run()
+      double* a = acc + (oc - c * M) * KK * 8;
+      for (int64_t i = 0; i < KK * 8; ++i) a[i] += (double)sc.lanes[i];
     }
   }
 
@@ -1222,19 +1219,20 @@ struct DwRowWgrad {
   // share out few channels), and the blocks' sums are added in order.
   void run(T* gw) const {
     const int64_t nb = std::min(g.N, ceil_div(32, g.C)), MK = M * KK;
-    std::vector<double> part(g.C * nb * MK, 0.0);
+    std::vector<double> part(g.C * nb * MK * 8, 0.0);  // 8 lanes per weight
     at::parallel_for(0, g.C * nb, 1, [&](int64_t b, int64_t e) {
       Scratch sc;
       for (int64_t u = b; u < e; ++u) {
         const int64_t c = u / nb, k = u % nb;
         for (int64_t n = g.N * k / nb; n < g.N * (k + 1) / nb; ++n)
-          image(c, n, sc, part.data() + u * MK);
+          image(c, n, sc, part.data() + u * MK * 8);
       }
     });
     for (int64_t c = 0; c < g.C; ++c)
       for (int64_t i = 0; i < MK; ++i) {
         double s = 0;
-        for (int64_t k = 0; k < nb; ++k) s += part[(c * nb + k) * MK + i];
+        for (int64_t k = 0; k < nb; ++k)
+          for (int l = 0; l < 8; ++l) s += part[((c * nb + k) * MK + i) * 8 + l];
         gw[c * MK + i] = (T)s;
       }
   }

@@ -371,26 +371,26 @@ template <int NT>
 inline void wgrad_rows_block(const float* g, int64_t gstep, const float* x, const int64_t* xoff,
                              int64_t n, int64_t nrep, int64_t xstep, float* acc) {
   __m256 a[NT];
-  const float* xt[NT];
+  int64_t off[NT];  // the taps' offsets from one moving base (GCC otherwise
+                    // kept a pointer per tap and advanced each one per vector)
 #pragma GCC unroll 12
-  for (int t = 0; t < NT; ++t) a[t] = _mm256_loadu_ps(acc + 8 * t), xt[t] = x + xoff[t];
+  for (int t = 0; t < NT; ++t) a[t] = _mm256_loadu_ps(acc + 8 * t), off[t] = xoff[t];
   const int64_t nv = n / 8, rem = n % 8;
   const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rem),
                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   for (int64_t q = 0; q < nrep; ++q) {
     const float* gq = g + q * gstep;
-    const int64_t xq = q * xstep;
-    for (int64_t v = 0; v < nv; ++v) {
-      const __m256 gv = _mm256_loadu_ps(gq + 8 * v);
+    const float* xb = x + q * xstep;
+    for (int64_t v = 0; v < nv; ++v, gq += 8, xb += 8) {
+      const __m256 gv = _mm256_loadu_ps(gq);
 #pragma GCC unroll 12
-      for (int t = 0; t < NT; ++t)
-        a[t] = _mm256_fmadd_ps(gv, _mm256_loadu_ps(xt[t] + xq + 8 * v), a[t]);
+      for (int t = 0; t < NT; ++t) a[t] = _mm256_fmadd_ps(gv, _mm256_loadu_ps(xb + off[t]), a[t]);
     }
     if (rem) {
-      const __m256 gv = _mm256_maskload_ps(gq + 8 * nv, mask);
+      const __m256 gv = _mm256_maskload_ps(gq, mask);
 #pragma GCC unroll 12
       for (int t = 0; t < NT; ++t)
-        a[t] = _mm256_fmadd_ps(gv, _mm256_maskload_ps(xt[t] + xq + 8 * nv, mask), a[t]);
+        a[t] = _mm256_fmadd_ps(gv, _mm256_maskload_ps(xb + off[t], mask), a[t]);
     }
   }
 #pragma GCC unroll 12
