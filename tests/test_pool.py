@@ -258,3 +258,28 @@ def test_threads_give_identical_results():
     torch.set_num_threads(old)
     for u, v in zip(*outs):
         assert_exact(u, v)
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("cfg", [(3, 1, 1, False, True, None), (3, 1, 1, True, False, None),
+                                 ((3, 2), 1, (1, 0), False, True, 7), (2, 1, 0, True, True, None),
+                                 (5, (2, 1), 2, False, False, None)])
+def test_avg_pool2d_backward_bitwise_cpu(isa, layout, cfg):
+    """float32 avg_pool2d backward on the CPU is torch's, bit for bit: the
+    deltas (one division each) summed per input element in output raster
+    order, 8 columns at a time (rows of 56, 13 and 5 columns: full blocks,
+    a last block shifted back, rows narrower than a vector)."""
+    k, s, p, ceil, cip, div = cfg
+    old = cnnkernels.cpu_isa()
+    cnnkernels.set_cpu_isa(isa)
+    try:
+        for w in (56, 13, 5):
+            x = make_input((2, 3, 9, w), layout, torch.float32, "cpu").requires_grad_()
+            ref = F.avg_pool2d(x, k, s, p, ceil, cip, div)
+            g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2))
+            ours, = torch.autograd.grad(CF.avg_pool2d(x, k, s, p, ceil, cip, div), x, g)
+            theirs, = torch.autograd.grad(ref, x, g)
+            assert_exact(ours, theirs)
+    finally:
+        cnnkernels.set_cpu_isa(old)

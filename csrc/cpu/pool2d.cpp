@@ -573,20 +573,29 @@ void avg_deltas(const T* go, T* delta, int64_t sp, const PoolPlan& p, bool count
 template <typename T>
 void avg_backward_nchw(const T* go, T* gi, int64_t p0, int64_t p1, const PoolPlan& p,
                        bool count_include_pad, int64_t divisor) {
-  const bool row_sweep = p.sW == 1;
+  const bool row_sweep = p.sW == 1, fast = use_avx2();
   const int64_t PW = p.OW + 2 * p.kW;  // padded delta row (row_sweep)
-  std::vector<T> delta(p.OH * p.OW), dpad(row_sweep ? p.OH * PW : 0), acc(p.W);
+  std::vector<T> delta(row_sweep ? 0 : p.OH * p.OW), dpad(row_sweep ? p.OH * PW : 0), acc(p.W);
+  // every plane has the same divisors: a table, then one vectorisable
+  // division per element (a scalar division per element took half the time)
+  std::vector<T> dv(p.OH * p.OW);
+  for (int64_t oh = 0; oh < p.OH; ++oh)
+    for (int64_t ow = 0; ow < p.OW; ++ow)
+      dv[oh * p.OW + ow] = static_cast<T>(avg_divisor(p, oh, ow, count_include_pad, divisor));
   for (int64_t plane = p0; plane < p1; ++plane) {
-    avg_deltas(go + plane * p.OH * p.OW, delta.data(), 1, p, count_include_pad, divisor);
-    T* g = gi + plane * p.H * p.W;
-    if (row_sweep) {
-      for (int64_t oh = 0; oh < p.OH; ++oh) {
-        T* r = dpad.data() + oh * PW;
-        std::fill(r, r + p.kW, T(0));
-        std::copy(delta.data() + oh * p.OW, delta.data() + (oh + 1) * p.OW, r + p.kW);
-        std::fill(r + p.kW + p.OW, r + PW, T(0));
+    // the deltas, straight into the zero-bordered rows when sweeping rows
+    const T* src = go + plane * p.OH * p.OW;
+    for (int64_t oh = 0; oh < p.OH; ++oh) {
+      T* __restrict__ dst = row_sweep ? dpad.data() + oh * PW + p.kW : delta.data() + oh * p.OW;
+      const T* __restrict__ s = src + oh * p.OW;
+      const T* __restrict__ d = dv.data() + oh * p.OW;
+      for (int64_t ow = 0; ow < p.OW; ++ow) dst[ow] = s[ow] / d[ow];
+      if (row_sweep) {
+        std::fill(dst - p.kW, dst, T(0));
+        std::fill(dst + p.OW, dst + p.OW + p.kW, T(0));
       }
     }
+    T* g = gi + plane * p.H * p.W;
     for (int64_t ih = 0; ih < p.H; ++ih) {
       int64_t oh0, oh1;
       covering_outputs(ih, p.kH, p.sH, p.pH, p.OH, oh0, oh1);
@@ -594,6 +603,11 @@ void avg_backward_nchw(const T* go, T* gi, int64_t p0, int64_t p1, const PoolPla
       if (row_sweep) {
         // window ow covers iw iff ow = iw + pW - t for t in [0, kW): t falling
         // is ow rising, torch's order.
+        if (std::is_same<T, float>::value && fast) {
+          avx2::avg_backward_row_s1((const float*)dpad.data(), PW, oh0, oh1, p.kW, p.pW, p.W,
+                                    (float*)grow);
+          continue;
+        }
         std::fill(acc.begin(), acc.end(), T(0));
         for (int64_t oh = oh0; oh < oh1; ++oh)
           for (int64_t t = p.kW - 1; t >= 0; --t) {

@@ -521,6 +521,32 @@ void avg_pool2d_backward_nchw_k2s2(const float* go, float* gi, int64_t p0, int64
   }
 }
 
+void avg_backward_row_s1(const float* dpad, int64_t PW, int64_t oh0, int64_t oh1, int64_t kW,
+                         int64_t pW, int64_t W, float* grow) {
+  // 8 columns at a time, the sums in a register; a last partial block is
+  // shifted back to end at W (it recomputes a few columns: same values)
+  auto block = [&](int64_t iw) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      const float* d = dpad + oh * PW + pW + kW + iw;
+      for (int64_t t = kW - 1; t >= 0; --t) acc = _mm256_add_ps(acc, _mm256_loadu_ps(d - t));
+    }
+    _mm256_storeu_ps(grow + iw, acc);
+  };
+  if (W < 8) {
+    for (int64_t iw = 0; iw < W; ++iw) {
+      float acc = 0.f;
+      for (int64_t oh = oh0; oh < oh1; ++oh)
+        for (int64_t t = kW - 1; t >= 0; --t) acc += dpad[oh * PW + pW - t + kW + iw];
+      grow[iw] = acc;
+    }
+    return;
+  }
+  int64_t iw = 0;
+  for (; iw + 8 <= W; iw += 8) block(iw);
+  if (iw < W) block(W - 8);
+}
+
 }  // namespace avx2
 }  // namespace cpu
 }  // namespace cnnkernels

@@ -55,6 +55,13 @@ void avg_pool2d_nhwc(const float* in, float* out, int64_t q0, int64_t q1, const 
 void avg_pool2d_backward_nchw_k2s2(const float* go, float* gi, int64_t p0, int64_t p1,
                                    const PoolPlan& p, bool count_include_pad, int64_t divisor);
 
+// One input row of the NCHW avg_pool2d backward with width stride 1:
+// grow[iw] = sum over oh in [oh0, oh1), then t = kW - 1 down to 0 (torch's
+// order), of dpad[oh * PW + pW - t + kW + iw], dpad being the deltas padded
+// with kW zero columns on each side (rows of PW = OW + 2 kW).
+void avg_backward_row_s1(const float* dpad, int64_t PW, int64_t oh0, int64_t oh1, int64_t kW,
+                         int64_t pW, int64_t W, float* grow);
+
 }  // namespace avx2
 }  // namespace cpu
 }  // namespace cnnkernels
