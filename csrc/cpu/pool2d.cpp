@@ -637,7 +637,7 @@ template <typename T>
 void avg_backward_nhwc(const T* go, T* gi, int64_t r0, int64_t r1, const PoolPlan& p,
                        bool count_include_pad, int64_t divisor) {
   const int64_t C = p.C;
-  const bool non_overlapping = p.sH >= p.kH && p.sW >= p.kW;
+  const bool non_overlapping = p.sH >= p.kH && p.sW >= p.kW, fast = use_avx2();
   std::vector<T> delta(p.OH * p.OW * C), local(C);
   int64_t delta_n = -1;
   for (int64_t r = r0; r < r1; ++r) {
@@ -659,6 +659,11 @@ void avg_backward_nhwc(const T* go, T* gi, int64_t r0, int64_t r1, const PoolPla
       }
       if (non_overlapping) {  // exactly one window: gi = its delta
         std::memcpy((void*)acc, delta.data() + (oh0 * p.OW + ow0) * C, sizeof(T) * C);
+        continue;
+      }
+      if (std::is_same<T, float>::value && fast) {
+        avx2::avg_backward_pixel_nhwc((const float*)delta.data(), p.OW, C, oh0, oh1, ow0, ow1,
+                                      (float*)acc);
         continue;
       }
       // Sum in a local buffer (no aliasing with delta: vectorises).

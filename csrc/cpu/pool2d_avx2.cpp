@@ -547,6 +547,39 @@ void avg_backward_row_s1(const float* dpad, int64_t PW, int64_t oh0, int64_t oh1
   if (iw < W) block(W - 8);
 }
 
+void avg_backward_pixel_nhwc(const float* delta, int64_t OW, int64_t C, int64_t oh0,
+                             int64_t oh1, int64_t ow0, int64_t ow1, float* out) {
+  int64_t c = 0;
+  for (; c + 32 <= C; c += 32) {  // four registers of sums
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t oh = oh0; oh < oh1; ++oh)
+      for (int64_t ow = ow0; ow < ow1; ++ow) {
+        const float* d = delta + (oh * OW + ow) * C + c;
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(d));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(d + 8));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(d + 16));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(d + 24));
+      }
+    _mm256_storeu_ps(out + c, a0);
+    _mm256_storeu_ps(out + c + 8, a1);
+    _mm256_storeu_ps(out + c + 16, a2);
+    _mm256_storeu_ps(out + c + 24, a3);
+  }
+  for (; c + 8 <= C; c += 8) {
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t oh = oh0; oh < oh1; ++oh)
+      for (int64_t ow = ow0; ow < ow1; ++ow)
+        a = _mm256_add_ps(a, _mm256_loadu_ps(delta + (oh * OW + ow) * C + c));
+    _mm256_storeu_ps(out + c, a);
+  }
+  for (; c < C; ++c) {
+    float a = 0.f;
+    for (int64_t oh = oh0; oh < oh1; ++oh)
+      for (int64_t ow = ow0; ow < ow1; ++ow) a += delta[(oh * OW + ow) * C + c];
+    out[c] = a;
+  }
+}
+
 }  // namespace avx2
 }  // namespace cpu
 }  // namespace cnnkernels

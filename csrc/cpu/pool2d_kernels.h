@@ -62,6 +62,12 @@ void avg_pool2d_backward_nchw_k2s2(const float* go, float* gi, int64_t p0, int64
 void avg_backward_row_s1(const float* dpad, int64_t PW, int64_t oh0, int64_t oh1, int64_t kW,
                          int64_t pW, int64_t W, float* grow);
 
+// One input pixel of the NHWC avg_pool2d backward: out[c] = the sum over the
+// covering windows (oh in [oh0, oh1), ow in [ow0, ow1), raster order) of
+// delta[(oh * OW + ow) * C + c], all C channels.
+void avg_backward_pixel_nhwc(const float* delta, int64_t OW, int64_t C, int64_t oh0,
+                             int64_t oh1, int64_t ow0, int64_t ow1, float* out);
+
 }  // namespace avx2
 }  // namespace cpu
 }  // namespace cnnkernels
