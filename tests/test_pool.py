@@ -283,3 +283,28 @@ def test_avg_pool2d_backward_bitwise_cpu(isa, layout, cfg):
             assert_exact(ours, theirs)
     finally:
         cnnkernels.set_cpu_isa(old)
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("shape", [(2, 3, 13, 17), (1, 2, 8, 48), (1, 1, 4, 30)])
+def test_max_pool2d_backward_k2_bitwise_cpu(isa, shape):
+    """2x2 / stride 2 NCHW max_pool2d backward (written plane by plane in one
+    pass on AVX2): torch's result bit for bit, signed zeros included (torch
+    adds to a zeroed plane: -0 becomes +0), also for indices that point
+    outside their window (those planes take the scatter)."""
+    old = cnnkernels.cpu_isa()
+    cnnkernels.set_cpu_isa(isa)
+    try:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+        y, i = F.max_pool2d(x, 2, return_indices=True)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(4))
+        g[..., 0, :3] = -0.0
+        args = ([2, 2], [2, 2], [0, 0], [1, 1], False)
+        moved = i.clone()
+        moved[0, 0, 1, 2] = i[0, 0, 0, 0]  # a second gradient for one position
+        for ind in (i, moved):
+            ours = torch.ops.cnnkernels.max_pool2d_backward(g, ind, list(x.shape), *args)
+            ref = torch.ops.aten.max_pool2d_with_indices_backward(g, x, *args, ind)
+            assert torch.equal(ours.view(torch.int32), ref.view(torch.int32))
+    finally:
+        cnnkernels.set_cpu_isa(old)

@@ -14,6 +14,8 @@
 // Backward:
 //   max_pool2d: per plane, zero the plane's gradient (in cache) and scatter
 //     grad_output through the saved indices, in output order (torch's order).
+//     NCHW 2x2 / stride 2 windows (float32, AVX2) write each plane in one
+//     pass instead: every input element lies in at most one window.
 //   avg_pool2d: a gather: each input element sums grad_output / divisor over
 //     the windows covering it, in output raster order, which reproduces
 //     torch's scatter sums exactly and needs no zeroing pass.
@@ -270,16 +272,23 @@ struct BadIndex {
 // Scatter src through idx into dst planes (dst zeroed first): the max_pool2d
 // backward (accumulate) and the max_unpool2d forward (assign). Planes of src
 // have `src_plane` elements, planes of dst `dst_plane`. Out-of-range indices
-// are skipped and reported in `bad`.
-template <bool Accumulate, typename T>
+// are skipped and reported in `bad`. NCHW: direct(plane) may write a whole
+// plane itself (returning false leaves it to the scatter).
+struct NoDirect {
+  bool operator()(int64_t) const { return false; }
+};
+
+template <bool Accumulate, typename T, typename Direct = NoDirect>
 void scatter_planes(const T* src, const int64_t* idx, T* dst, int64_t N, int64_t C,
-                    int64_t src_plane, int64_t dst_plane, bool nhwc, BadIndex& bad) {
+                    int64_t src_plane, int64_t dst_plane, bool nhwc, BadIndex& bad,
+                    Direct direct = Direct()) {
   const uint64_t limit = (uint64_t)dst_plane;
   if (!nhwc) {
     at::parallel_for(0, N * C, 1, [&](int64_t p0, int64_t p1) {
       bool any_bad = false;
       int64_t local_bad = 0;
       for (int64_t plane = p0; plane < p1; ++plane) {
+        if (direct(plane)) continue;
         T* d = dst + plane * dst_plane;
         std::memset((void*)d, 0, sizeof(T) * dst_plane);  // the plane stays in cache
         const T* s = src + plane * src_plane;
@@ -384,10 +393,27 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
   Tensor gi = at::empty(input_size, grad_output.options().memory_format(fmt));
   if (gi.numel() == 0) return gi;
   BadIndex bad;
+  const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
+  // 2x2 windows, stride 2, no padding (VGG's and LeNet's pools): each input
+  // element is in at most one window, so an NCHW float32 plane is written in
+  // one pass, no zeroing, when every index lies in its window
+  const PoolPlan p = make_plan(g);
+  const bool k2s2 = !nhwc && go.scalar_type() == at::kFloat && use_avx2() && g.kH == 2 &&
+                    g.kW == 2 && g.sH == 2 && g.sW == 2 && g.pH == 0 && g.pW == 0 &&
+                    g.dH == 1 && g.dW == 1 && g.OW >= 8 && 2 * g.OH <= g.H &&
+                    2 * g.OW <= g.W && g.H * g.W < (int64_t(1) << 31);
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "cnnkernels_pool", [&] {
-    scatter_planes<true>(go.const_data_ptr<scalar_t>(), ix.const_data_ptr<int64_t>(),
-                         gi.mutable_data_ptr<scalar_t>(), g.N, g.C, g.OH * g.OW, g.H * g.W,
-                         fmt == at::MemoryFormat::ChannelsLast, bad);
+    const scalar_t* gop = go.const_data_ptr<scalar_t>();
+    const int64_t* ixp = ix.const_data_ptr<int64_t>();
+    scalar_t* gip = gi.mutable_data_ptr<scalar_t>();
+    if (k2s2)
+      scatter_planes<true>(gop, ixp, gip, g.N, g.C, g.OH * g.OW, g.H * g.W, nhwc, bad,
+                           [&](int64_t plane) {
+                             return avx2::max_pool2d_backward_nchw_k2s2(
+                                 (const float*)gop, ixp, (float*)gip, plane, p);
+                           });
+    else
+      scatter_planes<true>(gop, ixp, gip, g.N, g.C, g.OH * g.OW, g.H * g.W, nhwc, bad);
   });
   TORCH_CHECK(!bad.found.load(), op, ": found an invalid index ", bad.value.load(),
               " in indices (each input plane has ", g.H, "x", g.W, " = ", g.H * g.W,

@@ -68,6 +68,15 @@ void avg_backward_row_s1(const float* dpad, int64_t PW, int64_t oh0, int64_t oh1
 void avg_backward_pixel_nhwc(const float* delta, int64_t OW, int64_t C, int64_t oh0,
                              int64_t oh1, int64_t ow0, int64_t ow1, float* out);
 
+// NCHW max_pool2d backward of one plane for 2x2 windows, stride 2, no
+// padding, OW >= 8, every window inside the input: writes the whole grad_input
+// plane in one pass (each input element lies in at most one window: the
+// gradient where the index points, 0 elsewhere). Returns false, having
+// written part of the plane, when an index does not name a position of its
+// window (the caller then zeroes and scatters that plane).
+bool max_pool2d_backward_nchw_k2s2(const float* go, const int64_t* idx, float* gi, int64_t plane,
+                                   const PoolPlan& p);
+
 }  // namespace avx2
 }  // namespace cpu
 }  // namespace cnnkernels
