@@ -1219,20 +1219,25 @@ struct DwRowWgrad {
   // share out few channels), and the blocks' sums are added in order.
   void run(T* gw) const {
     const int64_t nb = std::min(g.N, ceil_div(32, g.C)), MK = M * KK;
-    std::vector<double> part(g.C * nb * MK * 8, 0.0);  // 8 lanes per weight
+    std::vector<double> part(g.C * nb * MK);
     at::parallel_for(0, g.C * nb, 1, [&](int64_t b, int64_t e) {
       Scratch sc;
+      std::vector<double> lanes(MK * 8);  // 8 lanes per weight, for one unit
       for (int64_t u = b; u < e; ++u) {
         const int64_t c = u / nb, k = u % nb;
-        for (int64_t n = g.N * k / nb; n < g.N * (k + 1) / nb; ++n)
-          image(c, n, sc, part.data() + u * MK * 8);
+        std::fill(lanes.begin(), lanes.end(), 0.0);
+        for (int64_t n = g.N * k / nb; n < g.N * (k + 1) / nb; ++n) image(c, n, sc, lanes.data());
+        for (int64_t i = 0; i < MK; ++i) {
+          double s = 0;
+          for (int l = 0; l < 8; ++l) s += lanes[i * 8 + l];
+          part[u * MK + i] = s;
+        }
       }
     });
     for (int64_t c = 0; c < g.C; ++c)
       for (int64_t i = 0; i < MK; ++i) {
         double s = 0;
-        for (int64_t k = 0; k < nb; ++k)
-          for (int l = 0; l < 8; ++l) s += part[((c * nb + k) * MK + i) * 8 + l];
+        for (int64_t k = 0; k < nb; ++k) s += part[(c * nb + k) * MK + i];
         gw[c * MK + i] = (T)s;
       }
   }
