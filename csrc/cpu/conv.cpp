@@ -118,6 +118,10 @@ struct Kern {
     avx2 ? conv::avx2::dw_pixels(x, xoff, w, nt, npix, xs, C, init, y, stream)
          : conv::generic::dw_pixels(x, xoff, w, nt, npix, xs, C, init, y, stream);
   }
+  void transpose(const T* src, int64_t scs, int64_t nc, int64_t nj, T* dst, int64_t dcs) const {
+    avx2 ? conv::avx2::transpose(src, scs, nc, nj, dst, dcs)
+         : conv::generic::transpose(src, scs, nc, nj, dst, dcs);
+  }
   void dw_wpixels(const T* gy, int64_t gs, const T* x, const int64_t* xoff, int64_t nt,
                   int64_t npix, int64_t xs, int64_t C, T* const* acc) const {
     avx2 ? conv::avx2::dw_wpixels(gy, gs, x, xoff, nt, npix, xs, C, acc)
@@ -147,6 +151,7 @@ Nhwc<T> nhwc_window(const Tensor& t, bool cl, int64_t r0, int64_t R, int64_t c0,
                     bool copy, Tensor& buf, int64_t G = 1) {
   const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3), Cg = C / G;
   const T* src = t.data_ptr<T>();
+  const Kern<T> K;
   if (G == 1 && cl && !copy && r0 >= 0 && c0 >= 0 && r0 + R <= H && c0 + Cn <= W) {
     return {src + (r0 * W + c0) * C, H * W * C, W * C, C, Cg};
   }
@@ -172,16 +177,9 @@ Nhwc<T> nhwc_window(const Tensor& t, bool cl, int64_t r0, int64_t R, int64_t c0,
         const T* s = src + ((n * H + ih) * W + c0) * C + grp * Cg;
         for (int64_t col = lo; col < hi; ++col)
           std::memcpy(d + col * Cg, s + col * C, Cg * sizeof(T));
-      } else {
-        // transpose a Cg x (hi - lo) strip, 8 channels at a time for locality
+      } else {  // transpose a Cg x (hi - lo) strip
         const T* s = src + ((n * C + grp * Cg) * H + ih) * W + c0;
-        for (int64_t cb = 0; cb < Cg; cb += 8) {
-          const int64_t ce = std::min(Cg, cb + 8);
-          for (int64_t col = lo; col < hi; ++col) {
-            T* dp = d + col * Cg;
-            for (int64_t ch = cb; ch < ce; ++ch) dp[ch] = s[ch * H * W + col];
-          }
-        }
+        K.transpose(s + lo, H * W, Cg, hi - lo, d + lo * Cg, Cg);
       }
     }
   });

@@ -59,7 +59,10 @@ constexpr int kRowOuts = 6;
                  int64_t npix, int64_t xs, int64_t C, const T* init, T* y, bool nt);           \
   /* and its weight gradient: acc[t][c] += sum_j gy[j * gs + c] * x[xoff[t] + j * xs + c] */   \
   void dw_wpixels(const T* gy, int64_t gs, const T* x, const int64_t* xoff, int64_t ntaps,     \
-                  int64_t npix, int64_t xs, int64_t C, T* const* acc);
+                  int64_t npix, int64_t xs, int64_t C, T* const* acc);                         \
+  /* a strip of planar rows to pixel-major order: dst[j * dcs + c] = src[c * scs + j] for  */ \
+  /* c < nc, j < nj (an NCHW row of nc channels into NHWC)                                */ \
+  void transpose(const T* src, int64_t scs, int64_t nc, int64_t nj, T* dst, int64_t dcs);
 
 namespace generic {
 CNNK_CONV_DECLARE(float)
