@@ -4,6 +4,9 @@ count_include_pad / divisor_override, layouts (NCHW, channels_last,
 non-contiguous, unbatched, empty batch), dtypes, NaNs and ties; on the CPU
 through both code paths (AVX2 and portable)."""
 
+import math
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -306,5 +309,49 @@ def test_max_pool2d_backward_k2_bitwise_cpu(isa, shape):
             ours = torch.ops.cnnkernels.max_pool2d_backward(g, ind, list(x.shape), *args)
             ref = torch.ops.aten.max_pool2d_with_indices_backward(g, x, *args, ind)
             assert torch.equal(ours.view(torch.int32), ref.view(torch.int32))
+    finally:
+        cnnkernels.set_cpu_isa(old)
+
+
+def _at_page_end(shape, seed=0):
+    """A float32 NCHW tensor whose last byte is followed by an inaccessible
+    page (a read past the end faults), and the mapping that holds it."""
+    import ctypes
+    import mmap
+
+    import numpy as np
+
+    n = math.prod(shape)
+    pages = (4 * n + 4095) // 4096 + 1
+    mm = mmap.mmap(-1, pages * 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    buf = (ctypes.c_char * (pages * 4096)).from_buffer(mm)
+    libc = ctypes.CDLL(None)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if libc.mprotect(ctypes.addressof(buf) + (pages - 1) * 4096, 4096, 0) != 0:
+        pytest.skip("mprotect failed")
+    arr = np.frombuffer(mm, dtype=np.float32, count=n, offset=(pages - 1) * 4096 - 4 * n)
+    arr[...] = np.random.default_rng(seed).standard_normal(n)
+    return torch.from_numpy(arr).view(shape), (mm, buf)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs mmap + mprotect")
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("shape", [(1, 1, 56, 56), (1, 2, 13, 17), (1, 1, 9, 43)])
+def test_pool_reads_stay_inside_the_input(isa, shape):
+    """The NCHW forward kernels read no element past the input's end: the
+    input ends where an inaccessible page begins. (An 8-block group used to
+    take in the last block, shifted back to end at the output width, and
+    read it as if it followed the others: past a 56-wide row.)"""
+    old = cnnkernels.cpu_isa()
+    cnnkernels.set_cpu_isa(isa)
+    try:
+        x, keep = _at_page_end(shape)
+        for k, s, p in [(3, 2, 1), (2, 2, 0), (3, 1, 1), (2, 1, 0)]:
+            assert_exact(CF.max_pool2d(x, k, s, p, return_indices=True)[1],
+                         F.max_pool2d(x, k, s, p, return_indices=True)[1])
+            assert_exact(CF.max_pool2d(x, k, s, p, ceil_mode=True),
+                         F.max_pool2d(x, k, s, p, ceil_mode=True))
+            assert_exact(CF.avg_pool2d(x, k, s, p), F.avg_pool2d(x, k, s, p))
+        del keep
     finally:
         cnnkernels.set_cpu_isa(old)

@@ -165,8 +165,13 @@ struct Tables {
         ++i;
         continue;
       }
+      // a group's blocks must be consecutive (ob, ob + 8, ...): the last
+      // start, shifted back to end at OW, forms its own group (kernels read
+      // a group's blocks at ob + 8 b, so including it would read past the row)
       size_t j = i + 1;
-      while (j < starts.size() && j - i < 4 && !is_edge(starts[j])) ++j;
+      while (j < starts.size() && j - i < 4 && !is_edge(starts[j]) &&
+             starts[j] == starts[j - 1] + 8)
+        ++j;
       seg.insert(seg.end(), {(int32_t)starts[i], (int32_t)(j - i), 0});
       i = j;
     }
