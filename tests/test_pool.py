@@ -327,14 +327,15 @@ def _at_page_end(shape, seed=0):
     buf = (ctypes.c_char * (pages * 4096)).from_buffer(mm)
     libc = ctypes.CDLL(None)
     libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    if libc.mprotect(ctypes.addressof(buf) + (pages - 1) * 4096, 4096, 0) != 0:
-        pytest.skip("mprotect failed")
+    assert libc.mprotect(ctypes.addressof(buf) + (pages - 1) * 4096, 4096, 0) == 0, \
+        "could not make the guard page inaccessible"
     arr = np.frombuffer(mm, dtype=np.float32, count=n, offset=(pages - 1) * 4096 - 4 * n)
     arr[...] = np.random.default_rng(seed).standard_normal(n)
     return torch.from_numpy(arr).view(shape), (mm, buf)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs mmap + mprotect")
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="places the input before a guard page with Linux's mmap and libc mprotect")
 @pytest.mark.parametrize("isa", CPU_ISAS)
 @pytest.mark.parametrize("shape", [(1, 1, 56, 56), (1, 2, 13, 17), (1, 1, 9, 43)])
 def test_pool_reads_stay_inside_the_input(isa, shape):

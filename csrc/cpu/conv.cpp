@@ -1162,8 +1162,8 @@ bool dgrad_as_rows(const ConvGeometry& g, const T* w, bool cl, ConvGeometry& t,
 // channel c and image n: the input plane as zero-bordered rows, then for each
 // of c's M output channels every tap's 8-lane sums over the output rows (one
 // call per run of rows with the same kernel rows inside the image), added in
-// double, lane by lane, to acc[(m * KK + tap) * 8 + lane]. A channels_last grad_output is read through a
-// per-channel copy of its rows.
+// double, lane by lane, to acc[(m * KK + tap) * 8 + lane]. A channels_last
+// grad_output is read through a per-channel copy of its rows.
 template <typename T>
 struct DwRowWgrad {
   const ConvGeometry& g;

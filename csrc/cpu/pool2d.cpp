@@ -283,6 +283,26 @@ struct NoDirect {
   bool operator()(int64_t) const { return false; }
 };
 
+// Four scatters d[k[i] * es + i * lo] (+)= s[i], i < 4 (NCHW: es 1, lo 0;
+// NHWC: es C, lo 1), after one check of all four indices (one
+// well-predicted branch); false, with nothing written, when one is out of
+// range (the caller then goes on one by one).
+template <bool Accumulate, typename T>
+inline bool scatter4(T* d, const int64_t* k, const T* s, int64_t es, int64_t lo,
+                     uint64_t limit) {
+  if (((uint64_t)k[0] >= limit) | ((uint64_t)k[1] >= limit) | ((uint64_t)k[2] >= limit) |
+      ((uint64_t)k[3] >= limit))
+    return false;
+  for (int i = 0; i < 4; ++i) {  // in order: equal indices add in output order
+    T& v = d[k[i] * es + i * lo];
+    if (Accumulate)
+      v += s[i];
+    else
+      v = s[i];
+  }
+  return true;
+}
+
 template <bool Accumulate, typename T, typename Direct = NoDirect>
 void scatter_planes(const T* src, const int64_t* idx, T* dst, int64_t N, int64_t C,
                     int64_t src_plane, int64_t dst_plane, bool nhwc, BadIndex& bad,
@@ -298,20 +318,9 @@ void scatter_planes(const T* src, const int64_t* idx, T* dst, int64_t N, int64_t
         std::memset((void*)d, 0, sizeof(T) * dst_plane);  // the plane stays in cache
         const T* s = src + plane * src_plane;
         const int64_t* ix = idx + plane * src_plane;
-        // four indices checked at once (one well-predicted branch), then
-        // scattered; a block holding a bad index goes through the loop below
+        // four at a time; from a block holding a bad index on, one by one
         int64_t j = 0;
-        for (; j + 4 <= src_plane; j += 4) {
-          const int64_t k0 = ix[j], k1 = ix[j + 1], k2 = ix[j + 2], k3 = ix[j + 3];
-          if (((uint64_t)k0 >= limit) | ((uint64_t)k1 >= limit) | ((uint64_t)k2 >= limit) |
-              ((uint64_t)k3 >= limit))
-            break;
-          if (Accumulate) {
-            d[k0] += s[j], d[k1] += s[j + 1], d[k2] += s[j + 2], d[k3] += s[j + 3];
-          } else {
-            d[k0] = s[j], d[k1] = s[j + 1], d[k2] = s[j + 2], d[k3] = s[j + 3];
-          }
-        }
+        while (j + 4 <= src_plane && scatter4<Accumulate>(d, ix + j, s + j, 1, 0, limit)) j += 4;
         for (; j < src_plane; ++j) {
           const int64_t k = ix[j];
           if ((uint64_t)k >= limit) {
@@ -351,20 +360,7 @@ void scatter_planes(const T* src, const int64_t* idx, T* dst, int64_t N, int64_t
           const T* sj = s + j * C;
           const int64_t* ij = ix + j * C;
           int64_t c = c0;
-          for (; c + 4 <= c1; c += 4) {  // as in the NCHW loop: four checked at once
-            const int64_t k0 = ij[c], k1 = ij[c + 1], k2 = ij[c + 2], k3 = ij[c + 3];
-            if (((uint64_t)k0 >= limit) | ((uint64_t)k1 >= limit) | ((uint64_t)k2 >= limit) |
-                ((uint64_t)k3 >= limit))
-              break;
-            T* dc = d + c;
-            if (Accumulate) {
-              dc[k0 * C] += sj[c], dc[k1 * C + 1] += sj[c + 1], dc[k2 * C + 2] += sj[c + 2],
-                  dc[k3 * C + 3] += sj[c + 3];
-            } else {
-              dc[k0 * C] = sj[c], dc[k1 * C + 1] = sj[c + 1], dc[k2 * C + 2] = sj[c + 2],
-                  dc[k3 * C + 3] = sj[c + 3];
-            }
-          }
+          while (c + 4 <= c1 && scatter4<Accumulate>(d + c, ij + c, sj + c, C, 1, limit)) c += 4;
           for (; c < c1; ++c) {
             const int64_t k = ij[c];
             if ((uint64_t)k >= limit) {
