@@ -464,6 +464,61 @@ def test_cuda_large_tiles_all_dtypes(case, layout):
         torch.backends.cudnn.allow_tf32 = False
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontig"])
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), (OC, KH, KW), stride, padding, dilation, groups
+    ((3, 16, 13, 11), (24, 3, 3), 1, 1, 1, 1),            # M, N and K tails of every tile
+    ((2, 40, 9, 10), (72, 5, 3), (2, 1), (2, 0), (1, 2), 1),  # slices spanning taps, two N tiles
+    ((2, 32, 8, 8), (48, 3, 3), 1, 1, 1, 2),              # groups
+    ((2, 64, 7, 7), (136, 1, 1), 2, 0, 1, 1),             # strided 1x1, three N tiles
+    ((1, 8, 6, 6), (8, 2, 2), 1, 2, 1, 1),                # padding beyond the kernel's reach
+    ((8, 16, 30, 30), (80, 3, 3), 1, 1, 1, 1),            # weight grad split over pixels, two M tiles
+])
+def test_cuda_pipelined_igemm(case, layout):
+    """Channel counts that are multiples of the 16-byte vector take the
+    pipelined tensor-core implicit GEMM (forward, stride-1 data gradient,
+    weight gradient) in TF32 float32, float16 and bfloat16: output and every
+    gradient against float64 on the CPU, NCHW, channels_last and strided
+    inputs; transposed convolution of the same geometry too."""
+    shape, (oc, kh, kw), stride, padding, dilation, groups = case
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(shape, generator=g)
+    w = torch.randn(oc, shape[1] // groups, kh, kw, generator=g) / (shape[1] // groups * kh * kw) ** 0.5
+    b = torch.randn(oc, generator=g)
+    args = (stride, padding, dilation, groups)
+    y64 = F.conv2d(x.double(), w.double(), None, *args)
+    xt = torch.randn(y64.shape, generator=g)
+    bt = torch.randn(shape[1], generator=g)
+    for transposed in (False, True):
+        if transposed and (stride != 1 or padding == 2):
+            continue  # torch's conv_transpose2d output would not match the input size
+        if transposed:
+            fn = lambda xx, ww, bb: CF.conv_transpose2d(xx, ww, bb, stride, padding, 0, groups, dilation)  # noqa: E731
+            ref_fn = lambda xx, ww, bb: F.conv_transpose2d(xx, ww, bb, stride, padding, 0, groups, dilation)  # noqa: E731
+            tensors = (xt, w, bt)
+        else:
+            fn = lambda xx, ww, bb: CF.conv2d(xx, ww, bb, *args)  # noqa: E731
+            ref_fn = lambda xx, ww, bb: F.conv2d(xx, ww, bb, *args)  # noqa: E731
+            tensors = (x, w, b)
+        ref_in = [t.double().requires_grad_() for t in tensors]
+        r = ref_fn(*ref_in)
+        gy = torch.randn(r.shape, generator=g, dtype=torch.float64)
+        ref_grads = torch.autograd.grad(r, ref_in, gy)
+        try:
+            for dtype, bound in [(torch.float32, 3e-3), (torch.float16, 3e-3), (torch.bfloat16, 2e-2)]:
+                torch.backends.cudnn.allow_tf32 = True
+                ins = [_layout(t.to("cuda", dtype), layout if t.dim() == 4 else "contiguous").requires_grad_()
+                       for t in tensors]
+                y = fn(*ins)
+                grads = torch.autograd.grad(y, ins, gy.to("cuda", dtype))
+                errs = [_rel(y, r)] + [_rel(a, e) for a, e in zip(grads, ref_grads)]
+                assert max(errs) < bound, (transposed, dtype, errs)
+                assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+        finally:
+            torch.backends.cudnn.allow_tf32 = False
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_channels_last_large_output_cpu(cpu_isa, stride):
     """Outputs over 8 MB take the non-temporal-store path of the channels_last

@@ -30,6 +30,8 @@
 #include <limits>
 #include <type_traits>
 #include <array>
+#include <atomic>
+#include <cstdlib>
 #include <tuple>
 
 #include "../common/conv.h"
@@ -620,6 +622,204 @@ int blocks_for(int64_t total) {
   return (int)std::min<int64_t>((total + kThreads - 1) / kThreads, 65535LL * 32);
 }
 
+#include "conv_igemm.cuh"
+
+// Host side of the pipelined implicit GEMM (conv_igemm.cuh): float16,
+// bfloat16, and float32 when TF32 is allowed (torch.backends.cudnn.allow_tf32,
+// the switch torch's own convolutions follow); every channel count the
+// kernel reads along a multiple of the 16-byte vector. false: not handled.
+namespace ig_host {
+
+constexpr int64_t kLim = (int64_t(1) << 31) - 1;
+
+// the types the kernels are compiled for
+template <typename T>
+constexpr bool kTypeBuilt = std::is_same<T, float>::value || std::is_same<T, at::Half>::value ||
+                            std::is_same<T, at::BFloat16>::value;
+
+template <typename T>
+bool type_ok() {
+  if constexpr (std::is_same<T, at::Half>::value || std::is_same<T, at::BFloat16>::value) {
+    return true;
+  } else if constexpr (std::is_same<T, float>::value) {
+    return at::globalContext().allowTF32CuDNN();
+  } else {
+    return false;
+  }
+}
+
+// Largest element offset of t (so int32 offsets suffice when below kLim).
+int64_t max_off(const Tensor& t) {
+  int64_t o = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) o += (t.size(d) - 1) * t.stride(d);
+  return o;
+}
+
+// t with channel stride 1, the other strides multiples of vw and a 16-byte
+// aligned base (dense: the strides of a contiguous channels_last tensor);
+// a channels_last copy when t is not.
+Tensor nhwc(const Tensor& t, int64_t vw, bool dense) {
+  const int64_t C = t.size(1), H = t.size(2), W = t.size(3);
+  bool ok = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && (C == 1 || t.stride(1) == 1);
+  if (dense) {
+    ok = ok && (W == 1 || t.stride(3) == C) && (H == 1 || t.stride(2) == W * C) &&
+         (t.size(0) == 1 || t.stride(0) == H * W * C);
+  } else {
+    for (int d : {0, 2, 3}) ok = ok && (t.size(d) == 1 || t.stride(d) % vw == 0);
+  }
+  if (ok) return t;
+  Tensor c = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
+  c.copy_(t);
+  return c;
+}
+
+int stages_wanted() {
+  static const int s = [] {
+    const char* e = std::getenv("CNNK_IG_STAGES");
+    return e && std::atoi(e) == 4 ? 4 : 3;
+  }();
+  return s;
+}
+
+template <typename K>
+void allow_smem(K kernel, int bytes) {
+  // once per kernel and device: blocks may take more than 48 KB of shared memory
+  static std::atomic<uint64_t> done{0};
+  const int dev = c10::cuda::current_device();
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (done.load() & bit) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done.fetch_or(bit);
+}
+
+// forward (src = x, out = y) or stride-1 data gradient (src = gy, out = gx)
+template <typename T>
+bool conv(const ConvGeometry& cg, bool dgrad, const Tensor& src, const Tensor& w,
+          const Tensor& bias, Tensor& out) {
+  if constexpr (!kTypeBuilt<T>) {
+    return false;
+  } else {
+  constexpr int64_t vw = 16 / int64_t(sizeof(T));
+  if (!type_ok<T>() || cg.depthwise()) return false;
+  if (dgrad && (cg.sh != 1 || cg.sw != 1)) return false;
+  const int64_t cin = dgrad ? cg.OC : cg.C, cinG = dgrad ? cg.OCg() : cg.Cg();
+  const int64_t noutG = dgrad ? cg.Cg() : cg.OCg();
+  const int64_t K = cg.KH * cg.KW * cinG;
+  if (cin % vw || cinG % vw || K == 0) return false;
+  if (out.numel() == 0) return true;
+  if (K > kLim || w.numel() > kLim || cg.G > 65535 || max_off(out) > kLim ||
+      src.numel() > kLim)
+    return false;
+  const Tensor X = nhwc(src, vw, false);
+  if (max_off(X) > kLim) return false;
+  const Tensor wmat =
+      dgrad ? w.view({cg.G, cg.OCg(), cg.Cg(), cg.KH, cg.KW})
+                  .flip({3, 4})
+                  .permute({0, 2, 3, 4, 1})
+                  .contiguous()
+            : w.permute({0, 2, 3, 1}).contiguous();
+  ig::FP p{};
+  p.OH = int(dgrad ? cg.H : cg.OH), p.OW = int(dgrad ? cg.W : cg.OW);
+  p.IH = int(dgrad ? cg.OH : cg.H), p.IW = int(dgrad ? cg.OW : cg.W);
+  p.M = int(cg.N * p.OH * p.OW), p.K = int(K), p.NoutG = int(noutG), p.CinG = int(cinG);
+  p.KH = int(cg.KH), p.KW = int(cg.KW), p.sh = int(cg.sh), p.sw = int(cg.sw);
+  p.dh = int(cg.dh), p.dw = int(cg.dw);
+  p.pt = int(dgrad ? cg.dh * (cg.KH - 1) - cg.pt : cg.pt);
+  p.pl = int(dgrad ? cg.dw * (cg.KW - 1) - cg.pl : cg.pl);
+  p.xn = int(X.stride(0)), p.xh = int(X.stride(2)), p.xw = int(X.stride(3));
+  p.yn = int(out.stride(0)), p.yc = int(out.stride(1)), p.yh = int(out.stride(2));
+  p.yw = int(out.stride(3));
+  p.wg = noutG * K;
+  p.pair = out.stride(1) == 1 && noutG % 2 == 0 &&
+           reinterpret_cast<uintptr_t>(out.data_ptr()) % (2 * sizeof(T)) == 0;
+  for (int d : {0, 2, 3}) p.pair = p.pair && (out.size(d) == 1 || out.stride(d) % 2 == 0);
+  const dim3 grid(unsigned((p.M + 127) / 128), unsigned((noutG + 63) / 64), unsigned(cg.G));
+  if (grid.y > 65535) return false;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
+  auto go = [&](auto kernel, int stages) {
+    const int bytes = stages * (128 + 64) * ig::RW * 4;
+    allow_smem(kernel, bytes);
+    kernel<<<grid, ig::NT, bytes, stream>>>(X.data_ptr<T>(), wmat.data_ptr<T>(), bp,
+                                            out.data_ptr<T>(), p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if constexpr (std::is_same<T, float>::value) {
+    if (stages_wanted() == 4) {
+      go(ig::fwd_kernel<T, 4>, 4);
+      return true;
+    }
+  }
+  go(ig::fwd_kernel<T, 3>, 3);
+  return true;
+  }
+}
+
+// weight gradient: gy (N, OC, OH, OW), x (N, C, H, W) -> gw (OC, Cg, KH, KW)
+template <typename T>
+bool wgrad(const ConvGeometry& cg, const Tensor& gy_in, const Tensor& x_in, Tensor& gw) {
+  if constexpr (!kTypeBuilt<T>) {
+    return false;
+  } else {
+  constexpr int64_t vw = 16 / int64_t(sizeof(T));
+  if (!type_ok<T>() || cg.depthwise()) return false;
+  if (cg.OC % vw || cg.OCg() % vw || cg.C % vw || cg.Cg() % vw) return false;
+  if (gw.numel() == 0) return true;
+  const int64_t P = cg.N * cg.OH * cg.OW;
+  if (P == 0) {
+    gw.zero_();
+    return true;
+  }
+  if (gy_in.numel() > kLim || x_in.numel() > kLim || gw.numel() > kLim) return false;
+  const Tensor gy = nhwc(gy_in, vw, true), x = nhwc(x_in, vw, false);
+  if (max_off(x) > kLim) return false;
+  ig::WP p{};
+  p.Mo = int(cg.OCg()), p.Cg = int(cg.Cg()), p.KH = int(cg.KH), p.KW = int(cg.KW);
+  p.Nj = int(cg.KH * cg.KW * cg.Cg());
+  p.OH = int(cg.OH), p.OW = int(cg.OW), p.H = int(cg.H), p.W = int(cg.W);
+  p.sh = int(cg.sh), p.sw = int(cg.sw), p.pt = int(cg.pt), p.pl = int(cg.pl);
+  p.dh = int(cg.dh), p.dw = int(cg.dw);
+  p.Ptot = int(P), p.MT = int((cg.OCg() + ig::WBM - 1) / ig::WBM), p.gyp = int(cg.OC);
+  p.xn = int(x.stride(0)), p.xh = int(x.stride(2)), p.xw = int(x.stride(3));
+  p.KKC = int(cg.Cg() * cg.KH * cg.KW);
+  const int64_t nt = (p.Nj + ig::WBN - 1) / ig::WBN, tiles = nt * p.MT * cg.G;
+  if (int64_t(p.MT) * cg.G > 65535) return false;
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  // about four blocks per multiprocessor, each at least 8 slices long, and
+  // at most 256 MB of partial sums
+  int64_t splits = std::min<int64_t>({(4 * sms + tiles - 1) / tiles, (P + 255) / 256,
+                                      std::max<int64_t>(1, (int64_t(1) << 26) / gw.numel()),
+                                      65535});
+  splits = std::max<int64_t>(splits, 1);
+  const int64_t chunk = ((P + splits - 1) / splits + ig::WBK - 1) / ig::WBK * ig::WBK;
+  splits = (P + chunk - 1) / chunk;
+  p.kchunk = int(chunk);
+  const int64_t n = gw.numel();
+  p.split_stride = n;
+  Tensor part = at::empty({splits * n}, gw.options().dtype(at::kFloat));
+  const dim3 grid(unsigned(nt), unsigned(splits), unsigned(p.MT * cg.G));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto go = [&](auto kernel, int stages) {
+    const int bytes = stages * ig::wgrad_stage_bytes<T>();
+    allow_smem(kernel, bytes);
+    kernel<<<grid, ig::NT, bytes, stream>>>(gy.data_ptr<T>(), x.data_ptr<T>(),
+                                            part.data_ptr<float>(), p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  bool done = false;
+  if constexpr (std::is_same<T, float>::value) {
+    if (stages_wanted() == 4) go(ig::wgrad_kernel<T, 4>, 4), done = true;
+  }
+  if (!done) go(ig::wgrad_kernel<T, 3>, 3);
+  gemm::reduce_splits_kernel<T, float><<<blocks_for(n), kThreads, 0, stream>>>(
+      part.data_ptr<float>(), int(splits), n, gw.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+  }
+}
+
+}  // namespace ig_host
+
 bool gemm_fits(const ConvGeometry& g) {
   if (g.depthwise()) return false;  // one channel per group: the direct kernels
   const int64_t lim = (int64_t(1) << 31) - 4096;
@@ -1023,6 +1223,7 @@ template <typename T>
 void launch_forward(const ConvGeometry& cg, const Tensor& x, const Tensor& w, const Tensor& b,
                     Tensor& y, bool cl) {
   if (launch_depthwise<T>(0, cg, x, w, b, y, cl)) return;
+  if (ig_host::conv<T>(cg, false, x, w, b, y)) return;
   if (gemm_fits(cg)) return launch_gemm<T, 0>(cg, x, w, b, y, cl);
   const Geo g = to_geo(cg);
   const int64_t total = g.N * g.OC * g.OH * g.OW;
@@ -1037,6 +1238,7 @@ template <typename T>
 void launch_dgrad(const ConvGeometry& cg, const Tensor& gy, const Tensor& w, const Tensor& b,
                   Tensor& gx, bool cl) {
   if (launch_depthwise<T>(1, cg, gy, w, b, gx, cl)) return;
+  if (ig_host::conv<T>(cg, true, gy, w, b, gx)) return;
   if (gemm_fits(cg)) return launch_gemm<T, 1>(cg, gy, w, b, gx, cl);
   const Geo g = to_geo(cg);
   const int64_t total = g.N * g.C * g.H * g.W;
@@ -1050,6 +1252,7 @@ void launch_dgrad(const ConvGeometry& cg, const Tensor& gy, const Tensor& w, con
 template <typename T>
 void launch_wgrad(const ConvGeometry& cg, const Tensor& gy, const Tensor& x, Tensor& gw, bool cl) {
   if (launch_depthwise<T>(2, cg, gy, x, Tensor(), gw, cl)) return;
+  if (ig_host::wgrad<T>(cg, gy, x, gw)) return;
   if (gemm_fits(cg)) return launch_gemm<T, 2>(cg, gy, x, Tensor(), gw, cl);
   const Geo g = to_geo(cg);
   wgrad_kernel<T><<<(unsigned)gw.numel(), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
