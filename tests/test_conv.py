@@ -474,11 +474,14 @@ def test_cuda_large_tiles_all_dtypes(case, layout):
     ((2, 64, 7, 7), (136, 1, 1), 2, 0, 1, 1),             # strided 1x1, three N tiles
     ((1, 8, 6, 6), (8, 2, 2), 1, 2, 1, 1),                # padding beyond the kernel's reach
     ((8, 16, 30, 30), (80, 3, 3), 1, 1, 1, 1),            # weight grad split over pixels, two M tiles
+    ((2, 16, 11, 12), (24, 3, 3), 3, 1, 2, 1),            # stride 3, dilation 2: one tap per phase
+    ((2, 8, 10, 9), (16, 3, 3), 2, 1, 2, 1),              # stride 2, dilation 2: a phase no tap reaches
+    ((2, 24, 8, 8), (32, 4, 4), 2, 1, 1, 1),              # ConvTranspose2d-style 4x4 stride 2
 ])
 def test_cuda_pipelined_igemm(case, layout):
     """Channel counts that are multiples of the 16-byte vector take the
-    pipelined tensor-core implicit GEMM (forward, stride-1 data gradient,
-    weight gradient) in TF32 float32, float16 and bfloat16: output and every
+    pipelined tensor-core implicit GEMM (forward, data gradient by stride
+    phases, weight gradient) in TF32 float32, float16 and bfloat16: output and every
     gradient against float64 on the CPU, NCHW, channels_last and strided
     inputs; transposed convolution of the same geometry too."""
     shape, (oc, kh, kw), stride, padding, dilation, groups = case
@@ -491,8 +494,6 @@ def test_cuda_pipelined_igemm(case, layout):
     xt = torch.randn(y64.shape, generator=g)
     bt = torch.randn(shape[1], generator=g)
     for transposed in (False, True):
-        if transposed and (stride != 1 or padding == 2):
-            continue  # torch's conv_transpose2d output would not match the input size
         if transposed:
             fn = lambda xx, ww, bb: CF.conv_transpose2d(xx, ww, bb, stride, padding, 0, groups, dilation)  # noqa: E731
             ref_fn = lambda xx, ww, bb: F.conv_transpose2d(xx, ww, bb, stride, padding, 0, groups, dilation)  # noqa: E731

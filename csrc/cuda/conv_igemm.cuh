@@ -8,8 +8,10 @@
 //   fwd_kernel   C[m = (n, oh, ow)][o] = sum over k = (kh, kw, c) of
 //                X[n, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw, c] * B[o][k]
 //                forward: X = x, B = w as (OC, KH, KW, Cg);
-//                stride-1 data gradient: X = gy, B = w with its taps reversed
-//                as (C, KH, KW, OCg), padding dh*(KH-1) - pt (and likewise w).
+//                data gradient, one launch per stride phase: X = gy, B = the
+//                phase's taps of w as (C, KH', KW', OCg), unit stride, a
+//                negative dilation (tap j reads q + off - j * dd) and output
+//                strides stride * (those of gx) from the phase's first pixel.
 //   wgrad_kernel C[o][j = (kh, kw, c)] = sum over pixels p of gy[p][o] * x at
 //                p's window tap (kh, kw), channel c; pixels are split into
 //                fixed chunks whose partial sums are added in chunk order by
@@ -85,6 +87,7 @@ struct FP {
   int M, K, NoutG, CinG, IH, IW, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw;
   int xn, xh, xw;      // input strides in elements (channel stride 1)
   int yn, yc, yh, yw;  // output strides
+  int y0;              // offset of output pixel (0, 0)
   int64_t wg;          // elements between two groups' weight matrices
   bool pair;           // outputs n, n + 1 adjacent and 8/4-byte aligned
 };
@@ -219,7 +222,7 @@ __global__ void __launch_bounds__(NT) fwd_kernel(const T* __restrict__ x,
       const int m = m0 + wm + mi * 16 + gid + 8 * h;
       if (m >= p.M) continue;
       const int n = m / P, r = m - n * P, oh = r / p.OW, ow = r - oh * p.OW;
-      T* ym = y + (n * p.yn + oh * p.yh + ow * p.yw);
+      T* ym = y + (p.y0 + n * p.yn + oh * p.yh + ow * p.yw);
 #pragma unroll
       for (int ni = 0; ni < 4; ++ni) {
         const int nn = n0 + wn + ni * 8 + 2 * tig;
