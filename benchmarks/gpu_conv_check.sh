@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Lent-GPU session, convolution focus: build against the machine's torch,
 # report the implicit-GEMM kernels' resources, run the CUDA convolution
-# tests, then the CUDA convolution benchmark. Logs go to $OUT (or ./gpu_out).
+# tests (TESTS / TESTK choose others), then the CUDA benchmarks of BENCH_OPS
+# (default conv). Logs go to $OUT (or ./gpu_out).
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -18,7 +19,8 @@ obj=$(ls build/temp*/csrc/cuda/conv.o 2>/dev/null | head -1)
 [ -n "$obj" ] && cuobjdump --dump-resource-usage "$obj" 2>&1 | grep -A1 "2ig" \
   | grep -o "Function [^:]*\|REG:[0-9]*\|STACK:[0-9]*\|SHARED:[0-9]*\|LOCAL:[0-9]*" | paste -s -d' ' \
   | sed 's/Function/\nFunction/g' | cut -c1-200 | tee "$OUT/resources.txt"
-python3 -m pytest tests/test_conv.py -q -p no:cacheprovider -k "${TESTK:-cuda}" -x > "$OUT/pytest.log" 2>&1
+# TESTS=tests TESTK= runs the whole suite
+python3 -m pytest ${TESTS:-tests/test_conv.py} -q -p no:cacheprovider -k "${TESTK-cuda}" > "$OUT/pytest.log" 2>&1
 echo "pytest rc=$?"; tail -4 "$OUT/pytest.log"; grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/pytest.log" | head -20
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   python3 benchmarks/run.py --device cuda --ops "${BENCH_OPS:-conv}" --out "$OUT" --no-chart ${BENCH_ARGS:-} 2> "$OUT/bench.err" | tee "$OUT/bench.log" | grep -v "^wrote" | cut -c1-150 | tail -${BENCH_TAIL:-60}

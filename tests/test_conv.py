@@ -520,6 +520,42 @@ def test_cuda_pipelined_igemm(case, layout):
             torch.backends.cudnn.allow_tf32 = False
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build")
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), K, padding
+    ((2, 6, 19, 13), 3, 1),    # rows not a multiple of the 8-row strip, widths not of 4
+    ((3, 4, 8, 8), 3, 0),      # exact strips, no padding
+    ((1, 5, 23, 9), 5, 2),
+    ((2, 3, 12, 30), 7, 3),
+    ((2, 2, 5, 5), 5, (0, 2)),  # one output row, padding on one axis
+])
+def test_cuda_depthwise_strips(case):
+    """NCHW depthwise layers with unit stride and dilation run on the strip
+    kernels (4 x 8 outputs per thread; the data gradient with reversed taps;
+    the weight gradient reduced per channel in a fixed order): every dtype
+    against float64 on the CPU, and the weight gradient bit for bit the same
+    twice."""
+    shape, k, padding = case
+    c = shape[1]
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    w = torch.randn(c, 1, k, k, generator=g, dtype=torch.float64)
+    b = torch.randn(c, generator=g, dtype=torch.float64)
+    ref_in = [t.clone().requires_grad_() for t in (x, w, b)]
+    r = F.conv2d(*ref_in, 1, padding, 1, c)
+    gy = torch.randn(r.shape, generator=g, dtype=torch.float64)
+    ref_grads = torch.autograd.grad(r, ref_in, gy)
+    for dtype, bound in [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.float16, 3e-3),
+                         (torch.bfloat16, 2e-2)]:
+        ins = [t.to("cuda", dtype).requires_grad_() for t in (x, w, b)]
+        y = CF.conv2d(*ins, 1, padding, 1, c)
+        grads = torch.autograd.grad(y, ins, gy.to("cuda", dtype))
+        errs = [_rel(y, r)] + [_rel(a, e) for a, e in zip(grads, ref_grads)]
+        assert max(errs) < bound, (dtype, errs)
+        again = torch.autograd.grad(CF.conv2d(*ins, 1, padding, 1, c), ins, gy.to("cuda", dtype))
+        assert torch.equal(again[1], grads[1])
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_channels_last_large_output_cpu(cpu_isa, stride):
     """Outputs over 8 MB take the non-temporal-store path of the channels_last

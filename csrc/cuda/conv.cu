@@ -1227,7 +1227,224 @@ __global__ void __launch_bounds__(256) wgrad_kernel(const T* __restrict__ gy,
   }
 }
 
+
+// NCHW, unit stride and dilation, one output channel per input channel: a
+// thread computes 4 adjacent outputs in each of RB rows of one plane, walking
+// down its column strip, so that every input row it reads (4 + KW - 1 values)
+// feeds up to KH output rows from registers. Forward, and the data gradient
+// as the same convolution of grad_output with the taps reversed.
+struct StripP {
+  int C, H, W, OH, OW, pt, pl, cg, rg;
+  int64_t items;  // planes * rg * cg
+  bool flip;      // read the taps reversed (data gradient)
+};
+
+constexpr int kStripRows = 8;
+
+template <typename T, int KH, int KW>
+__global__ void __launch_bounds__(256) strip_kernel(const T* __restrict__ x,
+                                                    const T* __restrict__ w,
+                                                    const T* __restrict__ b, T* __restrict__ y,
+                                                    StripP p) {
+  using A = at::opmath_type<T>;
+  constexpr int RB = kStripRows, VN = 4 + KW - 1;
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < p.items;
+       t += int64_t(gridDim.x) * blockDim.x) {
+    const int cgi = int(t % p.cg);
+    const int64_t t2 = t / p.cg;
+    const int rgi = int(t2 % p.rg);
+    const int64_t plane = t2 / p.rg;
+    const int c = int(plane % p.C);
+    const int ow0 = cgi * 4, oh0 = rgi * RB;
+    const T* xp = x + plane * p.H * p.W;
+    A wr[KH][KW];
+#pragma unroll
+    for (int kh = 0; kh < KH; ++kh)
+#pragma unroll
+      for (int kw = 0; kw < KW; ++kw)
+        wr[kh][kw] = static_cast<A>(
+            w[c * KH * KW + (p.flip ? (KH - 1 - kh) * KW + (KW - 1 - kw) : kh * KW + kw)]);
+    const A bv = b ? static_cast<A>(b[c]) : A(0);
+    A acc[RB][4];
+#pragma unroll
+    for (int o = 0; o < RB; ++o)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[o][j] = bv;
+#pragma unroll
+    for (int r = 0; r < RB + KH - 1; ++r) {
+      const int ih = oh0 - p.pt + r;
+      A v[VN];
+      const bool hok = unsigned(ih) < unsigned(p.H);
+      const T* row = xp + int64_t(hok ? ih : 0) * p.W;
+#pragma unroll
+      for (int j = 0; j < VN; ++j) {
+        const int iw = ow0 - p.pl + j;
+        v[j] = hok && unsigned(iw) < unsigned(p.W) ? static_cast<A>(row[iw]) : A(0);
+      }
+#pragma unroll
+      for (int kh = 0; kh < KH; ++kh) {
+        const int o = r - kh;
+        if (o < 0 || o >= RB) continue;
+#pragma unroll
+        for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[o][j] += wr[kh][kw] * v[j + kw];
+      }
+    }
+    T* yp = y + plane * p.OH * p.OW;
+#pragma unroll
+    for (int o = 0; o < RB; ++o) {
+      const int oh = oh0 + o;
+      if (oh >= p.OH) break;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (ow0 + j < p.OW) yp[int64_t(oh) * p.OW + ow0 + j] = static_cast<T>(acc[o][j]);
+    }
+  }
+}
+
+// Weight gradient of the same layers: a thread sums, for every tap, grad_output
+// times input over its 4 x RB strip (each input row read once); a block owns
+// one channel and a slice of its strips and reduces in a fixed order; the
+// slices' partial sums are added in order afterwards.
+template <typename T, int KH, int KW>
+__global__ void __launch_bounds__(256) strip_wgrad_kernel(const T* __restrict__ gy,
+                                                          const T* __restrict__ x, StripP p,
+                                                          int N, int slices,
+                                                          float* __restrict__ part) {
+  using A = float;
+  constexpr int RB = kStripRows, VN = 4 + KW - 1, KK = KH * KW;
+  const int c = blockIdx.x, slice = blockIdx.y;
+  const int64_t per = int64_t(N) * p.rg * p.cg;  // strips of this channel
+  A acc[KH][KW];
+#pragma unroll
+  for (int kh = 0; kh < KH; ++kh)
+#pragma unroll
+    for (int kw = 0; kw < KW; ++kw) acc[kh][kw] = 0.f;
+  for (int64_t t = int64_t(slice) * blockDim.x + threadIdx.x; t < per;
+       t += int64_t(slices) * blockDim.x) {
+    const int cgi = int(t % p.cg);
+    const int64_t t2 = t / p.cg;
+    const int rgi = int(t2 % p.rg);
+    const int64_t n = t2 / p.rg, plane = n * p.C + c;
+    const int ow0 = cgi * 4, oh0 = rgi * RB;
+    const T* xp = x + plane * p.H * p.W;
+    const T* gp = gy + plane * p.OH * p.OW;
+    A g[RB][4];
+#pragma unroll
+    for (int o = 0; o < RB; ++o)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        g[o][j] = oh0 + o < p.OH && ow0 + j < p.OW
+                      ? static_cast<A>(gp[int64_t(oh0 + o) * p.OW + ow0 + j])
+                      : A(0);
+#pragma unroll
+    for (int r = 0; r < RB + KH - 1; ++r) {
+      const int ih = oh0 - p.pt + r;
+      A v[VN];
+      const bool hok = unsigned(ih) < unsigned(p.H);
+      const T* row = xp + int64_t(hok ? ih : 0) * p.W;
+#pragma unroll
+      for (int j = 0; j < VN; ++j) {
+        const int iw = ow0 - p.pl + j;
+        v[j] = hok && unsigned(iw) < unsigned(p.W) ? static_cast<A>(row[iw]) : A(0);
+      }
+#pragma unroll
+      for (int kh = 0; kh < KH; ++kh) {
+        const int o = r - kh;
+        if (o < 0 || o >= RB) continue;
+#pragma unroll
+        for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[kh][kw] += g[o][j] * v[j + kw];
+      }
+    }
+  }
+  // fixed-order reduction: within each warp by shuffles, then over the 8 warps
+  __shared__ A red[KK][8];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int kh = 0; kh < KH; ++kh)
+#pragma unroll
+    for (int kw = 0; kw < KW; ++kw) {
+      A v = acc[kh][kw];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+      if (lane == 0) red[kh * KW + kw][warp] = v;
+    }
+  __syncthreads();
+  if (threadIdx.x < KK) {
+    A s = 0.f;
+    for (int i = 0; i < 8; ++i) s += red[threadIdx.x][i];
+    part[(int64_t(slice) * p.C + c) * KK + threadIdx.x] = s;
+  }
+}
 }  // namespace dw
+
+
+// The strip kernels (dw::strip_kernel, dw::strip_wgrad_kernel): contiguous
+// NCHW, unit stride and dilation, multiplier 1, square 3 / 5 / 7 taps.
+template <typename T>
+bool launch_dw_strip(int which, const ConvGeometry& cg, const Tensor& a, const Tensor& b,
+                     const Tensor& bias, Tensor& out, bool cl) {
+  if (cl || !cg.depthwise() || cg.OC != cg.C || cg.sh != 1 || cg.sw != 1 || cg.dh != 1 ||
+      cg.dw != 1 || cg.KH != cg.KW || (cg.KH != 3 && cg.KH != 5 && cg.KH != 7))
+    return false;
+  const Tensor& src = which == 2 ? b : a;  // x for forward / wgrad, gy for dgrad
+  if (!src.is_contiguous() || !out.is_contiguous() || (which == 2 && !a.is_contiguous()))
+    return false;
+  dw::StripP p{};
+  p.C = int(cg.C);
+  if (which == 1) {  // gx = conv(gy, reversed taps), padding K - 1 - pad, output H x W
+    p.H = int(cg.OH), p.W = int(cg.OW), p.OH = int(cg.H), p.OW = int(cg.W);
+    p.pt = int(cg.KH - 1 - cg.pt), p.pl = int(cg.KW - 1 - cg.pl);
+    p.flip = true;
+  } else {
+    p.H = int(cg.H), p.W = int(cg.W), p.OH = int(cg.OH), p.OW = int(cg.OW);
+    p.pt = int(cg.pt), p.pl = int(cg.pl);
+  }
+  p.cg = (p.OW + 3) / 4, p.rg = (p.OH + dw::kStripRows - 1) / dw::kStripRows;
+  const int64_t planes = cg.N * cg.C;
+  p.items = planes * p.rg * p.cg;
+  if (cg.N * cg.C * std::max(cg.H * cg.W, cg.OH * cg.OW) >= (int64_t(1) << 31)) return false;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  if (which != 2) {
+    if (out.numel() == 0) return true;
+    const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
+    const int blocks = int(std::min<int64_t>((p.items + 255) / 256, 65535LL * 16));
+#define CNNK_STRIP(K)                                                                         \
+  dw::strip_kernel<T, K, K><<<blocks, 256, 0, stream>>>(src.data_ptr<T>(), b.data_ptr<T>(), bp, \
+                                                        out.data_ptr<T>(), p)
+    if (cg.KH == 3) CNNK_STRIP(3); else if (cg.KH == 5) CNNK_STRIP(5); else CNNK_STRIP(7);
+#undef CNNK_STRIP
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
+  // weight gradient: a = gy, b = x, out = gw (C, 1, K, K)
+  if (out.numel() == 0) return true;
+  if (cg.N * cg.OH * cg.OW == 0) {
+    out.zero_();
+    return true;
+  }
+  if (cg.C > 65535 * 64) return false;
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t per = cg.N * p.rg * p.cg;
+  const int slices = int(std::max<int64_t>(
+      1, std::min<int64_t>({(4 * sms + cg.C - 1) / cg.C, (per + 255) / 256, 65535})));
+  const int64_t KK = cg.KH * cg.KW, n = cg.C * KK;
+  Tensor part = at::empty({slices * n}, out.options().dtype(at::kFloat));
+  const dim3 grid(unsigned(cg.C), unsigned(slices));
+#define CNNK_STRIPW(K)                                                                         \
+  dw::strip_wgrad_kernel<T, K, K><<<grid, 256, 0, stream>>>(a.data_ptr<T>(), b.data_ptr<T>(), p, \
+                                                            int(cg.N), slices, part.data_ptr<float>())
+  if (cg.KH == 3) CNNK_STRIPW(3); else if (cg.KH == 5) CNNK_STRIPW(5); else CNNK_STRIPW(7);
+#undef CNNK_STRIPW
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  gemm::reduce_splits_kernel<T, float><<<blocks_for(n), kThreads, 0, stream>>>(
+      part.data_ptr<float>(), slices, n, out.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
 
 template <typename T>
 bool launch_depthwise(int which, const ConvGeometry& cg, const Tensor& a, const Tensor& b,
@@ -1235,6 +1452,7 @@ bool launch_depthwise(int which, const ConvGeometry& cg, const Tensor& a, const 
   // which: 0 forward (a = x, b = w, out = y), 1 data grad (a = gy, b = w,
   // out = gx), 2 weight grad (a = gy, b = x, out = gw). false: not handled.
   if (!cg.depthwise()) return false;
+  if (launch_dw_strip<T>(which, cg, a, b, bias, out, cl)) return true;
   const int64_t lim = int64_t(1) << 30;
   if (cg.N * std::max(cg.OH * cg.OW, cg.H * cg.W) >= lim || cg.OC >= lim) return false;
   auto stream = at::cuda::getCurrentCUDAStream();
