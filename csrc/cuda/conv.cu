@@ -1311,8 +1311,8 @@ template <typename T, int KH, int KW>
 __global__ void __launch_bounds__(256) strip_wgrad_kernel(const T* __restrict__ gy,
                                                           const T* __restrict__ x, StripP p,
                                                           int N, int slices,
-                                                          float* __restrict__ part) {
-  using A = float;
+                                                          at::opmath_type<T>* __restrict__ part) {
+  using A = at::opmath_type<T>;
   constexpr int RB = kStripRows, VN = 4 + KW - 1, KK = KH * KW;
   const int c = blockIdx.x, slice = blockIdx.y;
   const int64_t per = int64_t(N) * p.rg * p.cg;  // strips of this channel
@@ -1320,7 +1320,7 @@ __global__ void __launch_bounds__(256) strip_wgrad_kernel(const T* __restrict__ 
 #pragma unroll
   for (int kh = 0; kh < KH; ++kh)
 #pragma unroll
-    for (int kw = 0; kw < KW; ++kw) acc[kh][kw] = 0.f;
+    for (int kw = 0; kw < KW; ++kw) acc[kh][kw] = A(0);
   for (int64_t t = int64_t(slice) * blockDim.x + threadIdx.x; t < per;
        t += int64_t(slices) * blockDim.x) {
     const int cgi = int(t % p.cg);
@@ -1374,7 +1374,7 @@ __global__ void __launch_bounds__(256) strip_wgrad_kernel(const T* __restrict__ 
     }
   __syncthreads();
   if (threadIdx.x < KK) {
-    A s = 0.f;
+    A s = A(0);
     for (int i = 0; i < 8; ++i) s += red[threadIdx.x][i];
     part[(int64_t(slice) * p.C + c) * KK + threadIdx.x] = s;
   }
@@ -1432,16 +1432,17 @@ bool launch_dw_strip(int which, const ConvGeometry& cg, const Tensor& a, const T
   const int slices = int(std::max<int64_t>(
       1, std::min<int64_t>({(4 * sms + cg.C - 1) / cg.C, (per + 255) / 256, 65535})));
   const int64_t KK = cg.KH * cg.KW, n = cg.C * KK;
-  Tensor part = at::empty({slices * n}, out.options().dtype(at::kFloat));
+  using A = at::opmath_type<T>;
+  Tensor part = at::empty({slices * n}, out.options().dtype(c10::CppTypeToScalarType<A>::value));
   const dim3 grid(unsigned(cg.C), unsigned(slices));
 #define CNNK_STRIPW(K)                                                                         \
   dw::strip_wgrad_kernel<T, K, K><<<grid, 256, 0, stream>>>(a.data_ptr<T>(), b.data_ptr<T>(), p, \
-                                                            int(cg.N), slices, part.data_ptr<float>())
+                                                            int(cg.N), slices, part.data_ptr<A>())
   if (cg.KH == 3) CNNK_STRIPW(3); else if (cg.KH == 5) CNNK_STRIPW(5); else CNNK_STRIPW(7);
 #undef CNNK_STRIPW
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  gemm::reduce_splits_kernel<T, float><<<blocks_for(n), kThreads, 0, stream>>>(
-      part.data_ptr<float>(), slices, n, out.data_ptr<T>());
+  gemm::reduce_splits_kernel<T, A><<<blocks_for(n), kThreads, 0, stream>>>(
+      part.data_ptr<A>(), slices, n, out.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
 }
