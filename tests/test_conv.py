@@ -415,6 +415,43 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def _check_conv_and_transposed(case, seed, layout, runs, device="cuda"):
+    """The convolution of `case` and the transposed convolution of the same
+    geometry, per (dtype, tf32, bound) in runs: the output and every gradient
+    as ||ours - ref|| / ||ref|| against float64 on the CPU, the output finite
+    and in the input's memory format."""
+    shape, (oc, kh, kw), stride, padding, dilation, groups = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g)
+    w = torch.randn(oc, shape[1] // groups, kh, kw, generator=g) / (shape[1] // groups * kh * kw) ** 0.5
+    b = torch.randn(oc, generator=g)
+    args = (stride, padding, dilation, groups)
+    targs = (stride, padding, 0, groups, dilation)
+    xt = torch.randn(F.conv2d(x, w, None, *args).shape, generator=g)  # the transposed op's input
+    bt = torch.randn(shape[1], generator=g)
+    pairs = [(False, (x, w, b), lambda *t: CF.conv2d(*t, *args), lambda *t: F.conv2d(*t, *args)),
+             (True, (xt, w, bt), lambda *t: CF.conv_transpose2d(*t, *targs),
+              lambda *t: F.conv_transpose2d(*t, *targs))]
+    try:
+        for transposed, tensors, fn, ref_fn in pairs:
+            ref_in = [t.double().requires_grad_() for t in tensors]
+            r = ref_fn(*ref_in)
+            gy = torch.randn(r.shape, generator=g, dtype=torch.float64)
+            ref_grads = torch.autograd.grad(r, ref_in, gy)
+            for dtype, tf32, bound in runs:
+                torch.backends.cudnn.allow_tf32 = tf32
+                ins = [_layout(t.to(device, dtype), layout if t.dim() == 4 else "contiguous").requires_grad_()
+                       for t in tensors]
+                y = fn(*ins)
+                grads = torch.autograd.grad(y, ins, gy.to(device, dtype))
+                errs = [_rel(y, r)] + [_rel(a, e) for a, e in zip(grads, ref_grads)]
+                assert max(errs) < bound, (transposed, dtype, tf32, errs)
+                assert torch.isfinite(y).all()
+                assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    finally:
+        torch.backends.cudnn.allow_tf32 = False
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build")
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("case", [
@@ -428,40 +465,9 @@ def test_cuda_large_tiles_all_dtypes(case, layout):
     """Shapes that span several GEMM tiles in every dimension (and several K
     chunks in the weight gradient), per dtype, as ||ours - ref|| / ||ref||
     against float64 on the CPU; float32 both exact and as TF32."""
-    shape, (oc, kh, kw), stride, padding, dilation, groups = case
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(shape, generator=g)
-    w = torch.randn(oc, shape[1] // groups, kh, kw, generator=g) / (shape[1] // groups * kh * kw) ** 0.5
-    b = torch.randn(oc, generator=g)
-    args = (stride, padding, dilation, groups)
-    for transposed in (False, True):
-        if transposed:  # the transposed op of the same geometry: weight (C_in, C_out / G, ...)
-            xin = torch.randn(F.conv2d(x, w, None, *args).shape, generator=g)
-            wt = w
-            bt = torch.randn(shape[1], generator=g)
-            fn = lambda xx, ww, bb: CF.conv_transpose2d(xx, ww, bb, stride, padding, 0, groups, dilation)  # noqa: E731
-            ref_fn = lambda xx, ww, bb: F.conv_transpose2d(xx, ww, bb, stride, padding, 0, groups, dilation)  # noqa: E731
-            tensors = (xin, wt, bt)
-        else:
-            fn = lambda xx, ww, bb: CF.conv2d(xx, ww, bb, *args)  # noqa: E731
-            ref_fn = lambda xx, ww, bb: F.conv2d(xx, ww, bb, *args)  # noqa: E731
-            tensors = (x, w, b)
-        ref_in = [t.double().requires_grad_() for t in tensors]
-        r = ref_fn(*ref_in)
-        gy = torch.randn(r.shape, generator=g, dtype=torch.float64)
-        ref_grads = torch.autograd.grad(r, ref_in, gy)
-        for dtype, tf32, bound in [(torch.float64, False, 1e-12), (torch.float32, False, 1e-5),
-                                   (torch.float32, True, 3e-3), (torch.float16, False, 3e-3),
-                                   (torch.bfloat16, False, 2e-2)]:
-            torch.backends.cudnn.allow_tf32 = tf32
-            ins = [_layout(t.to("cuda", dtype), layout if t.dim() == 4 else "contiguous").requires_grad_()
-                   for t in tensors]
-            y = fn(*ins)
-            grads = torch.autograd.grad(y, ins, gy.to("cuda", dtype))
-            errs = [_rel(y, r)] + [_rel(a, b) for a, b in zip(grads, ref_grads)]
-            assert max(errs) < bound, (transposed, dtype, tf32, errs)
-            assert torch.isfinite(y).all()
-        torch.backends.cudnn.allow_tf32 = False
+    _check_conv_and_transposed(case, 3, layout, [
+        (torch.float64, False, 1e-12), (torch.float32, False, 1e-5), (torch.float32, True, 3e-3),
+        (torch.float16, False, 3e-3), (torch.bfloat16, False, 2e-2)])
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build")
@@ -484,40 +490,8 @@ def test_cuda_pipelined_igemm(case, layout):
     phases, weight gradient) in TF32 float32, float16 and bfloat16: output and every
     gradient against float64 on the CPU, NCHW, channels_last and strided
     inputs; transposed convolution of the same geometry too."""
-    shape, (oc, kh, kw), stride, padding, dilation, groups = case
-    g = torch.Generator().manual_seed(11)
-    x = torch.randn(shape, generator=g)
-    w = torch.randn(oc, shape[1] // groups, kh, kw, generator=g) / (shape[1] // groups * kh * kw) ** 0.5
-    b = torch.randn(oc, generator=g)
-    args = (stride, padding, dilation, groups)
-    y64 = F.conv2d(x.double(), w.double(), None, *args)
-    xt = torch.randn(y64.shape, generator=g)
-    bt = torch.randn(shape[1], generator=g)
-    for transposed in (False, True):
-        if transposed:
-            fn = lambda xx, ww, bb: CF.conv_transpose2d(xx, ww, bb, stride, padding, 0, groups, dilation)  # noqa: E731
-            ref_fn = lambda xx, ww, bb: F.conv_transpose2d(xx, ww, bb, stride, padding, 0, groups, dilation)  # noqa: E731
-            tensors = (xt, w, bt)
-        else:
-            fn = lambda xx, ww, bb: CF.conv2d(xx, ww, bb, *args)  # noqa: E731
-            ref_fn = lambda xx, ww, bb: F.conv2d(xx, ww, bb, *args)  # noqa: E731
-            tensors = (x, w, b)
-        ref_in = [t.double().requires_grad_() for t in tensors]
-        r = ref_fn(*ref_in)
-        gy = torch.randn(r.shape, generator=g, dtype=torch.float64)
-        ref_grads = torch.autograd.grad(r, ref_in, gy)
-        try:
-            for dtype, bound in [(torch.float32, 3e-3), (torch.float16, 3e-3), (torch.bfloat16, 2e-2)]:
-                torch.backends.cudnn.allow_tf32 = True
-                ins = [_layout(t.to("cuda", dtype), layout if t.dim() == 4 else "contiguous").requires_grad_()
-                       for t in tensors]
-                y = fn(*ins)
-                grads = torch.autograd.grad(y, ins, gy.to("cuda", dtype))
-                errs = [_rel(y, r)] + [_rel(a, e) for a, e in zip(grads, ref_grads)]
-                assert max(errs) < bound, (transposed, dtype, errs)
-                assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
-        finally:
-            torch.backends.cudnn.allow_tf32 = False
+    _check_conv_and_transposed(case, 11, layout, [
+        (torch.float32, True, 3e-3), (torch.float16, False, 3e-3), (torch.bfloat16, False, 2e-2)])
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build")

@@ -1241,13 +1241,38 @@ struct StripP {
 
 constexpr int kStripRows = 8;
 
+// Walks the RB + KH - 1 input rows under a strip of 4 x RB outputs at
+// (oh0, ow0): loads each row's 4 + KW - 1 values once (zero outside the plane)
+// and calls f(o, kh, v) for every strip row o = r - kh that the row reaches.
+template <typename T, typename A, int RB, int KH, int KW, typename F>
+__device__ __forceinline__ void strip_rows(const T* xp, int oh0, int ow0, const StripP& p, F&& f) {
+  constexpr int VN = 4 + KW - 1;
+#pragma unroll
+  for (int r = 0; r < RB + KH - 1; ++r) {
+    const int ih = oh0 - p.pt + r;
+    A v[VN];
+    const bool hok = unsigned(ih) < unsigned(p.H);
+    const T* row = xp + int64_t(hok ? ih : 0) * p.W;
+#pragma unroll
+    for (int j = 0; j < VN; ++j) {
+      const int iw = ow0 - p.pl + j;
+      v[j] = hok && unsigned(iw) < unsigned(p.W) ? static_cast<A>(row[iw]) : A(0);
+    }
+#pragma unroll
+    for (int kh = 0; kh < KH; ++kh) {
+      const int o = r - kh;
+      if (o >= 0 && o < RB) f(o, kh, v);
+    }
+  }
+}
+
 template <typename T, int KH, int KW>
 __global__ void __launch_bounds__(256) strip_kernel(const T* __restrict__ x,
                                                     const T* __restrict__ w,
                                                     const T* __restrict__ b, T* __restrict__ y,
                                                     StripP p) {
   using A = at::opmath_type<T>;
-  constexpr int RB = kStripRows, VN = 4 + KW - 1;
+  constexpr int RB = kStripRows;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < p.items;
        t += int64_t(gridDim.x) * blockDim.x) {
     const int cgi = int(t % p.cg);
@@ -1270,27 +1295,12 @@ __global__ void __launch_bounds__(256) strip_kernel(const T* __restrict__ x,
     for (int o = 0; o < RB; ++o)
 #pragma unroll
       for (int j = 0; j < 4; ++j) acc[o][j] = bv;
+    strip_rows<T, A, RB, KH, KW>(xp, oh0, ow0, p, [&](int o, int kh, const A* v) {
 #pragma unroll
-    for (int r = 0; r < RB + KH - 1; ++r) {
-      const int ih = oh0 - p.pt + r;
-      A v[VN];
-      const bool hok = unsigned(ih) < unsigned(p.H);
-      const T* row = xp + int64_t(hok ? ih : 0) * p.W;
+      for (int kw = 0; kw < KW; ++kw)
 #pragma unroll
-      for (int j = 0; j < VN; ++j) {
-        const int iw = ow0 - p.pl + j;
-        v[j] = hok && unsigned(iw) < unsigned(p.W) ? static_cast<A>(row[iw]) : A(0);
-      }
-#pragma unroll
-      for (int kh = 0; kh < KH; ++kh) {
-        const int o = r - kh;
-        if (o < 0 || o >= RB) continue;
-#pragma unroll
-        for (int kw = 0; kw < KW; ++kw)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) acc[o][j] += wr[kh][kw] * v[j + kw];
-      }
-    }
+        for (int j = 0; j < 4; ++j) acc[o][j] += wr[kh][kw] * v[j + kw];
+    });
     T* yp = y + plane * p.OH * p.OW;
 #pragma unroll
     for (int o = 0; o < RB; ++o) {
@@ -1313,7 +1323,7 @@ __global__ void __launch_bounds__(256) strip_wgrad_kernel(const T* __restrict__ 
                                                           int N, int slices,
                                                           at::opmath_type<T>* __restrict__ part) {
   using A = at::opmath_type<T>;
-  constexpr int RB = kStripRows, VN = 4 + KW - 1, KK = KH * KW;
+  constexpr int RB = kStripRows, KK = KH * KW;
   const int c = blockIdx.x, slice = blockIdx.y;
   const int64_t per = int64_t(N) * p.rg * p.cg;  // strips of this channel
   A acc[KH][KW];
@@ -1338,27 +1348,12 @@ __global__ void __launch_bounds__(256) strip_wgrad_kernel(const T* __restrict__ 
         g[o][j] = oh0 + o < p.OH && ow0 + j < p.OW
                       ? static_cast<A>(gp[int64_t(oh0 + o) * p.OW + ow0 + j])
                       : A(0);
+    strip_rows<T, A, RB, KH, KW>(xp, oh0, ow0, p, [&](int o, int kh, const A* v) {
 #pragma unroll
-    for (int r = 0; r < RB + KH - 1; ++r) {
-      const int ih = oh0 - p.pt + r;
-      A v[VN];
-      const bool hok = unsigned(ih) < unsigned(p.H);
-      const T* row = xp + int64_t(hok ? ih : 0) * p.W;
+      for (int kw = 0; kw < KW; ++kw)
 #pragma unroll
-      for (int j = 0; j < VN; ++j) {
-        const int iw = ow0 - p.pl + j;
-        v[j] = hok && unsigned(iw) < unsigned(p.W) ? static_cast<A>(row[iw]) : A(0);
-      }
-#pragma unroll
-      for (int kh = 0; kh < KH; ++kh) {
-        const int o = r - kh;
-        if (o < 0 || o >= RB) continue;
-#pragma unroll
-        for (int kw = 0; kw < KW; ++kw)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) acc[kh][kw] += g[o][j] * v[j + kw];
-      }
-    }
+        for (int j = 0; j < 4; ++j) acc[kh][kw] += g[o][j] * v[j + kw];
+    });
   }
   // fixed-order reduction: within each warp by shuffles, then over the 8 warps
   __shared__ A red[KK][8];
