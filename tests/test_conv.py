@@ -494,6 +494,35 @@ def test_cuda_pipelined_igemm(case, layout):
         (torch.float32, True, 3e-3), (torch.float16, False, 3e-3), (torch.bfloat16, False, 2e-2)])
 
 
+def _odd_inputs_check(device, dtype, bound):
+    g = torch.Generator().manual_seed(13)
+    w = torch.randn(1 + 64 * 64, generator=g).to(device, dtype)[1:].view(64, 64, 1, 1)
+    assert w.data_ptr() % 16 != 0
+    x = torch.randn(2, 64, 8, 8, generator=g).to(device, dtype)
+    assert _rel(CF.conv2d(x, w), F.conv2d(x.double().cpu(), w.double().cpu())) < bound
+    with torch.inference_mode():
+        gy, xx, ww = (torch.randn(s, generator=g).to(device, dtype) for s in ((1, 8, 4, 4), (1, 8, 4, 4), (8, 8, 1, 1)))
+        ours = ops.conv2d_backward(gy, xx, ww, [1, 1], [0, 0], [1, 1], 1, [True, True, True])
+    ref = torch.ops.aten.convolution_backward(gy.double().cpu(), xx.double().cpu(), ww.double().cpu(), [8], [1, 1],
+                                              [0, 0], [1, 1], False, [0, 0], 1, [True, True, True])
+    for a, e in zip(ours, ref):
+        assert _rel(a, e) < bound
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build")
+def test_cuda_igemm_odd_inputs():
+    """A 1x1 weight whose storage offset is not 16-byte aligned (the implicit
+    GEMM reads the weight with 16-byte loads: it takes an aligned copy), and
+    the backward op under inference_mode (inference tensors have no version
+    counter for the channels_last cache): float16 against float64."""
+    _odd_inputs_check("cuda", torch.float16, 3e-3)
+
+
+def test_odd_inputs_cpu():
+    """The same calls on the CPU, float32 against float64."""
+    _odd_inputs_check("cpu", torch.float32, 1e-5)
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build")
 @pytest.mark.parametrize("case", [
     # (N, C, H, W), K, padding

@@ -30,7 +30,9 @@
 #include <limits>
 #include <type_traits>
 #include <array>
-#include <atomic>
+#include <mutex>
+#include <set>
+#include <utility>
 #include <cstdlib>
 #include <numeric>
 #include <tuple>
@@ -681,8 +683,9 @@ __global__ void nchw_to_nhwc_kernel(const T* __restrict__ in, T* __restrict__ ou
 
 // While a scope is open (one backward call), the channels_last copy of a
 // tensor is made once and reused: the data gradient and the weight gradient
-// of an NCHW call both read grad_output in NHWC. Keyed by the tensor's
-// storage, offset and version, so an in-place change is never missed.
+// of an NCHW call both read grad_output in NHWC. Keyed by the tensor itself
+// (TensorImpl identity; a different view misses) and its version, so an
+// in-place change is never missed; inference tensors (no version) skip it.
 struct NhwcCache {
   bool on = false;
   int next = 0;
@@ -698,13 +701,15 @@ struct NhwcScope {
 
 Tensor to_channels_last(const Tensor& t) {
   auto& cc = nhwc_cache;
-  if (cc.on)
+  const bool cached = cc.on && !t.is_inference();
+  if (cached)
     for (int i = 0; i < 2; ++i)
       if (cc.src[i].defined() && cc.src[i].is_same(t) && cc.version[i] == int64_t(t._version()))
         return cc.copy[i];
   Tensor c = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
   const int64_t N = t.size(0), C = t.size(1), HW = t.size(2) * t.size(3);
-  if (t.is_contiguous() && N <= 65535 && C * HW < kLim && C > 1 && HW > 1) {
+  if (t.is_contiguous() && N <= 65535 && (C + 31) / 32 <= 65535 && C * HW < kLim && C > 1 &&
+      HW > 1) {
     const dim3 grid(unsigned((HW + 31) / 32), unsigned((C + 31) / 32), unsigned(N));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "cnnkernels_nhwc", [&] {
       nchw_to_nhwc_kernel<scalar_t><<<grid, dim3(32, 8), 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -714,7 +719,7 @@ Tensor to_channels_last(const Tensor& t) {
   } else {
     c.copy_(t);
   }
-  if (cc.on) {
+  if (cached) {
     cc.src[cc.next] = t, cc.copy[cc.next] = c, cc.version[cc.next] = int64_t(t._version());
     cc.next ^= 1;
   }
@@ -744,15 +749,15 @@ int stages_wanted() {
   return s;
 }
 
-template <typename K>
-void allow_smem(K kernel, int bytes) {
+void allow_smem(const void* kernel, int bytes) {
   // once per kernel and device: blocks may take more than 48 KB of shared memory
-  static std::atomic<uint64_t> done{0};
-  const int dev = c10::cuda::current_device();
-  const uint64_t bit = uint64_t(1) << (dev & 63);
-  if (done.load() & bit) return;
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> done;
+  const std::pair<const void*, int> key{kernel, int(c10::cuda::current_device())};
+  const std::lock_guard<std::mutex> lock(mu);
+  if (done.count(key)) return;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  done.fetch_or(bit);
+  done.insert(key);
 }
 
 // The taps of one output phase of a strided data gradient along one axis:
@@ -793,7 +798,7 @@ bool conv(const ConvGeometry& cg, bool dgrad, const Tensor& src, const Tensor& w
     const int64_t K = cg.KH * cg.KW * cinG;
     if (cin % vw || cinG % vw || K == 0) return false;
     if (out.numel() == 0) return true;
-    if (K > kLim || w.numel() > kLim || cg.G > 65535 || max_off(out) > kLim ||
+    if (K > kLim - 128 || w.numel() > kLim || cg.G > 65535 || max_off(out) > kLim ||
         src.numel() > kLim || (noutG + 63) / 64 > 65535)
       return false;
     const Tensor X = nhwc(src, vw, false);
@@ -820,7 +825,7 @@ bool conv(const ConvGeometry& cg, bool dgrad, const Tensor& src, const Tensor& w
       const T* wp = wmat.numel() ? wmat.data_ptr<T>() : X.data_ptr<T>();
       auto go = [&](auto kernel, int stages) {
         const int bytes = stages * (128 + 64) * ig::RW * 4;
-        allow_smem(kernel, bytes);
+        allow_smem(reinterpret_cast<const void*>(kernel), bytes);
         kernel<<<grid, ig::NT, bytes, stream>>>(X.data_ptr<T>(), wp, bp, out.data_ptr<T>(), p);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
@@ -834,7 +839,9 @@ bool conv(const ConvGeometry& cg, bool dgrad, const Tensor& src, const Tensor& w
       p.KH = int(cg.KH), p.KW = int(cg.KW), p.sh = int(cg.sh), p.sw = int(cg.sw);
       p.dh = int(cg.dh), p.dw = int(cg.dw), p.pt = int(cg.pt), p.pl = int(cg.pl);
       p.yh = int(out.stride(2)), p.yw = int(out.stride(3)), p.y0 = 0;
-      launch(w.permute({0, 2, 3, 1}).contiguous(), cg.OH, cg.OW);
+      Tensor wmat = w.permute({0, 2, 3, 1}).contiguous();  // for 1x1: w itself
+      if (reinterpret_cast<uintptr_t>(wmat.data_ptr()) % 16) wmat = wmat.clone();  // 16-byte loads
+      launch(wmat, cg.OH, cg.OW);
       return true;
     }
     const Tensor wv = w.view({cg.G, cg.OCg(), cg.Cg(), cg.KH, cg.KW});
@@ -873,7 +880,8 @@ bool wgrad(const ConvGeometry& cg, const Tensor& gy_in, const Tensor& x_in, Tens
     gw.zero_();
     return true;
   }
-  if (gy_in.numel() > kLim || x_in.numel() > kLim || gw.numel() > kLim) return false;
+  if (gy_in.numel() > kLim || x_in.numel() > kLim || gw.numel() > kLim || P > kLim / 2)
+    return false;
   const Tensor gy = nhwc(gy_in, vw, true), x = nhwc(x_in, vw, false);
   if (max_off(x) > kLim) return false;
   ig::WP p{};
@@ -904,7 +912,7 @@ bool wgrad(const ConvGeometry& cg, const Tensor& gy_in, const Tensor& x_in, Tens
   auto stream = at::cuda::getCurrentCUDAStream();
   auto go = [&](auto kernel, int stages) {
     const int bytes = stages * ig::wgrad_stage_bytes<T>();
-    allow_smem(kernel, bytes);
+    allow_smem(reinterpret_cast<const void*>(kernel), bytes);
     kernel<<<grid, ig::NT, bytes, stream>>>(gy.data_ptr<T>(), x.data_ptr<T>(),
                                             part.data_ptr<float>(), p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -19,8 +19,8 @@
 // Each block keeps STAGES k slices of 128-byte rows in flight (cp.async with
 // zero fill for padding and tails), reads fragments with ldmatrix (swizzled
 // rows, no bank conflicts) and multiplies with mma.sync: TF32 m16n8k8 for
-// float32 (operands rounded with cvt.rna, as the old path did), m16n8k16 with
-// float accumulation for float16 / bfloat16.
+// float32 (each fragment rounded once with cvt.rna after it is loaded, as the
+// old path rounded), m16n8k16 with float accumulation for float16 / bfloat16.
 namespace ig {
 
 constexpr int NT = 128;  // 4 warps
@@ -59,13 +59,24 @@ __device__ __forceinline__ int swz(int row, int word) {
   return row * RW + ((((word >> 2) ^ (row & 7)) << 2) | (word & 3));
 }
 
-template <typename T>
-__device__ __forceinline__ void mma(float* c, uint32_t* a, uint32_t* b) {
+// float32 fragments rounded to TF32 once, after they are loaded (not per mma)
+template <typename T, int MI, int NI>
+__device__ __forceinline__ void round_frags(uint32_t (&a)[MI][4], uint32_t (&b)[NI][2]) {
   if constexpr (std::is_same<T, float>::value) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) a[i] = gemm::to_tf32(__uint_as_float(a[i]));
-    b[0] = gemm::to_tf32(__uint_as_float(b[0]));
-    b[1] = gemm::to_tf32(__uint_as_float(b[1]));
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) a[i][q] = gemm::to_tf32(__uint_as_float(a[i][q]));
+#pragma unroll
+    for (int j = 0; j < NI; ++j)
+#pragma unroll
+      for (int q = 0; q < 2; ++q) b[j][q] = gemm::to_tf32(__uint_as_float(b[j][q]));
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void mma(float* c, const uint32_t* a, const uint32_t* b) {
+  if constexpr (std::is_same<T, float>::value) {
     gemm::mma_tf32(c, a, b);
   } else {
     gemm::mma_16816<T>(c, a, b);
@@ -202,14 +213,11 @@ __global__ void __launch_bounds__(NT) fwd_kernel(const T* __restrict__ x,
         bf[2 * pj][0] = t[0], bf[2 * pj][1] = t[1];
         bf[2 * pj + 1][0] = t[2], bf[2 * pj + 1][1] = t[3];
       }
+      round_frags<T>(af, bf);
 #pragma unroll
       for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < 4; ++ni) {
-          uint32_t a[4] = {af[mi][0], af[mi][1], af[mi][2], af[mi][3]};
-          uint32_t b[2] = {bf[ni][0], bf[ni][1]};
-          mma<T>(acc[mi][ni], a, b);
-        }
+        for (int ni = 0; ni < 4; ++ni) mma<T>(acc[mi][ni], af[mi], bf[ni]);
     }
   }
   cp_wait<0>();
@@ -378,14 +386,11 @@ __global__ void __launch_bounds__(NT) wgrad_kernel(const T* __restrict__ gy,
           bf[ni][0] = bw[(kk + tig) * LDB + nn];
           bf[ni][1] = bw[(kk + tig + 4) * LDB + nn];
         }
+        round_frags<T>(af, bf);
 #pragma unroll
         for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-          for (int ni = 0; ni < 8; ++ni) {
-            uint32_t aa[4] = {af[mi][0], af[mi][1], af[mi][2], af[mi][3]};
-            uint32_t bb[2] = {bf[ni][0], bf[ni][1]};
-            mma<T>(acc[mi][ni], aa, bb);
-          }
+          for (int ni = 0; ni < 8; ++ni) mma<T>(acc[mi][ni], af[mi], bf[ni]);
       }
     } else {
       const uint32_t abs_ = smem_u32(a), bbs = smem_u32(b);
