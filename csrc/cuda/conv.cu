@@ -1,17 +1,17 @@
 // CUDA convolution and transposed convolution: float16, bfloat16, float32,
-// float64 (accumulation in float, double for float64).
-//
-// Direct kernels, one thread per output value, reading any NCHW or
-// channels_last layout through element strides:
-//   forward     y[n, oc, oh, ow]  = bias + sum over (c, kh, kw)
-//   data grad   x[n, c, ih, iw]   = sum over (oc, kh, kw) of the taps whose
-//               output pixel exists (the stride divides ih + pad - kh*dil);
-//               conv_transpose2d's forward is this pass (plus bias)
-//   weight grad one block per weight value, threads over (n, oh, ow), a
-//               fixed-order shared-memory tree: no atomics, results repeat
-//               bit for bit; the bias gradient likewise, one block per channel.
-// This is the correctness baseline: no shared-memory tiling and no tensor
-// cores yet (see benchmarks/results/NOTES.md).
+// float64 (accumulation in float, double for float64). Which kernels run:
+//   - dense layers whose channel counts divide by the 16-byte vector, in
+//     float16 / bfloat16, or float32 with TF32 allowed: the pipelined
+//     tensor-core implicit GEMM (conv_igemm.cuh, host side in ig_host) for
+//     the forward, the data gradient (by stride phases; conv_transpose2d's
+//     forward) and the weight gradient;
+//   - depthwise layers: strip kernels (NCHW, unit stride) or direct kernels
+//     (namespace dw);
+//   - everything else: a generic implicit GEMM with table-driven gathers
+//     (namespace gemm), or the direct one-thread-per-output kernels below
+//     when the sizes overflow its 32-bit indices.
+// Reductions (weight and bias gradients) use fixed-order partial sums and no
+// atomics: results repeat bit for bit.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -871,61 +871,61 @@ bool wgrad(const ConvGeometry& cg, const Tensor& gy_in, const Tensor& x_in, Tens
   if constexpr (!kTypeBuilt<T>) {
     return false;
   } else {
-  constexpr int64_t vw = 16 / int64_t(sizeof(T));
-  if (!type_ok<T>() || cg.depthwise()) return false;
-  if (cg.OC % vw || cg.OCg() % vw || cg.C % vw || cg.Cg() % vw) return false;
-  if (gw.numel() == 0) return true;
-  const int64_t P = cg.N * cg.OH * cg.OW;
-  if (P == 0) {
-    gw.zero_();
-    return true;
-  }
-  if (gy_in.numel() > kLim || x_in.numel() > kLim || gw.numel() > kLim || P > kLim / 2)
-    return false;
-  const Tensor gy = nhwc(gy_in, vw, true), x = nhwc(x_in, vw, false);
-  if (max_off(x) > kLim) return false;
-  ig::WP p{};
-  p.Mo = int(cg.OCg()), p.Cg = int(cg.Cg()), p.KH = int(cg.KH), p.KW = int(cg.KW);
-  p.Nj = int(cg.KH * cg.KW * cg.Cg());
-  p.OH = int(cg.OH), p.OW = int(cg.OW), p.H = int(cg.H), p.W = int(cg.W);
-  p.sh = int(cg.sh), p.sw = int(cg.sw), p.pt = int(cg.pt), p.pl = int(cg.pl);
-  p.dh = int(cg.dh), p.dw = int(cg.dw);
-  p.Ptot = int(P), p.MT = int((cg.OCg() + ig::WBM - 1) / ig::WBM), p.gyp = int(cg.OC);
-  p.xn = int(x.stride(0)), p.xh = int(x.stride(2)), p.xw = int(x.stride(3));
-  p.KKC = int(cg.Cg() * cg.KH * cg.KW);
-  const int64_t nt = (p.Nj + ig::WBN - 1) / ig::WBN, tiles = nt * p.MT * cg.G;
-  if (int64_t(p.MT) * cg.G > 65535) return false;
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  // about four blocks per multiprocessor, each at least 8 slices long, and
-  // at most 256 MB of partial sums
-  int64_t splits = std::min<int64_t>({(4 * sms + tiles - 1) / tiles, (P + 255) / 256,
-                                      std::max<int64_t>(1, (int64_t(1) << 26) / gw.numel()),
-                                      65535});
-  splits = std::max<int64_t>(splits, 1);
-  const int64_t chunk = ((P + splits - 1) / splits + ig::WBK - 1) / ig::WBK * ig::WBK;
-  splits = (P + chunk - 1) / chunk;
-  p.kchunk = int(chunk);
-  const int64_t n = gw.numel();
-  p.split_stride = n;
-  Tensor part = at::empty({splits * n}, gw.options().dtype(at::kFloat));
-  const dim3 grid(unsigned(nt), unsigned(splits), unsigned(p.MT * cg.G));
-  auto stream = at::cuda::getCurrentCUDAStream();
-  auto go = [&](auto kernel, int stages) {
-    const int bytes = stages * ig::wgrad_stage_bytes<T>();
-    allow_smem(reinterpret_cast<const void*>(kernel), bytes);
-    kernel<<<grid, ig::NT, bytes, stream>>>(gy.data_ptr<T>(), x.data_ptr<T>(),
-                                            part.data_ptr<float>(), p);
+    constexpr int64_t vw = 16 / int64_t(sizeof(T));
+    if (!type_ok<T>() || cg.depthwise()) return false;
+    if (cg.OC % vw || cg.OCg() % vw || cg.C % vw || cg.Cg() % vw) return false;
+    if (gw.numel() == 0) return true;
+    const int64_t P = cg.N * cg.OH * cg.OW;
+    if (P == 0) {
+      gw.zero_();
+      return true;
+    }
+    if (gy_in.numel() > kLim || x_in.numel() > kLim || gw.numel() > kLim || P > kLim / 2)
+      return false;
+    const Tensor gy = nhwc(gy_in, vw, true), x = nhwc(x_in, vw, false);
+    if (max_off(x) > kLim) return false;
+    ig::WP p{};
+    p.Mo = int(cg.OCg()), p.Cg = int(cg.Cg()), p.KH = int(cg.KH), p.KW = int(cg.KW);
+    p.Nj = int(cg.KH * cg.KW * cg.Cg());
+    p.OH = int(cg.OH), p.OW = int(cg.OW), p.H = int(cg.H), p.W = int(cg.W);
+    p.sh = int(cg.sh), p.sw = int(cg.sw), p.pt = int(cg.pt), p.pl = int(cg.pl);
+    p.dh = int(cg.dh), p.dw = int(cg.dw);
+    p.Ptot = int(P), p.MT = int((cg.OCg() + ig::WBM - 1) / ig::WBM), p.gyp = int(cg.OC);
+    p.xn = int(x.stride(0)), p.xh = int(x.stride(2)), p.xw = int(x.stride(3));
+    p.KKC = int(cg.Cg() * cg.KH * cg.KW);
+    const int64_t nt = (p.Nj + ig::WBN - 1) / ig::WBN, tiles = nt * p.MT * cg.G;
+    if (int64_t(p.MT) * cg.G > 65535) return false;
+    const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    // about four blocks per multiprocessor, each at least 8 slices long, and
+    // at most 256 MB of partial sums
+    int64_t splits = std::min<int64_t>({(4 * sms + tiles - 1) / tiles, (P + 255) / 256,
+                                        std::max<int64_t>(1, (int64_t(1) << 26) / gw.numel()),
+                                        65535});
+    splits = std::max<int64_t>(splits, 1);
+    const int64_t chunk = ((P + splits - 1) / splits + ig::WBK - 1) / ig::WBK * ig::WBK;
+    splits = (P + chunk - 1) / chunk;
+    p.kchunk = int(chunk);
+    const int64_t n = gw.numel();
+    p.split_stride = n;
+    Tensor part = at::empty({splits * n}, gw.options().dtype(at::kFloat));
+    const dim3 grid(unsigned(nt), unsigned(splits), unsigned(p.MT * cg.G));
+    auto stream = at::cuda::getCurrentCUDAStream();
+    auto go = [&](auto kernel, int stages) {
+      const int bytes = stages * ig::wgrad_stage_bytes<T>();
+      allow_smem(reinterpret_cast<const void*>(kernel), bytes);
+      kernel<<<grid, ig::NT, bytes, stream>>>(gy.data_ptr<T>(), x.data_ptr<T>(),
+                                              part.data_ptr<float>(), p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    bool done = false;
+    if constexpr (std::is_same<T, float>::value) {
+      if (stages_wanted() == 4) go(ig::wgrad_kernel<T, 4>, 4), done = true;
+    }
+    if (!done) go(ig::wgrad_kernel<T, 3>, 3);
+    gemm::reduce_splits_kernel<T, float><<<blocks_for(n), kThreads, 0, stream>>>(
+        part.data_ptr<float>(), int(splits), n, gw.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  bool done = false;
-  if constexpr (std::is_same<T, float>::value) {
-    if (stages_wanted() == 4) go(ig::wgrad_kernel<T, 4>, 4), done = true;
-  }
-  if (!done) go(ig::wgrad_kernel<T, 3>, 3);
-  gemm::reduce_splits_kernel<T, float><<<blocks_for(n), kThreads, 0, stream>>>(
-      part.data_ptr<float>(), int(splits), n, gw.data_ptr<T>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return true;
+    return true;
   }
 }
 
