@@ -33,7 +33,6 @@
 #include <mutex>
 #include <set>
 #include <utility>
-#include <cstdlib>
 #include <numeric>
 #include <tuple>
 
@@ -741,13 +740,9 @@ Tensor nhwc(const Tensor& t, int64_t vw, bool dense) {
   return ok ? t : to_channels_last(t);
 }
 
-int stages_wanted() {
-  static const int s = [] {
-    const char* e = std::getenv("CNNK_IG_STAGES");
-    return e && std::atoi(e) == 4 ? 4 : 3;
-  }();
-  return s;
-}
+// cp.async stages in flight (4 measured no faster on the H100: 2 blocks per
+// SM at 96 KB instead of 3 at 72 KB; see NOTES.md)
+constexpr int kStages = 3;
 
 void allow_smem(const void* kernel, int bytes) {
   // once per kernel and device: blocks may take more than 48 KB of shared memory
@@ -805,7 +800,6 @@ bool conv(const ConvGeometry& cg, bool dgrad, const Tensor& src, const Tensor& w
     if (max_off(X) > kLim) return false;
     auto stream = at::cuda::getCurrentCUDAStream();
     const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
-    const bool four = std::is_same<T, float>::value && stages_wanted() == 4;
     ig::FP p{};
     p.NoutG = int(noutG), p.CinG = int(cinG);
     p.IH = int(dgrad ? cg.OH : cg.H), p.IW = int(dgrad ? cg.OW : cg.W);
@@ -823,17 +817,11 @@ bool conv(const ConvGeometry& cg, bool dgrad, const Tensor& src, const Tensor& w
       if (p.M == 0) return;
       const dim3 grid(unsigned((p.M + 127) / 128), unsigned((noutG + 63) / 64), unsigned(cg.G));
       const T* wp = wmat.numel() ? wmat.data_ptr<T>() : X.data_ptr<T>();
-      auto go = [&](auto kernel, int stages) {
-        const int bytes = stages * (128 + 64) * ig::RW * 4;
-        allow_smem(reinterpret_cast<const void*>(kernel), bytes);
-        kernel<<<grid, ig::NT, bytes, stream>>>(X.data_ptr<T>(), wp, bp, out.data_ptr<T>(), p);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      };
-      if (four) {
-        go(ig::fwd_kernel<T, 4>, 4);
-      } else {
-        go(ig::fwd_kernel<T, 3>, 3);
-      }
+      const auto kernel = ig::fwd_kernel<T, kStages>;
+      const int bytes = kStages * (128 + 64) * ig::RW * 4;
+      allow_smem(reinterpret_cast<const void*>(kernel), bytes);
+      kernel<<<grid, ig::NT, bytes, stream>>>(X.data_ptr<T>(), wp, bp, out.data_ptr<T>(), p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (!dgrad) {
       p.KH = int(cg.KH), p.KW = int(cg.KW), p.sh = int(cg.sh), p.sw = int(cg.sw);
@@ -910,18 +898,12 @@ bool wgrad(const ConvGeometry& cg, const Tensor& gy_in, const Tensor& x_in, Tens
     Tensor part = at::empty({splits * n}, gw.options().dtype(at::kFloat));
     const dim3 grid(unsigned(nt), unsigned(splits), unsigned(p.MT * cg.G));
     auto stream = at::cuda::getCurrentCUDAStream();
-    auto go = [&](auto kernel, int stages) {
-      const int bytes = stages * ig::wgrad_stage_bytes<T>();
-      allow_smem(reinterpret_cast<const void*>(kernel), bytes);
-      kernel<<<grid, ig::NT, bytes, stream>>>(gy.data_ptr<T>(), x.data_ptr<T>(),
-                                              part.data_ptr<float>(), p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    bool done = false;
-    if constexpr (std::is_same<T, float>::value) {
-      if (stages_wanted() == 4) go(ig::wgrad_kernel<T, 4>, 4), done = true;
-    }
-    if (!done) go(ig::wgrad_kernel<T, 3>, 3);
+    const auto kernel = ig::wgrad_kernel<T, kStages>;
+    const int bytes = kStages * ig::wgrad_stage_bytes<T>();
+    allow_smem(reinterpret_cast<const void*>(kernel), bytes);
+    kernel<<<grid, ig::NT, bytes, stream>>>(gy.data_ptr<T>(), x.data_ptr<T>(),
+                                            part.data_ptr<float>(), p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     gemm::reduce_splits_kernel<T, float><<<blocks_for(n), kThreads, 0, stream>>>(
         part.data_ptr<float>(), int(splits), n, gw.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
