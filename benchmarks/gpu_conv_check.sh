@@ -15,8 +15,8 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 fi
 echo "build: $(( $(date +%s) - t0 )) s"
-obj=$(ls build/temp*/csrc/cuda/conv.o 2>/dev/null | head -1)
-[ -n "$obj" ] && cuobjdump --dump-resource-usage "$obj" 2>&1 | grep -A1 "2ig" \
+objs=$(ls build/temp*/csrc/cuda/conv_*.o 2>/dev/null)
+[ -n "$objs" ] && for o in $objs; do cuobjdump --dump-resource-usage "$o" 2>&1; done | grep -A1 "2ig" \
   | grep -o "Function [^:]*\|REG:[0-9]*\|STACK:[0-9]*\|SHARED:[0-9]*\|LOCAL:[0-9]*" | paste -s -d' ' \
   | sed 's/Function/\nFunction/g' | cut -c1-200 | tee "$OUT/resources.txt"
 # TESTS=tests TESTK= runs the whole suite
