@@ -64,12 +64,13 @@ CNNK_HD uint32_t philox_half(const Philox4& r, int e) {
   return (r.v[(e >> 1) & 3] >> ((e & 1) * 16)) & 0xFFFFu;
 }
 
-// Keep bits (bit e for element e = 0..7) of block `block`, whose stream
-// call is r; the tie stream is called once, only when some element ties.
-CNNK_HD uint32_t dropout_keep8(const Philox4& r, uint64_t block, uint64_t offset, uint64_t seed,
-                               uint32_t threshold) {
+// Keep bits (bit e for element e = 0..7) of a block whose stream call is r,
+// and in `tie` the elements whose 16-bit value equals the threshold's high
+// half; those are settled by dropout_break_ties.
+CNNK_HD uint32_t dropout_keep_bits8(const Philox4& r, uint32_t threshold, uint32_t& tie) {
   const uint32_t t = threshold >> 16;
-  uint32_t keep = 0, tie = 0;
+  uint32_t keep = 0;
+  tie = 0;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
@@ -78,12 +79,26 @@ CNNK_HD uint32_t dropout_keep8(const Philox4& r, uint64_t block, uint64_t offset
     keep |= uint32_t(h > t) << e;
     tie |= uint32_t(h == t) << e;
   }
-  if (tie != 0) {
-    const Philox4 s = philox4x32_10(block, offset ^ kDropoutTieBit, seed);
-    for (int e = 0; e < 8; ++e)
-      if ((tie >> e) & 1u) keep |= uint32_t(philox_half(s, e) >= (threshold & 0xFFFFu)) << e;
-  }
   return keep;
+}
+
+// The tied elements of block `block` compared on the tie stream (one more
+// Philox call, needed with probability about 8 * 2^-16 per block).
+CNNK_HD uint32_t dropout_break_ties(uint32_t keep, uint32_t tie, uint64_t block, uint64_t offset,
+                                    uint64_t seed, uint32_t threshold) {
+  const Philox4 s = philox4x32_10(block, offset ^ kDropoutTieBit, seed);
+  for (int e = 0; e < 8; ++e)
+    if ((tie >> e) & 1u) keep |= uint32_t(philox_half(s, e) >= (threshold & 0xFFFFu)) << e;
+  return keep;
+}
+
+// Keep bits (bit e for element e = 0..7) of block `block`, whose stream
+// call is r; the tie stream is called once, only when some element ties.
+CNNK_HD uint32_t dropout_keep8(const Philox4& r, uint64_t block, uint64_t offset, uint64_t seed,
+                               uint32_t threshold) {
+  uint32_t tie;
+  const uint32_t keep = dropout_keep_bits8(r, threshold, tie);
+  return tie != 0 ? dropout_break_ties(keep, tie, block, offset, seed, threshold) : keep;
 }
 
 // An element is kept when its 32-bit value (element-wise: the 16-bit value

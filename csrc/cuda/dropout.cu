@@ -58,43 +58,77 @@ __device__ __forceinline__ void get_seed(const RngSource& src, uint64_t& seed, u
   }
 }
 
-template <typename T>
-struct alignas(4 * sizeof(T)) Vec4 {
-  T v[4];
+template <typename T, int V>
+struct alignas(sizeof(T) * V) VecN {
+  T v[V];
 };
 
-// Element-wise: thread t handles blocks of eight elements (one Philox call,
-// 16 bits per element; a rare tie draws a second call, common/philox.h).
+// Out of line: the rare blocks with a tie (common/philox.h).
+__device__ __noinline__ uint32_t break_ties(uint32_t keep, uint32_t tie, uint64_t blk,
+                                            uint64_t offset, uint64_t seed, uint32_t threshold) {
+  return dropout_break_ties(keep, tie, blk, offset, seed, threshold);
+}
+
+// Element-wise: a warp takes a chunk of 256 elements, 32 Philox blocks of
+// eight. Lane l computes the keep bits of block l, while its loads of the
+// chunk are in flight: 16-byte vectors, lane l taking vectors l, l + 32, ...
+// (consecutive lanes, consecutive addresses). A shuffle brings each vector
+// its bits from the lane that computed them. A partial or misaligned chunk
+// goes element by element (element e from lane e % 32), the same bits.
 template <typename T>
-__global__ void dropout_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n,
+__global__ void __launch_bounds__(kThreads, 6) dropout_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n,
                                RngSource src, uint32_t threshold, float scale_f, double scale_d,
                                bool aligned) {
   using A = at::opmath_type<T>;
+  constexpr int V = 16 / sizeof(T);  // elements per vector
+  constexpr int J = 8 / V;           // vectors per lane per chunk
+  using Vec = VecN<T, V>;
   uint64_t seed, offset;
   get_seed(src, seed, offset);
   const A scale = sizeof(A) == 8 ? A(scale_d) : A(scale_f);
-  const int64_t blocks = (n + 7) / 8;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; b < blocks; b += stride) {
-    const uint64_t blk = static_cast<uint64_t>(b);
-    const uint32_t bits = dropout_keep8(philox4x32_10(blk, offset, seed), blk, offset, seed, threshold);
-    A keep[8];
+  const int lane = threadIdx.x & 31;
+  const int64_t chunks = (n + 255) / 256;
+  const int64_t warps = (int64_t(gridDim.x) * blockDim.x) >> 5;
+  for (int64_t ch = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5; ch < chunks;
+       ch += warps) {
+    const int64_t base = ch * 256;
+    const bool full = aligned && base + 256 <= n;  // the same for the whole warp
+    Vec in[J];
+    if (full) {
 #pragma unroll
-    for (int k = 0; k < 8; ++k) keep[k] = ((bits >> k) & 1u) ? scale : A(0);
-    const int64_t i = b * 8;
-    if (aligned && i + 8 <= n) {
+      for (int j = 0; j < J; ++j) in[j] = reinterpret_cast<const Vec*>(x + base)[j * 32 + lane];
+    }
+    const uint64_t blk = static_cast<uint64_t>(ch) * 32 + lane;
+    uint32_t tie;
+    uint32_t bits = dropout_keep_bits8(philox4x32_10(blk, offset, seed), threshold, tie);
+    if (tie != 0) bits = break_ties(bits, tie, blk, offset, seed, threshold);
+    if (full) {
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        Vec4<T> in = *reinterpret_cast<const Vec4<T>*>(x + i + 4 * h), out;
+      for (int j = 0; j < J; ++j) {
+        const int q = (j * 32 + lane) * V;  // first element of the vector in the chunk
+        const uint32_t kb = __shfl_sync(0xffffffffu, bits, q >> 3) >> (q & 7);
+        Vec out;
 #pragma unroll
-        for (int k = 0; k < 4; ++k) out.v[k] = static_cast<T>(static_cast<A>(in.v[k]) * keep[4 * h + k]);
-        *reinterpret_cast<Vec4<T>*>(y + i + 4 * h) = out;
+        for (int k = 0; k < V; ++k)
+          out.v[k] = static_cast<T>(static_cast<A>(in[j].v[k]) * (((kb >> k) & 1u) ? scale : A(0)));
+        reinterpret_cast<Vec*>(y + base)[j * 32 + lane] = out;
       }
     } else {
-      for (int k = 0; k < 8 && i + k < n; ++k)
-        y[i + k] = static_cast<T>(static_cast<A>(x[i + k]) * keep[k]);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int e = lane + 32 * k;
+        const uint32_t kb = __shfl_sync(0xffffffffu, bits, e >> 3);
+        const int64_t i = base + e;
+        if (i < n) y[i] = static_cast<T>(static_cast<A>(x[i]) * (((kb >> (e & 7)) & 1u) ? scale : A(0)));
+      }
     }
   }
+}
+
+// Word k of r, by selects (an indexed read would put r in local memory).
+__device__ __forceinline__ uint32_t word(const Philox4& r, int64_t k) {
+  const uint32_t lo = (k & 1) ? r.v[1] : r.v[0], hi = (k & 1) ? r.v[3] : r.v[2];
+  return (k & 2) ? hi : lo;
 }
 
 // Channel-wise: the word of group g = (n, c) decides the whole group.
@@ -111,7 +145,7 @@ __global__ void dropout_channel_kernel(const T* __restrict__ x, T* __restrict__ 
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride) {
     const int64_t g = channels_last ? (i / HWC) * C + i % C : i / inner;
     const Philox4 r = philox4x32_10(static_cast<uint64_t>(g) >> 2, offset, seed);
-    y[i] = static_cast<T>(static_cast<A>(x[i]) * (r.v[g & 3] >= threshold ? scale : A(0)));
+    y[i] = static_cast<T>(static_cast<A>(x[i]) * (word(r, g) >= threshold ? scale : A(0)));
   }
 }
 
@@ -138,14 +172,14 @@ __global__ void dropout_channel4_kernel(const T* __restrict__ x, T* __restrict__
 #pragma unroll
       for (int k = 0; k < 4; ++k) keep[k] = r.v[k] >= threshold ? scale : A(0);
     } else {
-      const A kv = r.v[g & 3] >= threshold ? scale : A(0);
+      const A kv = word(r, g) >= threshold ? scale : A(0);
 #pragma unroll
       for (int k = 0; k < 4; ++k) keep[k] = kv;
     }
-    Vec4<T> in = *reinterpret_cast<const Vec4<T>*>(x + i), out;
+    VecN<T, 4> in = *reinterpret_cast<const VecN<T, 4>*>(x + i), out;
 #pragma unroll
     for (int k = 0; k < 4; ++k) out.v[k] = static_cast<T>(static_cast<A>(in.v[k]) * keep[k]);
-    *reinterpret_cast<Vec4<T>*>(y + i) = out;
+    *reinterpret_cast<VecN<T, 4>*>(y + i) = out;
   }
 }
 
@@ -164,10 +198,11 @@ void launch(const Tensor& x, Tensor& y, const DropoutPlan& plan, bool channelwis
     const T* xp = x.data_ptr<T>();
     T* yp = y.data_ptr<T>();
     if (!channelwise) {
-      const int64_t work = std::max<int64_t>(1, (n + 7) / 8);
-      const int64_t grid = std::min<int64_t>((work + kThreads - 1) / kThreads, int64_t(sms) * 32);
-      const bool aligned = reinterpret_cast<uintptr_t>(xp) % (4 * sizeof(T)) == 0 &&
-                           reinterpret_cast<uintptr_t>(yp) % (4 * sizeof(T)) == 0;
+      const bool aligned = reinterpret_cast<uintptr_t>(xp) % 16 == 0 &&
+                           reinterpret_cast<uintptr_t>(yp) % 16 == 0;
+      const int64_t warps = std::max<int64_t>(1, (n + 255) / 256);
+      const int64_t grid = std::min<int64_t>((warps + kThreads / 32 - 1) / (kThreads / 32),
+                                             int64_t(sms) * 32);
       dropout_kernel<T><<<grid, kThreads, 0, stream>>>(xp, yp, n, src, plan.threshold,
                                                        float(plan.scale), plan.scale, aligned);
     } else if ((plan.channels_last ? plan.C % 4 == 0 : std::max<int64_t>(plan.inner, 1) % 4 == 0) &&
