@@ -158,6 +158,24 @@ def test_batch_norm_relu2d_shapes(device_path, shape, layout):
         _run_steps(ours, ref, "relu", shape, layout, dtype, device, steps=2)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(16, 64, 3, 3), (2, 1032, 3, 3), (3, 2056, 2, 1), (4, 24, 9, 7),
+                                   (5, 12, 1, 1), (40, 1032)])
+def test_batch_norm_interleaved_tiles(device, shape):
+    """channels_last and (N, C) input in every dtype, with channel counts
+    that fill a 16-byte vector (4 float32 / 8 float16 channels) or not, and
+    rows wider than one block of channel vectors (CUDA: 1032 float32
+    channels are 258 vectors, two tiles of 129; 2056 float16 channels
+    257). Training steps then eval."""
+    layout = "channels_last" if len(shape) == 4 else "contiguous"
+    kind = "2d" if len(shape) == 4 else "1d"
+    act = "relu" if kind == "2d" else None
+    for dtype in dtypes_for(device):
+        ours, ref = _pair(kind, shape[1], act, dtype, device)
+        _run_steps(ours, ref, act, shape, layout, dtype, device, steps=2)
+        _run_steps(ours, ref, act, shape, layout, dtype, device, steps=1, train=False)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_batch_norm_channels_last_long_row_blocks(dtype):
     """channels_last rows per task (rows / 64) longer than a statistics chunk

@@ -26,6 +26,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 #include <tuple>
 
 #include "../common/batch_norm.h"
@@ -105,12 +108,46 @@ struct Split {
   __host__ __device__ int64_t parts() const { return sn * ss * sr; }
 };
 
-Split make_split(const BnGeometry& g) {
-  const int64_t target = 4 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+// ---- interleaved ([rows][C]) blocks: tx threads across a tile of channel
+// vectors (VEC channels each, 16 bytes when C and the pointers allow) and ty
+// across rows, tx * ty <= 256. When the tile spans every channel, a block's
+// rows are one contiguous stretch of memory.
+struct RowTiles {
+  int tx = 1, ty = 1, tiles = 1;
+  int64_t cv = 0;  // channel vectors per row
+};
+
+RowTiles row_tiles(int64_t C, int vec) {
+  RowTiles t;
+  t.cv = C / vec;
+  t.tiles = static_cast<int>((t.cv + kThreads - 1) / kThreads);
+  t.tx = static_cast<int>((t.cv + t.tiles - 1) / t.tiles);
+  t.ty = std::max(1, kThreads / t.tx);
+  return t;
+}
+
+// VEC for elements of `bytes` bytes: a 16-byte vector when a row (C, or a
+// plane's S) divides into them and every pointer is 16-byte aligned, else 1.
+bool aligned16(std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs)
+    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
+int row_vec(int64_t C, int64_t bytes, std::initializer_list<const void*> ptrs) {
+  const int64_t v = 16 / bytes;
+  return C % v == 0 && aligned16(ptrs) ? static_cast<int>(v) : 1;
+}
+
+Split make_split(const BnGeometry& g, int64_t elem_bytes) {
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t target = 4 * sms;
   Split sp;
   if (g.interleaved) {
-    const int64_t tiles = (g.C + 31) / 32;
-    sp.sr = std::max<int64_t>(1, std::min<int64_t>((target + tiles - 1) / tiles, g.rows / 64));
+    // one wave of full blocks (8 per SM), each over at least 32 row steps
+    const RowTiles t = row_tiles(g.C, row_vec(g.C, elem_bytes, {}));
+    sp.sr = std::max<int64_t>(1, std::min<int64_t>((8 * sms + t.tiles - 1) / t.tiles,
+                                                   g.rows / (32 * t.ty)));
   } else {
     sp.sn = std::max<int64_t>(1, std::min<int64_t>((target + g.C - 1) / g.C, g.N));
     sp.ss = std::max<int64_t>(1, std::min<int64_t>((target + g.C * sp.sn - 1) / (g.C * sp.sn),
@@ -164,25 +201,115 @@ __global__ void stats_planar_kernel(const T* __restrict__ x, int64_t N, int64_t 
   if (threadIdx.x == 0) out[c * sp.parts() + blockIdx.y] = Partial{double(w.n), double(w.mean), double(w.m2)};
 }
 
-// blockDim (32, 8): x over 32 channels of a tile, y over rows
-template <typename T, typename A>
-__global__ void stats_rows_kernel(const T* __restrict__ x, int64_t R, int64_t C, Split sp,
-                                  Partial* __restrict__ out) {
-  __shared__ A sh[8][32][3];
-  const int64_t c = blockIdx.x * 32 + threadIdx.x;
-  int64_t r0, r1;
-  range(R, sp.sr, blockIdx.y, r0, r1);
-  Welford<A> w;
-  if (c < C)
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) w.add(static_cast<A>(x[r * C + c]));
-  sh[threadIdx.y][threadIdx.x][0] = w.n;
-  sh[threadIdx.y][threadIdx.x][1] = w.mean;
-  sh[threadIdx.y][threadIdx.x][2] = w.m2;
+template <typename T, int V>
+struct alignas(sizeof(T) * V) VecN {
+  T v[V];
+};
+
+template <typename T, int V>
+__device__ __forceinline__ VecN<T, V> load_vec(const T* p) {
+  return *reinterpret_cast<const VecN<T, V>*>(p);
+}
+
+// Folds the ty rows of a block's shared entries ([ty][tx][W] values) into
+// row 0 by fold(dst, src), in a fixed tree over threadIdx.y: deterministic,
+// and every thread takes part (log2 ty steps).
+template <typename A, typename F>
+__device__ __forceinline__ void fold_rows(A* sh, int W, F&& fold) {
+  const int tx = blockDim.x, ty = blockDim.y, y = threadIdx.y;
+  int h = 1;
+  while (h < ty) h <<= 1;
+  for (h >>= 1; h >= 1; h >>= 1) {
+    __syncthreads();
+    if (y < h && y + h < ty) fold(sh + (y * tx + threadIdx.x) * W, sh + ((y + h) * tx + threadIdx.x) * W);
+  }
   __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    Welford<A> r;
-    for (int i = 0; i < 8; ++i) r.merge(sh[i][threadIdx.x][0], sh[i][threadIdx.x][1], sh[i][threadIdx.x][2]);
-    out[c * sp.parts() + blockIdx.y] = Partial{double(r.n), double(r.mean), double(r.m2)};
+}
+
+// Interleaved statistics: block (row range blockIdx.x, channel tile
+// blockIdx.y), RowTiles threads. Each thread sums its VEC channels shifted
+// by its first row's values (sum d and sum d * d, d = x - shift: no division
+// per element, and the shift keeps the cancellation small), four rows'
+// loads in flight; then count, mean and M2 per thread, merged over the
+// block's rows of threads in a fixed tree (Welford's pairwise merge).
+template <typename T, typename A, int VEC>
+__global__ void stats_rows_kernel(const T* __restrict__ x, int64_t R, int64_t C, int64_t cv,
+                                  Split sp, Partial* __restrict__ out) {
+  extern __shared__ unsigned char smem_raw[];
+  constexpr int W = 2 * VEC + 1;  // n, mean[VEC], m2[VEC]
+  A* sh = reinterpret_cast<A*>(smem_raw);
+  const int tx = blockDim.x, ty = blockDim.y;
+  const int64_t v = blockIdx.y * int64_t(tx) + threadIdx.x;
+  int64_t r0, r1;
+  range(R, sp.sr, blockIdx.x, r0, r1);
+  A shift[VEC], s1[VEC], s2[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) shift[k] = A(0), s1[k] = A(0), s2[k] = A(0);
+  int64_t cnt = 0;
+  auto add = [&](const VecN<T, VEC>& in) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const A d = static_cast<A>(in.v[k]) - shift[k];
+      s1[k] += d;
+      s2[k] = fma(d, d, s2[k]);
+    }
+  };
+  int64_t r = r0 + threadIdx.y;
+  if (v < cv && r < r1) {
+    const T* p = x + v * VEC;
+    const VecN<T, VEC> first = load_vec<T, VEC>(p + r * C);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) shift[k] = static_cast<A>(first.v[k]);
+    cnt = (r1 - r + ty - 1) / ty;
+    for (r += ty; r + 3 * ty < r1; r += 4 * ty) {
+      VecN<T, VEC> in[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) in[u] = load_vec<T, VEC>(p + (r + u * ty) * C);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) add(in[u]);
+    }
+    for (; r < r1; r += ty) add(load_vec<T, VEC>(p + r * C));
+  }
+  A* mine = sh + (threadIdx.y * tx + threadIdx.x) * W;
+  const A n = static_cast<A>(cnt);
+  mine[0] = n;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    mine[1 + k] = cnt > 0 ? shift[k] + s1[k] / n : A(0);
+    mine[1 + VEC + k] = cnt > 0 ? fmax(A(0), s2[k] - s1[k] * (s1[k] / n)) : A(0);
+  }
+  fold_rows(sh, W, [](A* d, const A* e) {
+    const A na = d[0], nb = e[0];
+    if (nb == A(0)) return;
+    if (na == A(0)) {
+#pragma unroll
+      for (int j = 0; j < W; ++j) d[j] = e[j];
+      return;
+    }
+    const A t = na + nb, f = nb / t, g = na * f;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const A dm = e[1 + k] - d[1 + k];
+      d[1 + k] += dm * f;
+      d[1 + VEC + k] += e[1 + VEC + k] + dm * dm * g;
+    }
+    d[0] = t;
+  });
+  if (threadIdx.y != 0 || v >= cv) return;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k)
+    out[(v * VEC + k) * sp.parts() + blockIdx.x] =
+        Partial{double(mine[0]), double(mine[1 + k]), double(mine[1 + VEC + k])};
+}
+
+// Runs f(std::integral_constant<int, V>) with V = vec (16 / sizeof(T)) or 1.
+template <typename T, typename F>
+void with_vec(int vec, F&& f) {
+  constexpr int kV = 16 / sizeof(T);
+  if (vec == kV) {
+    f(std::integral_constant<int, kV>());
+  } else {
+    f(std::integral_constant<int, 1>());
   }
 }
 
@@ -191,8 +318,13 @@ template <typename T, typename A>
 void launch_stats(const BnGeometry& g, const Split& sp, const T* x, Partial* pp,
                   cudaStream_t stream) {
   if (g.interleaved) {
-    dim3 grid((g.C + 31) / 32, sp.sr);
-    stats_rows_kernel<T, A><<<grid, dim3(32, 8), 0, stream>>>(x, g.rows, g.C, sp, pp);
+    with_vec<T>(row_vec(g.C, sizeof(T), {x}), [&](auto vc) {
+      constexpr int V = decltype(vc)::value;
+      const RowTiles t = row_tiles(g.C, V);
+      const size_t smem = size_t(t.tx) * t.ty * (2 * V + 1) * sizeof(A);
+      stats_rows_kernel<T, A, V><<<dim3(sp.sr, t.tiles), dim3(t.tx, t.ty), smem, stream>>>(
+          x, g.rows, g.C, t.cv, sp, pp);
+    });
   } else {
     dim3 grid(g.C, sp.sn * sp.ss);
     stats_planar_kernel<T, A><<<grid, kThreads, 0, stream>>>(x, g.N, g.C, g.S, sp, pp);
@@ -200,29 +332,70 @@ void launch_stats(const BnGeometry& g, const Split& sp, const T* x, Partial* pp,
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// One thread per channel: merge the partials in order; mean, invstd, the
-// running-statistics update and the normalisation constants.
+// ---- finalizing: a warp per channel. Lane l takes partials l, l + 32, ...;
+// the lanes' sums meet in a fixed shuffle tree (in double): the same result
+// on every run, no single thread walks hundreds of partials, and no
+// division per partial. The channel's moments from its partials (n_i, mean_i,
+// M2_i): mean = sum n_i mean_i / n, M2 = sum M2_i + n_i (mean_i - mean)^2.
+struct Moments {
+  double n = 0, m = 0, q = 0;
+};
+
+__device__ __forceinline__ double warp_total(double v) {  // lane 0's sum, sent to every lane
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return __shfl_sync(0xffffffffu, v, 0);
+}
+
+__device__ __forceinline__ Moments warp_moments(const Partial* __restrict__ part, int64_t parts) {
+  const int lane = threadIdx.x & 31;
+  double n = 0, s = 0;
+  for (int64_t i = lane; i < parts; i += 32) n += part[i].n, s += part[i].n * part[i].a;
+  Moments w;
+  w.n = warp_total(n);
+  const double sum = warp_total(s);
+  w.m = w.n > 0 ? sum / w.n : 0.0;
+  double q = 0;
+  for (int64_t i = lane; i < parts; i += 32) {
+    const double d = part[i].a - w.m;
+    q += part[i].b + part[i].n * d * d;
+  }
+  w.q = warp_total(q);
+  return w;
+}
+
+__device__ __forceinline__ void warp_sums(const Partial* __restrict__ part, int64_t parts,
+                                          double& sa, double& sb) {
+  const int lane = threadIdx.x & 31;
+  sa = 0, sb = 0;
+  for (int64_t i = lane; i < parts; i += 32) sa += part[i].a, sb += part[i].b;
+  for (int o = 16; o > 0; o >>= 1) {
+    sa += __shfl_down_sync(0xffffffffu, sa, o);
+    sb += __shfl_down_sync(0xffffffffu, sb, o);
+  }
+}
+
+// The channel of this warp (warp-uniform), for kWarpsPerBlock warps a block.
+constexpr int kWarpsPerBlock = kThreads / 32;
+
+__device__ __forceinline__ int64_t warp_channel() {
+  return (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
+}
+
+int warp_blocks(int64_t C) { return static_cast<int>((C + kWarpsPerBlock - 1) / kWarpsPerBlock); }
+
+// A warp per channel: merge its partials; mean, invstd, the running-statistics
+// update and the normalisation constants.
 template <typename A, typename R>
 __global__ void finalize_stats_kernel(const Partial* __restrict__ part, int64_t parts, int64_t C,
                                       double eps, double momentum, R* running_mean,
                                       R* running_var, const A* __restrict__ w,
                                       const A* __restrict__ b, A* mean, A* invstd, A* scale,
                                       A* beta) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t c = warp_channel();
   if (c >= C) return;
-  double n = 0, m = 0, q = 0;
-  for (int64_t i = 0; i < parts; ++i) {
-    const Partial p = part[c * parts + i];
-    if (p.n == 0) continue;
-    if (n == 0) {
-      n = p.n, m = p.a, q = p.b;
-      continue;
-    }
-    const double t = n + p.n, d = p.a - m;
-    m += d * p.n / t;
-    q += p.b + d * d * n * p.n / t;
-    n = t;
-  }
+  const Moments mo = warp_moments(part + c * parts, parts);
+  if ((threadIdx.x & 31) != 0) return;
+  const double n = mo.n, m = mo.m, q = mo.q;
   const double var = q / n;
   const A is = static_cast<A>(1.0 / sqrt(var + eps));
   mean[c] = static_cast<A>(m);
@@ -250,24 +423,17 @@ __global__ void finalize_eval_kernel(const R* __restrict__ running_mean,
   beta[c] = b ? b[c] : A(0);
 }
 
-// One thread per channel: a channel's partials merged in order into its
-// mean and biased variance (batch_norm_stats).
+// A warp per channel: a channel's partials merged into its mean and biased
+// variance (batch_norm_stats).
 template <typename A>
 __global__ void finalize_moments_kernel(const Partial* __restrict__ part, int64_t parts,
                                         int64_t C, A* mean, A* var) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t c = warp_channel();
   if (c >= C) return;
-  double n = 0, m = 0, q = 0;
-  for (int64_t i = 0; i < parts; ++i) {
-    const Partial p = part[c * parts + i];
-    if (p.n == 0) continue;
-    const double t = n + p.n, d = p.a - m;
-    m += d * p.n / t;
-    q += p.b + d * d * n * p.n / t;
-    n = t;
-  }
-  mean[c] = static_cast<A>(m);
-  var[c] = static_cast<A>(n > 0 ? q / n : 0.0);
+  const Moments w = warp_moments(part + c * parts, parts);
+  if ((threadIdx.x & 31) != 0) return;
+  mean[c] = static_cast<A>(w.m);
+  var[c] = static_cast<A>(w.n > 0 ? w.q / w.n : 0.0);
 }
 
 // Input-gradient constants from sums reduced over all processes
@@ -297,47 +463,85 @@ struct ChannelArrays {
   const void* k3;
 };
 
-template <int ACT, bool BWD, typename T, typename A>
-__device__ __forceinline__ void elem(const T* x, const T* gy, T* out, int64_t i, int64_t c,
-                                     const ChannelArrays& ch, A slope) {
-  const A m = static_cast<const A*>(ch.mean)[c];
-  const A a = static_cast<const A*>(ch.scale)[c];
-  const A b = static_cast<const A*>(ch.beta)[c];
-  const A xv = static_cast<A>(x[i]);
+// One output of the elementwise pass: forward y = act(z), backward the
+// input gradient; z = (x - mean) * scale + beta.
+template <int ACT, bool BWD, typename A>
+__device__ __forceinline__ A bn_out(A xv, A gv, A m, A a, A b, A k2, A k3, A slope) {
   const A z = pre_act(xv, m, a, b);
-  if (!BWD) {
-    out[i] = static_cast<T>(act_fwd<ACT>(z, slope));
-  } else {
-    const A gz = act_bwd<ACT>(z, static_cast<A>(gy[i]), slope);
-    const A k2 = static_cast<const A*>(ch.k2)[c], k3 = static_cast<const A*>(ch.k3)[c];
-    out[i] = static_cast<T>(a * (gz - k2 - (xv - m) * k3));
-  }
+  if (!BWD) return act_fwd<ACT>(z, slope);
+  return a * (act_bwd<ACT>(z, gv, slope) - k2 - (xv - m) * k3);
 }
 
-template <int ACT, bool BWD, typename T, typename A>
+// Planar: a block takes a chunk of one plane, in VEC-element vectors
+// (S % VEC == 0), with the channel's constants in registers.
+template <int ACT, bool BWD, typename T, typename A, int VEC>
 __global__ void planar_kernel(const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ out,
                               int64_t C, int64_t S, int64_t chunks, ChannelArrays ch, A slope) {
   const int64_t plane = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
   const int64_t c = plane % C;
+  const A m = static_cast<const A*>(ch.mean)[c];
+  const A a = static_cast<const A*>(ch.scale)[c];
+  const A b = static_cast<const A*>(ch.beta)[c];
+  const A k2 = BWD ? static_cast<const A*>(ch.k2)[c] : A(0);
+  const A k3 = BWD ? static_cast<const A*>(ch.k3)[c] : A(0);
   int64_t s0, s1;
-  range(S, chunks, chunk, s0, s1);
+  range(S / VEC, chunks, chunk, s0, s1);
+  using Vec = VecN<T, VEC>;
   const int64_t base = plane * S;
-  for (int64_t s = s0 + threadIdx.x; s < s1; s += blockDim.x)
-    elem<ACT, BWD>(x, gy, out, base + s, c, ch, slope);
+  for (int64_t s = s0 + threadIdx.x; s < s1; s += blockDim.x) {
+    const int64_t i = base + s * VEC;
+    const Vec xin = load_vec<T, VEC>(x + i);
+    const Vec gin = BWD ? load_vec<T, VEC>(gy + i) : xin;
+    Vec o;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k)
+      o.v[k] = static_cast<T>(bn_out<ACT, BWD>(static_cast<A>(xin.v[k]), static_cast<A>(gin.v[k]),
+                                              m, a, b, k2, k3, slope));
+    *reinterpret_cast<Vec*>(out + i) = o;
+  }
 }
 
-template <int ACT, bool BWD, typename T, typename A>
+// Interleaved: thread (x, y) of block (bx, by) takes channel vector
+// by * tx + x, with its channels' constants in registers, and rows
+// bx * ty + y, stepping gridDim.x * ty; two rows' loads in flight.
+template <int ACT, bool BWD, typename T, typename A, int VEC>
 __global__ void rows_kernel(const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ out,
-                            int64_t total, int64_t C, ChannelArrays ch, A slope) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= total) return;
-  int64_t c = i % C;
-  const int64_t step = stride % C;
-  for (; i < total; i += stride) {
-    elem<ACT, BWD>(x, gy, out, i, c, ch, slope);
-    c += step;
-    if (c >= C) c -= C;
+                            int64_t R, int64_t C, int64_t cv, ChannelArrays ch, A slope) {
+  const int64_t v = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
+  if (v >= cv) return;
+  A m[VEC], a[VEC], b[VEC], k2[VEC], k3[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    const int64_t c = v * VEC + k;
+    m[k] = static_cast<const A*>(ch.mean)[c];
+    a[k] = static_cast<const A*>(ch.scale)[c];
+    b[k] = static_cast<const A*>(ch.beta)[c];
+    k2[k] = BWD ? static_cast<const A*>(ch.k2)[c] : A(0);
+    k3[k] = BWD ? static_cast<const A*>(ch.k3)[c] : A(0);
+  }
+  using Vec = VecN<T, VEC>;
+  auto one = [&](const Vec& xin, const Vec& gin, int64_t i) {
+    Vec o;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k)
+      o.v[k] = static_cast<T>(bn_out<ACT, BWD>(static_cast<A>(xin.v[k]), static_cast<A>(gin.v[k]),
+                                              m[k], a[k], b[k], k2[k], k3[k], slope));
+    *reinterpret_cast<Vec*>(out + i) = o;
+  };
+  const int64_t step = int64_t(gridDim.x) * blockDim.y;
+  int64_t r = blockIdx.x * int64_t(blockDim.y) + threadIdx.y;
+  for (; r + step < R; r += 2 * step) {
+    const int64_t i0 = r * C + v * VEC, i1 = (r + step) * C + v * VEC;
+    const Vec x0 = load_vec<T, VEC>(x + i0), x1 = load_vec<T, VEC>(x + i1);
+    Vec g0 = x0, g1 = x1;
+    if (BWD) g0 = load_vec<T, VEC>(gy + i0), g1 = load_vec<T, VEC>(gy + i1);
+    one(x0, g0, i0);
+    one(x1, g1, i1);
+  }
+  if (r < R) {
+    const int64_t i0 = r * C + v * VEC;
+    const Vec x0 = load_vec<T, VEC>(x + i0);
+    one(x0, BWD ? load_vec<T, VEC>(gy + i0) : x0, i0);
   }
 }
 
@@ -348,16 +552,21 @@ void launch_elementwise(const BnGeometry& g, const T* x, const T* gy, T* out,
   if (total == 0) return;
 #define CNNK_ELEM(ACT)                                                                          \
   if (g.interleaved) {                                                                          \
-    const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads,                \
-                                             int64_t(at::cuda::getCurrentDeviceProperties()     \
-                                                         ->multiProcessorCount) * 16);          \
-    rows_kernel<ACT, BWD, T, A><<<blocks, kThreads, 0, stream>>>(x, gy, out, total, g.C, ch,    \
-                                                                 slope);                        \
+    with_vec<T>(row_vec(g.C, sizeof(T), {x, gy, out}), [&](auto vc) {                           \
+      constexpr int V = decltype(vc)::value;                                                    \
+      const RowTiles t = row_tiles(g.C, V);                                                     \
+      const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;          \
+      const int64_t bx = std::max<int64_t>(                                                     \
+          1, std::min<int64_t>((g.rows + t.ty - 1) / t.ty, (16 * sms + t.tiles - 1) / t.tiles)); \
+      rows_kernel<ACT, BWD, T, A, V><<<dim3(bx, t.tiles), dim3(t.tx, t.ty), 0, stream>>>(        \
+          x, gy, out, g.rows, g.C, t.cv, ch, slope);                                            \
+    });                                                                                         \
   } else {                                                                                      \
     const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(g.S / 2048, 64));             \
-    planar_kernel<ACT, BWD, T, A><<<g.N * g.C * chunks, kThreads, 0, stream>>>(x, gy, out, g.C, \
-                                                                               g.S, chunks, ch, \
-                                                                               slope);          \
+    with_vec<T>(row_vec(g.S, sizeof(T), {x, gy, out}), [&](auto vc) {                           \
+      planar_kernel<ACT, BWD, T, A, decltype(vc)::value>                                        \
+          <<<g.N * g.C * chunks, kThreads, 0, stream>>>(x, gy, out, g.C, g.S, chunks, ch, slope); \
+    });                                                                                         \
   }                                                                                             \
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (act == kBnActRelu) {
@@ -396,33 +605,62 @@ __global__ void grad_sums_planar_kernel(const T* __restrict__ gy, const T* __res
   if (threadIdx.x == 0) out[c * sp.parts() + blockIdx.y] = Partial{0, double(s1v), double(s2v)};
 }
 
-template <int ACT, typename T, typename A>
+// Interleaved gradient sums: the blocks of stats_rows_kernel; the block
+// adds its ty rows of threads in a fixed tree.
+template <int ACT, typename T, typename A, int VEC>
 __global__ void grad_sums_rows_kernel(const T* __restrict__ gy, const T* __restrict__ x,
-                                      int64_t R, int64_t C, Split sp, ChannelArrays ch, A slope,
-                                      Partial* __restrict__ out) {
-  __shared__ A sh[8][32][2];
-  const int64_t c = blockIdx.x * 32 + threadIdx.x;
+                                      int64_t R, int64_t C, int64_t cv, Split sp,
+                                      ChannelArrays ch, A slope, Partial* __restrict__ out) {
+  extern __shared__ unsigned char smem_raw[];
+  A* sh = reinterpret_cast<A*>(smem_raw);  // [ty][tx][VEC][2]
+  const int tx = blockDim.x, ty = blockDim.y;
+  const int64_t v = blockIdx.y * int64_t(tx) + threadIdx.x;
   int64_t r0, r1;
-  range(R, sp.sr, blockIdx.y, r0, r1);
-  A s1v = 0, s2v = 0;
-  if (c < C) {
-    const A m = static_cast<const A*>(ch.mean)[c], a = static_cast<const A*>(ch.scale)[c];
-    const A b = static_cast<const A*>(ch.beta)[c];
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
-      const A xv = static_cast<A>(x[r * C + c]);
-      const A gz = act_bwd<ACT>(pre_act(xv, m, a, b), static_cast<A>(gy[r * C + c]), slope);
-      s1v += gz;
-      s2v += gz * (xv - m);
+  range(R, sp.sr, blockIdx.x, r0, r1);
+  A s1[VEC], s2[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) s1[k] = A(0), s2[k] = A(0);
+  if (v < cv) {
+    A m[VEC], a[VEC], b[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const int64_t c = v * VEC + k;
+      m[k] = static_cast<const A*>(ch.mean)[c];
+      a[k] = static_cast<const A*>(ch.scale)[c];
+      b[k] = static_cast<const A*>(ch.beta)[c];
     }
+    auto add = [&](const VecN<T, VEC>& xin, const VecN<T, VEC>& gin) {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const A xv = static_cast<A>(xin.v[k]);
+        const A gz = act_bwd<ACT>(pre_act(xv, m[k], a[k], b[k]), static_cast<A>(gin.v[k]), slope);
+        s1[k] += gz;
+        s2[k] += gz * (xv - m[k]);
+      }
+    };
+    const int64_t off = v * VEC;
+    int64_t r = r0 + threadIdx.y;
+    for (; r + ty < r1; r += 2 * ty) {
+      const VecN<T, VEC> x0 = load_vec<T, VEC>(x + r * C + off);
+      const VecN<T, VEC> x1 = load_vec<T, VEC>(x + (r + ty) * C + off);
+      const VecN<T, VEC> g0 = load_vec<T, VEC>(gy + r * C + off);
+      const VecN<T, VEC> g1 = load_vec<T, VEC>(gy + (r + ty) * C + off);
+      add(x0, g0);
+      add(x1, g1);
+    }
+    if (r < r1) add(load_vec<T, VEC>(x + r * C + off), load_vec<T, VEC>(gy + r * C + off));
   }
-  sh[threadIdx.y][threadIdx.x][0] = s1v;
-  sh[threadIdx.y][threadIdx.x][1] = s2v;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    A t1 = 0, t2 = 0;
-    for (int i = 0; i < 8; ++i) t1 += sh[i][threadIdx.x][0], t2 += sh[i][threadIdx.x][1];
-    out[c * sp.parts() + blockIdx.y] = Partial{0, double(t1), double(t2)};
-  }
+  A* mine = sh + (threadIdx.y * tx + threadIdx.x) * VEC * 2;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) mine[2 * k] = s1[k], mine[2 * k + 1] = s2[k];
+  fold_rows(sh, 2 * VEC, [](A* d, const A* e) {
+#pragma unroll
+    for (int j = 0; j < 2 * VEC; ++j) d[j] += e[j];
+  });
+  if (threadIdx.y != 0 || v >= cv) return;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k)
+    out[(v * VEC + k) * sp.parts() + blockIdx.x] = Partial{0, double(mine[2 * k]), double(mine[2 * k + 1])};
 }
 
 template <typename T, typename A>
@@ -431,9 +669,14 @@ void launch_grad_sums(const BnGeometry& g, const Split& sp, const T* gy, const T
                       cudaStream_t stream) {
 #define CNNK_SUMS(ACT)                                                                        \
   if (g.interleaved) {                                                                        \
-    dim3 grid((g.C + 31) / 32, sp.sr);                                                        \
-    grad_sums_rows_kernel<ACT, T, A><<<grid, dim3(32, 8), 0, stream>>>(gy, x, g.rows, g.C, sp, \
-                                                                       ch, slope, pp);         \
+    with_vec<T>(row_vec(g.C, sizeof(T), {x, gy}), [&](auto vc) {                              \
+      constexpr int V = decltype(vc)::value;                                                  \
+      const RowTiles t = row_tiles(g.C, V);                                                   \
+      const size_t smem = size_t(t.tx) * t.ty * V * 2 * sizeof(A);                            \
+      grad_sums_rows_kernel<ACT, T, A, V><<<dim3(sp.sr, t.tiles), dim3(t.tx, t.ty), smem,      \
+                                            stream>>>(gy, x, g.rows, g.C, t.cv, sp, ch, slope, \
+                                                      pp);                                    \
+    });                                                                                       \
   } else {                                                                                    \
     dim3 grid(g.C, sp.sn * sp.ss);                                                            \
     grad_sums_planar_kernel<ACT, T, A><<<grid, kThreads, 0, stream>>>(gy, x, g.N, g.C, g.S,   \
@@ -454,10 +697,11 @@ template <typename A>
 __global__ void finalize_grads_kernel(const Partial* __restrict__ part, int64_t parts, int64_t C,
                                       double count, bool training, const A* __restrict__ invstd,
                                       A* gw, A* gb, A* k2, A* k3) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t c = warp_channel();
   if (c >= C) return;
-  double sg = 0, sgx = 0;
-  for (int64_t i = 0; i < parts; ++i) sg += part[c * parts + i].a, sgx += part[c * parts + i].b;
+  double sg, sgx;
+  warp_sums(part + c * parts, parts, sg, sgx);
+  if ((threadIdx.x & 31) != 0) return;
   const double is = double(invstd[c]);
   gw[c] = static_cast<A>(sgx * is);
   gb[c] = static_cast<A>(sg);
@@ -517,7 +761,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward_cuda(
     consts.zero_();
     return {y, save_mean.clone(), save_invstd.clone()};
   }
-  const Split sp = make_split(g);
+  const Split sp = make_split(g, input.element_size());
   Tensor part = training ? at::empty({g.C * sp.parts() * 3}, input.options().dtype(at::kDouble))
                          : Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
@@ -535,10 +779,10 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward_cuda(
       if (r_acc || !has_rm) {
         A* rm = has_rm ? running_mean->data_ptr<A>() : nullptr;
         A* rv = has_rm ? running_var->data_ptr<A>() : nullptr;
-        finalize_stats_kernel<A, A><<<blocks_for(C), kThreads, 0, stream>>>(
+        finalize_stats_kernel<A, A><<<warp_blocks(C), kThreads, 0, stream>>>(
             pp, sp.parts(), C, eps, momentum, rm, rv, wp, bp, cm, cm + C, cm + 2 * C, cm + 3 * C);
       } else {
-        finalize_stats_kernel<A, T><<<blocks_for(C), kThreads, 0, stream>>>(
+        finalize_stats_kernel<A, T><<<warp_blocks(C), kThreads, 0, stream>>>(
             pp, sp.parts(), C, eps, momentum, running_mean->data_ptr<T>(),
             running_var->data_ptr<T>(), wp, bp, cm, cm + C, cm + 2 * C, cm + 3 * C);
       }
@@ -584,7 +828,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cuda(
   if (g.count == 0) {
     consts.zero_();
   } else {
-    const Split sp = make_split(g);
+    const Split sp = make_split(g, input.element_size());
     Tensor part = need_sums ? at::empty({g.C * sp.parts() * 3}, input.options().dtype(at::kDouble))
                             : Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
@@ -605,7 +849,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cuda(
         launch_grad_sums<T, A>(g, sp, gy.data_ptr<T>(), x.data_ptr<T>(), ch, activation, slope, pp,
                               stream);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        finalize_grads_kernel<A><<<blocks_for(C), kThreads, 0, stream>>>(
+        finalize_grads_kernel<A><<<warp_blocks(C), kThreads, 0, stream>>>(
             pp, sp.parts(), C, double(g.count), training, ip, cm + 4 * C, cm + 5 * C, cm + 2 * C,
             cm + 3 * C);
       } else {
@@ -631,7 +875,7 @@ std::tuple<Tensor, Tensor> batch_norm_stats_cuda(const Tensor& input) {
   c10::cuda::CUDAGuard guard(input.device());
   const Tensor x = batch_norm_layout(input, g);
   auto stream = at::cuda::getCurrentCUDAStream();
-  const Split sp = make_split(g);
+  const Split sp = make_split(g, input.element_size());
   Tensor part = at::empty({g.C * sp.parts() * 3}, input.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "cnnkernels::batch_norm_stats_cuda", [&] {
@@ -640,7 +884,7 @@ std::tuple<Tensor, Tensor> batch_norm_stats_cuda(const Tensor& input) {
     const int64_t C = g.C;
     Partial* pp = reinterpret_cast<Partial*>(part.data_ptr<double>());
     launch_stats<T, A>(g, sp, x.data_ptr<T>(), pp, stream);
-    finalize_moments_kernel<A><<<blocks_for(C), kThreads, 0, stream>>>(
+    finalize_moments_kernel<A><<<warp_blocks(C), kThreads, 0, stream>>>(
         pp, sp.parts(), C, mean.data_ptr<A>(), var.data_ptr<A>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
