@@ -532,16 +532,22 @@ def test_odd_inputs_cpu():
     ((2, 3, 12, 30), 7, 3),
     ((2, 2, 5, 5), 5, (0, 2)),  # one output row, padding on one axis
 ])
-def test_cuda_depthwise_strips(case):
-    """NCHW depthwise layers with unit stride and dilation run on the strip
-    kernels (4 x 8 outputs per thread; the data gradient with reversed taps;
-    the weight gradient reduced per channel in a fixed order): every dtype
-    against float64 on the CPU, and the weight gradient bit for bit the same
-    twice."""
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_cuda_depthwise_strips(case, layout):
+    """Depthwise layers with unit stride and dilation run on the strip
+    kernels (NCHW: 4 x 8 outputs per thread; channels_last, when C % 4 == 0:
+    4 channels x 2 x 4 outputs, the weight gradient for 3x3; the data
+    gradient with reversed taps; the weight gradient reduced per channel in
+    a fixed order): every dtype against float64 on the CPU, and the weight
+    gradient bit for bit the same twice."""
     shape, k, padding = case
+    if layout == "channels_last":  # channel counts that fill the 4-channel vector
+        shape = (shape[0], 4 * shape[1], *shape[2:])
     c = shape[1]
     g = torch.Generator().manual_seed(12)
     x = torch.randn(shape, generator=g, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
     w = torch.randn(c, 1, k, k, generator=g, dtype=torch.float64)
     b = torch.randn(c, generator=g, dtype=torch.float64)
     ref_in = [t.clone().requires_grad_() for t in (x, w, b)]
@@ -552,6 +558,8 @@ def test_cuda_depthwise_strips(case):
                          (torch.bfloat16, 2e-2)]:
         ins = [t.to("cuda", dtype).requires_grad_() for t in (x, w, b)]
         y = CF.conv2d(*ins, 1, padding, 1, c)
+        if layout == "channels_last":
+            assert y.is_contiguous(memory_format=torch.channels_last)
         grads = torch.autograd.grad(y, ins, gy.to("cuda", dtype))
         errs = [_rel(y, r)] + [_rel(a, e) for a, e in zip(grads, ref_grads)]
         assert max(errs) < bound, (dtype, errs)

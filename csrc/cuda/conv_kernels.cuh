@@ -1368,6 +1368,175 @@ __global__ void __launch_bounds__(256) strip_wgrad_kernel(const T* __restrict__ 
     part[(int64_t(slice) * p.C + c) * KK + threadIdx.x] = s;
   }
 }
+
+// channels_last, unit stride and dilation, one output channel per input
+// channel, C % 4 == 0: a thread takes 4 adjacent channels (one 16-byte
+// vector for float32) of a strip of kClRows x kClW outputs. Each input row
+// under the strip is loaded once (kClW + K - 1 vectors, coalesced across the
+// warp's channel groups) and feeds every output row it reaches; the taps
+// come from a [K * K][C] copy of the weights (one vector per tap). Forward,
+// and the data gradient with the taps reversed in that copy.
+constexpr int kClW = 4, kClRows = 2;
+
+struct StripCL {
+  int C, H, W, OH, OW, pt, pl, cgs, wgs, rgs;  // cgs: C / 4, wgs / rgs: column / row groups
+  int64_t items;                               // N * rgs * wgs * cgs
+};
+
+template <typename T>
+struct alignas(4 * sizeof(T)) Ch4 {
+  T v[4];
+};
+
+template <typename T, typename A>
+__device__ __forceinline__ void load4(const T* p, bool ok, A (&out)[4]) {
+  if (ok) {
+    const Ch4<T> q = *reinterpret_cast<const Ch4<T>*>(p);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) out[k] = static_cast<A>(q.v[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) out[k] = A(0);
+  }
+}
+
+template <typename T, int K>
+__global__ void __launch_bounds__(256, 2) strip_cl_kernel(const T* __restrict__ x,
+                                                       const T* __restrict__ wt,
+                                                       const T* __restrict__ b, T* __restrict__ y,
+                                                       StripCL p) {
+  using A = at::opmath_type<T>;
+  constexpr int VN = kClW + K - 1;
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < p.items;
+       t += int64_t(gridDim.x) * blockDim.x) {
+    const int c0 = int(t % p.cgs) * 4;
+    int64_t r = t / p.cgs;
+    const int ow0 = int(r % p.wgs) * kClW;
+    r /= p.wgs;
+    const int oh0 = int(r % p.rgs) * kClRows;
+    const int64_t n = r / p.rgs;
+    const T* xp = x + n * p.H * p.W * p.C + c0;
+    A bv[4];
+    load4(b + c0, b != nullptr, bv);
+    A acc[kClRows][kClW][4];
+#pragma unroll
+    for (int o = 0; o < kClRows; ++o)
+#pragma unroll
+      for (int j = 0; j < kClW; ++j)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) acc[o][j][k] = bv[k];
+#pragma unroll
+    for (int rr = 0; rr < kClRows + K - 1; ++rr) {
+      const int ih = oh0 - p.pt + rr;
+      const bool hok = unsigned(ih) < unsigned(p.H);
+      A v[VN][4];
+#pragma unroll
+      for (int j = 0; j < VN; ++j) {
+        const int iw = ow0 - p.pl + j;
+        load4(xp + (int64_t(ih) * p.W + iw) * p.C, hok && unsigned(iw) < unsigned(p.W), v[j]);
+      }
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+        const int o = rr - kh;
+        if (o < 0 || o >= kClRows) continue;
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) {
+          A wv[4];
+          load4(wt + int64_t(kh * K + kw) * p.C + c0, true, wv);
+#pragma unroll
+          for (int j = 0; j < kClW; ++j)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) acc[o][j][k] += wv[k] * v[j + kw][k];
+        }
+      }
+    }
+#pragma unroll
+    for (int o = 0; o < kClRows; ++o) {
+      const int oh = oh0 + o;
+      if (oh >= p.OH) break;
+#pragma unroll
+      for (int j = 0; j < kClW; ++j) {
+        if (ow0 + j >= p.OW) break;
+        Ch4<T> q;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) q.v[k] = static_cast<T>(acc[o][j][k]);
+        *reinterpret_cast<Ch4<T>*>(y + ((n * p.OH + oh) * p.OW + ow0 + j) * p.C + c0) = q;
+      }
+    }
+  }
+}
+
+// Weight gradient, K x K taps: block (channel tile blockIdx.x of blockDim.x
+// groups of 4 channels, pixel slice blockIdx.y); a thread walks strips of
+// kClW outputs of its slice, each grad_output vector times the K rows of
+// kClW + K - 1 input vectors under it; the block adds its blockDim.y threads
+// per channel group in order, tap by tap, into part[slice][c][tap].
+template <typename T, int K>
+__global__ void __launch_bounds__(256) strip_cl_wgrad_kernel(const T* __restrict__ gy,
+                                                             const T* __restrict__ x, StripCL p,
+                                                             int N, int slices,
+                                                             at::opmath_type<T>* __restrict__ part) {
+  using A = at::opmath_type<T>;
+  constexpr int VN = kClW + K - 1;
+  __shared__ A red[256 * 4];
+  const int g = blockIdx.x * blockDim.x + threadIdx.x;
+  const int c0 = g * 4;
+  A acc[K * K][4];
+#pragma unroll
+  for (int tp = 0; tp < K * K; ++tp)
+#pragma unroll
+    for (int k = 0; k < 4; ++k) acc[tp][k] = A(0);
+  const int64_t strips = int64_t(N) * p.OH * p.wgs;
+  const int64_t per = (strips + slices - 1) / slices;
+  const int64_t q0 = blockIdx.y * per, q1 = min(strips, q0 + per);
+  if (g < p.cgs) {
+    for (int64_t q = q0 + threadIdx.y; q < q1; q += blockDim.y) {
+      const int ow0 = int(q % p.wgs) * kClW;
+      const int64_t r = q / p.wgs;
+      const int oh = int(r % p.OH);
+      const int64_t n = r / p.OH;
+      A gv[kClW][4];
+#pragma unroll
+      for (int j = 0; j < kClW; ++j)
+        load4(gy + ((n * p.OH + oh) * p.OW + ow0 + j) * p.C + c0, ow0 + j < p.OW, gv[j]);
+      const T* xp = x + n * p.H * p.W * p.C + c0;
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+        const int ih = oh - p.pt + kh;
+        if (unsigned(ih) >= unsigned(p.H)) continue;
+        A v[VN][4];
+#pragma unroll
+        for (int j = 0; j < VN; ++j) {
+          const int iw = ow0 - p.pl + j;
+          load4(xp + (int64_t(ih) * p.W + iw) * p.C, unsigned(iw) < unsigned(p.W), v[j]);
+        }
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw)
+#pragma unroll
+          for (int j = 0; j < kClW; ++j)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) acc[kh * K + kw][k] += gv[j][k] * v[j + kw][k];
+      }
+    }
+  }
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+#pragma unroll
+  for (int tp = 0; tp < K * K; ++tp) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) red[tid * 4 + k] = acc[tp][k];
+    __syncthreads();
+    if (threadIdx.y == 0 && g < p.cgs) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        A sum = red[threadIdx.x * 4 + k];
+        for (int i = 1; i < int(blockDim.y); ++i) sum += red[(i * blockDim.x + threadIdx.x) * 4 + k];
+        part[(int64_t(blockIdx.y) * p.C + c0 + k) * (K * K) + tp] = sum;
+      }
+    }
+    __syncthreads();
+  }
+}
+
 }  // namespace dw
 
 
@@ -1436,6 +1605,84 @@ bool launch_dw_strip(int which, const ConvGeometry& cg, const Tensor& a, const T
   return true;
 }
 
+// The channels_last strip kernels (dw::strip_cl_kernel,
+// dw::strip_cl_wgrad_kernel): one output channel per input channel, unit
+// stride and dilation, square 3x3 / 5x5 (weight gradient: 3x3; 7x7 spills
+// registers at two blocks per SM and stays on the direct kernels),
+// C % 4 == 0, channels_last tensors aligned to the 4-channel vector and
+// sizes within int. which as in launch_depthwise. false: not handled.
+template <typename T>
+bool launch_dw_strip_cl(int which, const ConvGeometry& cg, const Tensor& a, const Tensor& b,
+                        const Tensor& bias, Tensor& out, bool cl) {
+  if (!cl || !cg.depthwise() || cg.OC != cg.C || cg.C % 4 != 0 || cg.sh != 1 || cg.sw != 1 ||
+      cg.dh != 1 || cg.dw != 1 || cg.KH != cg.KW || (cg.KH != 3 && cg.KH != 5) ||
+      (which == 2 && cg.KH != 3))
+    return false;
+  const auto fmt = at::MemoryFormat::ChannelsLast;
+  const Tensor& act = which == 2 ? b : a;  // the NHWC operand besides `out` / gy
+  const size_t vb = 4 * sizeof(T);
+  auto ok = [&](const Tensor& t) {
+    return t.is_contiguous(fmt) && reinterpret_cast<uintptr_t>(t.data_ptr()) % vb == 0;
+  };
+  if (!ok(act) || (which == 2 ? !ok(a) : !ok(out))) return false;
+  if (bias.defined() && reinterpret_cast<uintptr_t>(bias.data_ptr()) % vb != 0) return false;
+  if (cg.N * cg.C * std::max(cg.H * cg.W, cg.OH * cg.OW) >= (int64_t(1) << 31)) return false;
+  dw::StripCL p{};
+  p.C = int(cg.C);
+  if (which == 1) {  // gx = conv(gy, reversed taps), padding K - 1 - pad, output H x W
+    p.H = int(cg.OH), p.W = int(cg.OW), p.OH = int(cg.H), p.OW = int(cg.W);
+    p.pt = int(cg.KH - 1 - cg.pt), p.pl = int(cg.KW - 1 - cg.pl);
+  } else {
+    p.H = int(cg.H), p.W = int(cg.W), p.OH = int(cg.OH), p.OW = int(cg.OW);
+    p.pt = int(cg.pt), p.pl = int(cg.pl);
+  }
+  p.cgs = p.C / 4, p.wgs = (p.OW + dw::kClW - 1) / dw::kClW;
+  p.rgs = (p.OH + dw::kClRows - 1) / dw::kClRows;
+  p.items = cg.N * p.rgs * p.wgs * p.cgs;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  if (which != 2) {
+    if (out.numel() == 0) return true;
+    // the taps as [K * K][C] (reversed for the data gradient)
+    const Tensor w = which == 1 ? b.flip({2, 3}) : b;
+    const Tensor wt = w.reshape({cg.C, cg.KH * cg.KW}).t().contiguous();
+    const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
+    const int blocks = int(std::min<int64_t>((p.items + 255) / 256, 65535LL * 16));
+#define CNNK_STRIPCL(K)                                                                   \
+  dw::strip_cl_kernel<T, K><<<blocks, 256, 0, stream>>>(act.data_ptr<T>(), wt.data_ptr<T>(), bp, \
+                                                        out.data_ptr<T>(), p)
+    if (cg.KH == 3) CNNK_STRIPCL(3); else CNNK_STRIPCL(5);
+#undef CNNK_STRIPCL
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
+  // weight gradient: a = gy, b = x, out = gw (C, 1, 3, 3)
+  if (out.numel() == 0) return true;
+  if (cg.N * cg.OH * cg.OW == 0) {
+    out.zero_();
+    return true;
+  }
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int tx = int(std::min<int64_t>(p.cgs, 32)), ty = 256 / tx;
+  const int64_t ctiles = (p.cgs + tx - 1) / tx;
+  if (ctiles > 65535LL * 32768) return false;
+  const int64_t strips = cg.N * p.OH * p.wgs;
+  // about two blocks per SM, each thread over at least 8 strips (the slices'
+  // partials are summed serially per weight afterwards)
+  const int slices = int(std::max<int64_t>(
+      1, std::min<int64_t>({(2 * sms + ctiles - 1) / ctiles, (strips + 8 * ty - 1) / (8 * ty), 65535})));
+  constexpr int64_t KK = 9;
+  const int64_t n = cg.C * KK;
+  using A = at::opmath_type<T>;
+  Tensor part = at::empty({slices * n}, out.options().dtype(c10::CppTypeToScalarType<A>::value));
+  dw::strip_cl_wgrad_kernel<T, 3><<<dim3(unsigned(ctiles), unsigned(slices)), dim3(tx, ty), 0, stream>>>(
+      a.data_ptr<T>(), b.data_ptr<T>(), p, int(cg.N), slices, part.data_ptr<A>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  gemm::reduce_splits_kernel<T, A><<<blocks_for(n), kThreads, 0, stream>>>(
+      part.data_ptr<A>(), slices, n, out.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
 template <typename T>
 bool launch_depthwise(int which, const ConvGeometry& cg, const Tensor& a, const Tensor& b,
                       const Tensor& bias, Tensor& out, bool cl) {
@@ -1443,6 +1690,7 @@ bool launch_depthwise(int which, const ConvGeometry& cg, const Tensor& a, const 
   // out = gx), 2 weight grad (a = gy, b = x, out = gw). false: not handled.
   if (!cg.depthwise()) return false;
   if (launch_dw_strip<T>(which, cg, a, b, bias, out, cl)) return true;
+  if (launch_dw_strip_cl<T>(which, cg, a, b, bias, out, cl)) return true;
   const int64_t lim = int64_t(1) << 30;
   if (cg.N * std::max(cg.OH * cg.OW, cg.H * cg.W) >= lim || cg.OC >= lim) return false;
   auto stream = at::cuda::getCurrentCUDAStream();
