@@ -77,7 +77,7 @@ MAX_CONFIGS = [
     (1, 1, 0, 1, False),
     ((3, 1), (1, 3), (1, 0), (2, 1), True),
 ]
-SHAPES = [(2, 3, 13, 17), (1, 2, 9, 43)]
+SHAPES = [(2, 3, 13, 17), (1, 2, 9, 43), (2, 3, 8, 12)]  # the last one tiled exactly by 2x2 / 4x3 windows
 
 
 def _ids(cfgs):

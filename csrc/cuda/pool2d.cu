@@ -7,7 +7,8 @@
 // One thread per output element (forward) or per input element (backward),
 // grid-stride loops, 32-bit index math when every tensor fits.
 // Backward is a gather (each input element sums over the windows covering
-// it, in output raster order): deterministic, no atomics, no zeroing pass.
+// it, in output raster order): deterministic, no atomics, no zeroing pass;
+// when the windows tile the input exactly, a thread per window writes it.
 // max_unpool2d's forward is a scatter (zero fill, then one write per input);
 // out-of-range indices are caught on the device and reported as an error
 // (one device-to-host copy of a flag per call).
@@ -189,6 +190,44 @@ __global__ void max_pool_bwd_kernel(const T* __restrict__ go, const int64_t* __r
       }
     gi[i] = static_cast<T>(s);
   }
+}
+
+// Backward when the windows tile the input exactly (stride = kernel size,
+// no padding or dilation, H = OH * kH, W = OW * kW): every input element lies
+// in exactly one window, so a thread per output element writes its whole
+// window (no gather over covering windows; each gradient and index read
+// once). Max: grad_output where the saved index points, zero elsewhere.
+// Average: grad_output / divisor everywhere, the value the gather computes
+// for a single window.
+template <typename T, typename I, bool NHWC, bool AVG>
+__global__ void tiled_bwd_kernel(const T* __restrict__ go, const int64_t* __restrict__ ind,
+                                 T* __restrict__ gi, I total, Geo<I> g, int64_t divisor) {
+  using acc_t = at::opmath_type<T>;
+  const I C = g.C, W = g.W, HW = g.H * g.W, OH = g.OH, OW = g.OW, kH = (I)g.kH, kW = (I)g.kW;
+  for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
+    I n, c, oh, ow;
+    unflatten<I, NHWC>(i, g.divC, C, g.divOH, OH, g.divOW, OW, n, c, oh, ow);
+    const int64_t k = AVG ? -1 : ind[i];
+    const T gv = AVG ? static_cast<T>(static_cast<acc_t>(go[i]) / static_cast<acc_t>(divisor))
+                     : go[i];
+    auto val = [&](I pos) { return AVG || (int64_t)pos == k ? gv : T(0); };
+    const I w0 = ow * kW;
+    for (I h = oh * kH; h < (oh + 1) * kH; ++h) {
+      const I row = h * W;
+      if (!NHWC && kW == 2) {  // one aligned pair (W and w0 are even)
+        struct alignas(2 * sizeof(T)) Pair { T a, b; };
+        *reinterpret_cast<Pair*>(gi + offset<I, NHWC>(n, c, row + w0, C, HW)) =
+            Pair{val(row + w0), val(row + w0 + 1)};
+      } else {
+        for (I w = w0; w < w0 + kW; ++w) gi[offset<I, NHWC>(n, c, row + w, C, HW)] = val(row + w);
+      }
+    }
+  }
+}
+
+bool tiles_exactly(const Pool2dGeometry& pg) {
+  return pg.sH == pg.kH && pg.sW == pg.kW && pg.pH == 0 && pg.pW == 0 && pg.dH == 1 &&
+         pg.dW == 1 && pg.H == pg.OH * pg.kH && pg.W == pg.OW * pg.kW;
 }
 
 // ----------------------------------------------------------- avg pool
@@ -413,12 +452,20 @@ Tensor max_pool2d_backward_cuda(const Tensor& grad_output, const Tensor& indices
   const bool use32 = fits_int32({total, go.numel()});
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
   auto stream = at::cuda::getCurrentCUDAStream();
+  const bool tiled = tiles_exactly(pg);
   CNNK_DISPATCH(go.scalar_type(), "cnnkernels_pool", [&] {
     CNNK_LAUNCH_VARIANTS(use32, nhwc, [&] {
       const Geo<index_t> g = make_geo<index_t>(pg);
-      max_pool_bwd_kernel<scalar_t, index_t, kNHWC><<<blocks_for(total), kThreads, 0, stream>>>(
-          go.const_data_ptr<scalar_t>(), ix.const_data_ptr<int64_t>(),
-          gi.mutable_data_ptr<scalar_t>(), (index_t)total, g);
+      if (tiled) {
+        const int64_t outs = go.numel();
+        tiled_bwd_kernel<scalar_t, index_t, kNHWC, false><<<blocks_for(outs), kThreads, 0, stream>>>(
+            go.const_data_ptr<scalar_t>(), ix.const_data_ptr<int64_t>(),
+            gi.mutable_data_ptr<scalar_t>(), (index_t)outs, g, 0);
+      } else {
+        max_pool_bwd_kernel<scalar_t, index_t, kNHWC><<<blocks_for(total), kThreads, 0, stream>>>(
+            go.const_data_ptr<scalar_t>(), ix.const_data_ptr<int64_t>(),
+            gi.mutable_data_ptr<scalar_t>(), (index_t)total, g);
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -482,9 +529,16 @@ Tensor avg_pool2d_backward_cuda(const Tensor& grad_output, IntArrayRef input_siz
   CNNK_DISPATCH(go.scalar_type(), "cnnkernels_pool", [&] {
     CNNK_LAUNCH_VARIANTS(use32, nhwc, [&] {
       const Geo<index_t> g = make_geo<index_t>(pg);
-      avg_pool_bwd_kernel<scalar_t, index_t, kNHWC><<<blocks_for(total), kThreads, 0, stream>>>(
-          go.const_data_ptr<scalar_t>(), gi.mutable_data_ptr<scalar_t>(), (index_t)total, g,
-          count_include_pad, divisor);
+      if (tiles_exactly(pg)) {  // no padding: the divisor is the window's size
+        const int64_t outs = go.numel();
+        tiled_bwd_kernel<scalar_t, index_t, kNHWC, true><<<blocks_for(outs), kThreads, 0, stream>>>(
+            go.const_data_ptr<scalar_t>(), nullptr, gi.mutable_data_ptr<scalar_t>(),
+            (index_t)outs, g, divisor != 0 ? divisor : pg.kH * pg.kW);
+      } else {
+        avg_pool_bwd_kernel<scalar_t, index_t, kNHWC><<<blocks_for(total), kThreads, 0, stream>>>(
+            go.const_data_ptr<scalar_t>(), gi.mutable_data_ptr<scalar_t>(), (index_t)total, g,
+            count_include_pad, divisor);
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
