@@ -18,6 +18,9 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include <cstdint>
 
 #pragma GCC target("avx2,fma")
@@ -631,6 +634,19 @@ bool max_pool2d_backward_nchw_k2s2(const float* go, const int64_t* idx, float* g
   }
   for (int64_t i = 2 * p.OH * W; i < p.H * W; ++i) d[i] = 0.f;  // rows no window covers
   return true;
+}
+
+void stream_copy(void* dst, const void* src, int64_t bytes) {
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  const int64_t head = std::min<int64_t>(bytes, (32 - int64_t(reinterpret_cast<uintptr_t>(d) & 31)) & 31);
+  std::memcpy(d, s, size_t(head));
+  int64_t i = head;
+  for (; i + 32 <= bytes; i += 32)
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i),
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+  std::memcpy(d + i, s + i, size_t(bytes - i));
+  _mm_sfence();
 }
 
 }  // namespace avx2

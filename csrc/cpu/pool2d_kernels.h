@@ -77,6 +77,11 @@ void avg_backward_pixel_nhwc(const float* delta, int64_t OW, int64_t C, int64_t 
 bool max_pool2d_backward_nchw_k2s2(const float* go, const int64_t* idx, float* gi, int64_t plane,
                                    const PoolPlan& p);
 
+// dst[0, bytes) = src[0, bytes) with non-temporal stores for the 32-byte
+// aligned part of dst (no read-for-ownership of lines that will not be read
+// again soon), then a store fence.
+void stream_copy(void* dst, const void* src, int64_t bytes);
+
 }  // namespace avx2
 }  // namespace cpu
 }  // namespace cnnkernels

@@ -144,6 +144,10 @@ Split make_split(const BnGeometry& g, int64_t elem_bytes) {
   const int64_t target = 4 * sms;
   Split sp;
   if (g.interleaved) {
+    // the channel tiles are grid.y of the interleaved kernels
+    TORCH_CHECK(g.C <= int64_t(65535) * kThreads, "batch_norm: channels_last or (N, C) input "
+                "with more than ", int64_t(65535) * kThreads, " channels is not supported on "
+                "CUDA, got C=", g.C);
     // one wave of full blocks (8 per SM), each over at least 32 row steps
     const RowTiles t = row_tiles(g.C, row_vec(g.C, elem_bytes, {}));
     sp.sr = std::max<int64_t>(1, std::min<int64_t>((8 * sms + t.tiles - 1) / t.tiles,
@@ -757,7 +761,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward_cuda(
   Tensor save_mean = consts[0], save_invstd = consts[1];
   const Tensor w = as_acc(weight, acc), b = as_acc(bias, acc);
   auto stream = at::cuda::getCurrentCUDAStream();
-  if (training && g.count == 0) {
+  if ((training && g.count == 0) || g.C == 0) {
     consts.zero_();
     return {y, save_mean.clone(), save_invstd.clone()};
   }
@@ -825,7 +829,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cuda(
   Tensor consts = at::empty({6, g.C}, input.options().dtype(acc));
   auto stream = at::cuda::getCurrentCUDAStream();
   const bool need_sums = mask[1] || mask[2] || (training && mask[0]);
-  if (g.count == 0) {
+  if (g.count == 0 || g.C == 0) {
     consts.zero_();
   } else {
     const Split sp = make_split(g, input.element_size());

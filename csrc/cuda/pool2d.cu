@@ -225,9 +225,11 @@ __global__ void tiled_bwd_kernel(const T* __restrict__ go, const int64_t* __rest
   }
 }
 
+// Small windows only: a thread writes its whole window serially (global
+// pooling would leave a few threads writing whole planes).
 bool tiles_exactly(const Pool2dGeometry& pg) {
   return pg.sH == pg.kH && pg.sW == pg.kW && pg.pH == 0 && pg.pW == 0 && pg.dH == 1 &&
-         pg.dW == 1 && pg.H == pg.OH * pg.kH && pg.W == pg.OW * pg.kW;
+         pg.dW == 1 && pg.H == pg.OH * pg.kH && pg.W == pg.OW * pg.kW && pg.kH * pg.kW <= 16;
 }
 
 // ----------------------------------------------------------- avg pool
