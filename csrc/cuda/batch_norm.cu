@@ -459,12 +459,26 @@ __global__ void elemt_consts_kernel(int64_t C, const A* __restrict__ w, const A*
 // ---- elementwise passes. Planar: a block takes a chunk of one plane (no
 // per-element division). Interleaved: the channel index advances by the
 // block size modulo C (one modulo per thread).
+// The VEC per-channel values of channels v * VEC ... v * VEC + VEC - 1.
+template <typename A, int VEC>
+__device__ __forceinline__ void channel_vec(const void* arr, int64_t v, A (&out)[VEC]) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) out[k] = static_cast<const A*>(arr)[v * VEC + k];
+}
+
 struct ChannelArrays {
   const void* mean;
   const void* scale;
   const void* beta;
   const void* k2;
   const void* k3;
+  // mean, scale and beta of channel vector v
+  template <typename A, int VEC>
+  __device__ __forceinline__ void get(int64_t v, A (&m)[VEC], A (&a)[VEC], A (&b)[VEC]) const {
+    channel_vec(mean, v, m);
+    channel_vec(scale, v, a);
+    channel_vec(beta, v, b);
+  }
 };
 
 // One output of the elementwise pass: forward y = act(z), backward the
@@ -513,15 +527,11 @@ __global__ void rows_kernel(const T* __restrict__ x, const T* __restrict__ gy, T
                             int64_t R, int64_t C, int64_t cv, ChannelArrays ch, A slope) {
   const int64_t v = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
   if (v >= cv) return;
-  A m[VEC], a[VEC], b[VEC], k2[VEC], k3[VEC];
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) {
-    const int64_t c = v * VEC + k;
-    m[k] = static_cast<const A*>(ch.mean)[c];
-    a[k] = static_cast<const A*>(ch.scale)[c];
-    b[k] = static_cast<const A*>(ch.beta)[c];
-    k2[k] = BWD ? static_cast<const A*>(ch.k2)[c] : A(0);
-    k3[k] = BWD ? static_cast<const A*>(ch.k3)[c] : A(0);
+  A m[VEC], a[VEC], b[VEC], k2[VEC] = {}, k3[VEC] = {};
+  ch.get(v, m, a, b);
+  if (BWD) {
+    channel_vec(ch.k2, v, k2);
+    channel_vec(ch.k3, v, k3);
   }
   using Vec = VecN<T, VEC>;
   auto one = [&](const Vec& xin, const Vec& gin, int64_t i) {
@@ -626,13 +636,7 @@ __global__ void grad_sums_rows_kernel(const T* __restrict__ gy, const T* __restr
   for (int k = 0; k < VEC; ++k) s1[k] = A(0), s2[k] = A(0);
   if (v < cv) {
     A m[VEC], a[VEC], b[VEC];
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const int64_t c = v * VEC + k;
-      m[k] = static_cast<const A*>(ch.mean)[c];
-      a[k] = static_cast<const A*>(ch.scale)[c];
-      b[k] = static_cast<const A*>(ch.beta)[c];
-    }
+    ch.get(v, m, a, b);
     auto add = [&](const VecN<T, VEC>& xin, const VecN<T, VEC>& gin) {
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {

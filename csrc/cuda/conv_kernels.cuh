@@ -628,6 +628,19 @@ int blocks_for(int64_t total) {
   return (int)std::min<int64_t>((total + kThreads - 1) / kThreads, 65535LL * 32);
 }
 
+// A weight gradient summed over splits: fill(part) launches the kernel that
+// writes a fresh [splits][n] buffer of partial sums in A; they are then
+// added in split order into out's n values (deterministic, no atomics).
+template <typename T, typename A, typename F>
+void sum_of_splits(int64_t splits, int64_t n, const Tensor& out, F&& fill) {
+  Tensor part = at::empty({splits * n}, out.options().dtype(c10::CppTypeToScalarType<A>::value));
+  fill(part.data_ptr<A>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  gemm::reduce_splits_kernel<T, A><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      part.data_ptr<A>(), int(splits), n, out.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 #include "conv_igemm.cuh"
 
 // Host side of the pipelined implicit GEMM (conv_igemm.cuh): float16,
@@ -899,18 +912,14 @@ bool wgrad(const ConvGeometry& cg, const Tensor& gy_in, const Tensor& x_in, Tens
     p.kchunk = int(chunk);
     const int64_t n = gw.numel();
     p.split_stride = n;
-    Tensor part = at::empty({splits * n}, gw.options().dtype(at::kFloat));
     const dim3 grid(unsigned(nt), unsigned(splits), unsigned(p.MT * cg.G));
     auto stream = at::cuda::getCurrentCUDAStream();
     const auto kernel = ig::wgrad_kernel<T, kStages>;
     const int bytes = kStages * ig::wgrad_stage_bytes<T>();
     allow_smem(reinterpret_cast<const void*>(kernel), bytes);
-    kernel<<<grid, ig::NT, bytes, stream>>>(gy.data_ptr<T>(), x.data_ptr<T>(),
-                                            part.data_ptr<float>(), p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    gemm::reduce_splits_kernel<T, float><<<blocks_for(n), kThreads, 0, stream>>>(
-        part.data_ptr<float>(), int(splits), n, gw.data_ptr<T>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    sum_of_splits<T, float>(splits, n, gw, [&](float* part) {
+      kernel<<<grid, ig::NT, bytes, stream>>>(gy.data_ptr<T>(), x.data_ptr<T>(), part, p);
+    });
     return true;
   }
 }
@@ -1017,11 +1026,7 @@ void launch_gemm(const ConvGeometry& cg, const Tensor& asrc, const Tensor& bsrc,
   }
   const int64_t n = out.numel();
   p.split_stride = n;
-  Tensor part = at::empty({splits * n}, out.options().dtype(c10::CppTypeToScalarType<A>::value));
-  go(part.data_ptr<A>());
-  gemm::reduce_splits_kernel<T, A><<<blocks_for(n), kThreads, 0, stream>>>(
-      part.data_ptr<A>(), splits, n, out.data_ptr<T>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  sum_of_splits<T, A>(splits, n, out, go);
 }
 
 // ---------------------------------------------------------------------------
@@ -1591,17 +1596,14 @@ bool launch_dw_strip(int which, const ConvGeometry& cg, const Tensor& a, const T
       1, std::min<int64_t>({(4 * sms + cg.C - 1) / cg.C, (per + 255) / 256, 65535})));
   const int64_t KK = cg.KH * cg.KW, n = cg.C * KK;
   using A = at::opmath_type<T>;
-  Tensor part = at::empty({slices * n}, out.options().dtype(c10::CppTypeToScalarType<A>::value));
   const dim3 grid(unsigned(cg.C), unsigned(slices));
+  sum_of_splits<T, A>(slices, n, out, [&](A* part) {
 #define CNNK_STRIPW(K)                                                                         \
   dw::strip_wgrad_kernel<T, K, K><<<grid, 256, 0, stream>>>(a.data_ptr<T>(), b.data_ptr<T>(), p, \
-                                                            int(cg.N), slices, part.data_ptr<A>())
-  if (cg.KH == 3) CNNK_STRIPW(3); else if (cg.KH == 5) CNNK_STRIPW(5); else CNNK_STRIPW(7);
+                                                            int(cg.N), slices, part)
+    if (cg.KH == 3) CNNK_STRIPW(3); else if (cg.KH == 5) CNNK_STRIPW(5); else CNNK_STRIPW(7);
 #undef CNNK_STRIPW
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  gemm::reduce_splits_kernel<T, A><<<blocks_for(n), kThreads, 0, stream>>>(
-      part.data_ptr<A>(), slices, n, out.data_ptr<T>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
   return true;
 }
 
@@ -1673,13 +1675,11 @@ bool launch_dw_strip_cl(int which, const ConvGeometry& cg, const Tensor& a, cons
   constexpr int64_t KK = 9;
   const int64_t n = cg.C * KK;
   using A = at::opmath_type<T>;
-  Tensor part = at::empty({slices * n}, out.options().dtype(c10::CppTypeToScalarType<A>::value));
-  dw::strip_cl_wgrad_kernel<T, 3><<<dim3(unsigned(ctiles), unsigned(slices)), dim3(tx, ty), 0, stream>>>(
-      a.data_ptr<T>(), b.data_ptr<T>(), p, int(cg.N), slices, part.data_ptr<A>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  gemm::reduce_splits_kernel<T, A><<<blocks_for(n), kThreads, 0, stream>>>(
-      part.data_ptr<A>(), slices, n, out.data_ptr<T>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  sum_of_splits<T, A>(slices, n, out, [&](A* part) {
+    dw::strip_cl_wgrad_kernel<T, 3><<<dim3(unsigned(ctiles), unsigned(slices)), dim3(tx, ty), 0,
+                                      stream>>>(a.data_ptr<T>(), b.data_ptr<T>(), p, int(cg.N),
+                                                slices, part);
+  });
   return true;
 }
 
@@ -1753,28 +1753,24 @@ bool launch_depthwise(int which, const ConvGeometry& cg, const Tensor& a, const 
   const int slices = int(std::max<int64_t>(1, std::min<int64_t>({(4 * sms + cblocks - 1) / cblocks,
                                                                   (P_ + per_min - 1) / per_min, 1024})));
   if (cblocks > 65535 * 32768LL) return false;
-  Tensor part = at::empty({slices * cg.OC * KK}, out.options().dtype(c10::CppTypeToScalarType<A>::value));
   const dim3 grid{unsigned(cblocks), unsigned(slices), 1u};
+  sum_of_splits<T, A>(slices, cg.OC * KK, out, [&](A* part) {
 #define CNNK_DWW(KM)                                                                           \
   if (cl)                                                                                      \
     dw::wgrad_kernel<T, true, KM><<<grid, block, 0, stream>>>(a.data_ptr<T>(), b.data_ptr<T>(), \
-                                                               p, slices, part.data_ptr<A>()); \
+                                                               p, slices, part);               \
   else                                                                                         \
     dw::wgrad_kernel<T, false, KM><<<grid, block, 0, stream>>>(a.data_ptr<T>(), b.data_ptr<T>(), \
-                                                                p, slices, part.data_ptr<A>())
-  if (KK <= 9) {
-    CNNK_DWW(9);
-  } else if (KK <= 25) {
-    CNNK_DWW(25);
-  } else {
-    CNNK_DWW(49);
-  }
+                                                                p, slices, part)
+    if (KK <= 9) {
+      CNNK_DWW(9);
+    } else if (KK <= 25) {
+      CNNK_DWW(25);
+    } else {
+      CNNK_DWW(49);
+    }
 #undef CNNK_DWW
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const int64_t n = cg.OC * KK;
-  gemm::reduce_splits_kernel<T, A><<<blocks_for(n), kThreads, 0, stream>>>(part.data_ptr<A>(), slices,
-                                                                          n, out.data_ptr<T>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
   return true;
 }
 
