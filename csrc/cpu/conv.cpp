@@ -844,12 +844,6 @@ void bias_grad(const Tensor& gy, bool cl, T* gb) {
   }
 }
 
-// Outputs larger than this are written with non-temporal stores by the
-// channels_last depthwise kernels and the NCHW output-row kernels: they would
-// not stay in the caches anyway, and streaming them saves the read-for-
-// ownership of every line (measured: channels_last 8x128x56x56 depthwise
-// forward 2.3 -> 1.05 ms on 2 threads; 2 images, 1.6 MB, unchanged).
-constexpr int64_t kStreamBytes = int64_t(8) << 20;
 
 // ------------------------------- few output channels per group: output rows
 // A convolution with few output channels per group (LeNet's first layer,

@@ -303,12 +303,10 @@ inline bool scatter4(T* d, const int64_t* k, const T* s, int64_t es, int64_t lo,
   return true;
 }
 
-// NCHW outputs larger than this (and AVX2): each plane is built in a small
-// per-task buffer that stays in L1/L2 and streamed out with non-temporal
-// stores, instead of zeroing and scattering in place (whose first touch of
-// every line reads it from memory first: a third more traffic).
-constexpr int64_t kStreamBytes = int64_t(8) << 20;
-
+// NCHW outputs over kStreamBytes (isa.h; AVX2): each plane is built in a
+// small per-task buffer that stays in L1/L2 and streamed out with
+// non-temporal stores, instead of zeroing and scattering in place (whose
+// first touch of every line reads it from memory first).
 template <bool Accumulate, typename T, typename Direct = NoDirect>
 void scatter_planes(const T* src, const int64_t* idx, T* dst, int64_t N, int64_t C,
                     int64_t src_plane, int64_t dst_plane, bool nhwc, BadIndex& bad,
