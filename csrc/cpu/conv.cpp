@@ -769,6 +769,21 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
             }
           }
           for (int64_t rb = 0; rb < nrb; ++rb) {
+            // Slice rb of the lines the next column block packs (its first
+            // and last value per pixel): pixels are a channel row apart, 1 KB
+            // for 256 channels, and the block reads 64 B of each. Forward +
+            // weight gradient, channels_last 1x1 256->64 at batch 8:
+            // 12.9 -> 12.0 ms (NCHW 3x3 64ch 27.9 -> 27.3; 128ch 28x28 and
+            // the 7x7 stem unchanged).
+            if (ci + 1 < c_hi) {
+              const Col& nx = cols[ci + 1];
+              const Seg* ns = segs.data() + nx.seg0;
+              const int64_t first = ns[0].off, last = ns[nx.nseg - 1].off + ns[nx.nseg - 1].len - 1;
+              for (int64_t k = n * rb / nrb; k < n * (rb + 1) / nrb; ++k) {
+                prefetch_line(xp.p + xo[k] + first);
+                prefetch_line(xp.p + xo[k] + last);
+              }
+            }
             for (int i = 0; i < kMR; ++i) ap[i] = Ap.data() + rb * kc * kMR + i;
             K.tile_add(ap, &zero, Bp.data(), &zero, 1, n, kMR, kNR,
                        acc.data() + ((ci - c_lo) * nrb + rb) * kMR * kNR);
