@@ -96,12 +96,11 @@ struct Kern {
   }
   void conv_rows(const T* const* rows, const T* const* w, int64_t ws, int64_t nrows, int64_t K,
                  int64_t kstep, int64_t no, int64_t lo, int64_t hi, const T* init, T* y,
-                 int64_t ys, int64_t nrep = 1, int64_t xstep = 0, int64_t ystep = 0,
-                 bool nt = false) const {
+                 int64_t ys, int64_t nrep = 1, int64_t xstep = 0, int64_t ystep = 0) const {
     avx2 ? conv::avx2::conv_rows(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep,
-                                 ystep, nt)
+                                 ystep)
          : conv::generic::conv_rows(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep,
-                                    xstep, ystep, nt);
+                                    xstep, ystep);
   }
   void pad_rows(const T* src, int64_t ss, int64_t cs, int64_t nrows, int64_t j0, int64_t j1,
                 T* dst, int64_t Wp) const {
@@ -934,7 +933,6 @@ struct RowConv {
   T* y;
   const Kern<T> K;
   const int64_t Cg, OCg, KK, ws, Wp, nob;
-  const bool stream;
   std::vector<T> init;
   const std::vector<std::array<int64_t, 3>> runs;
   struct Scratch {
@@ -946,7 +944,6 @@ struct RowConv {
       : g(g_), x(x_), cl(cl_), w(w_), y(y_), Cg(g.Cg()), OCg(g.OCg()), KK(g.KH * g.KW),
         ws(Cg * KK), Wp(g.OW + (g.KW - 1) * g.dw),  // columns read per row, from column -pl
         nob(ceil_div(OCg, kRowOuts)),               // channel blocks, as even as possible
-        stream(g.N * g.OC * g.OH * g.OW * int64_t(sizeof(T)) > kStreamBytes),
         init(g.OC, T(0)), runs(row_runs(g)) {
     if (bias) std::copy(bias, bias + g.OC, init.begin());
   }
@@ -981,7 +978,7 @@ struct RowConv {
         else
           K.conv_rows(sc.rows.data(), sc.wr.data(), ws, nrows, g.KW, g.dw, j1 - j0, 0, g.OW,
                       init.data() + oc0, y + ((n * g.OC + oc0) * g.OH + oh) * g.OW, g.OH * g.OW,
-                      nrep, g.sh * pr.Wr, g.OW, stream);
+                      nrep, g.sh * pr.Wr, g.OW);
         for (auto& p : sc.wr) p += (j1 - j0) * ws;
         j0 = j1;
       }

@@ -182,7 +182,7 @@ inline void dw_wpixels_portable(const T* gy, int64_t gs, const T* x, const int64
 template <int NO, int NV, int KC>
 inline void conv_rows_block(const float* const* rows, const float* const* w, int64_t ws,
                             int64_t nrows, int64_t K, int64_t kstep, int64_t o, int64_t last,
-                            int64_t xo, const float* init, float* y, int64_t ys, bool nt) {
+                            int64_t xo, const float* init, float* y, int64_t ys) {
   auto off = [last](int i) { return i == NV - 1 ? last : int64_t(8) * i; };
   __m256 acc[NO][NV];
 #pragma GCC unroll 8
@@ -211,13 +211,7 @@ inline void conv_rows_block(const float* const* rows, const float* const* w, int
 #pragma GCC unroll 8
   for (int j = 0; j < NO; ++j)
 #pragma GCC unroll 8
-    for (int i = 0; i < NV; ++i) {
-      float* d = y + j * ys + o + off(i);
-      if (nt && (reinterpret_cast<uintptr_t>(d) & 31) == 0)
-        _mm256_stream_ps(d, acc[j][i]);
-      else
-        _mm256_storeu_ps(d, acc[j][i]);
-    }
+    for (int i = 0; i < NV; ++i) _mm256_storeu_ps(y + j * ys + o + off(i), acc[j][i]);
 }
 
 // Per output row q: the row's ceil((hi - lo) / 8) vectors in as few blocks
@@ -229,7 +223,7 @@ inline void conv_rows_block(const float* const* rows, const float* const* w, int
 template <int NO, int KC>
 void conv_rows_no(const float* const* rows, const float* const* w, int64_t ws, int64_t nrows,
                   int64_t K, int64_t kstep, int64_t lo, int64_t hi, const float* init, float* y,
-                  int64_t ys, int64_t nrep, int64_t xstep, int64_t ystep, bool nt) {
+                  int64_t ys, int64_t nrep, int64_t xstep, int64_t ystep) {
   constexpr int NV = NO == 1 ? 8 : NO == 2 ? 4 : NO == 3 ? 3 : 2;
   const int64_t n8 = (hi - lo + 7) / 8, nb = (n8 + NV - 1) / NV;
   for (int64_t q = 0; q < nrep; ++q) {
@@ -243,7 +237,7 @@ void conv_rows_no(const float* const* rows, const float* const* w, int64_t ws, i
 #define CNNK_ROWS_NV(N)                                                                     \
   case N:                                                                                   \
     conv_rows_block<NO, (NV >= N ? N : 1), KC>(rows, w, ws, nrows, K, kstep, o, last, xo, init, \
-                                               yq, ys, nt);                                 \
+                                               yq, ys);                                     \
     break;
         CNNK_ROWS_NV(1) CNNK_ROWS_NV(2) CNNK_ROWS_NV(3) CNNK_ROWS_NV(4)
         CNNK_ROWS_NV(5) CNNK_ROWS_NV(6) CNNK_ROWS_NV(7) CNNK_ROWS_NV(8)
@@ -259,12 +253,12 @@ template <int KC>
 void conv_rows_kc(const float* const* rows, const float* const* w, int64_t ws, int64_t nrows,
                   int64_t K, int64_t kstep, int64_t no, int64_t lo, int64_t hi,
                   const float* init, float* y, int64_t ys, int64_t nrep, int64_t xstep,
-                  int64_t ystep, bool nt) {
+                  int64_t ystep) {
   switch (no) {
 #define CNNK_ROWS_NO(N)                                                                    \
   case N:                                                                                  \
     return conv_rows_no<N, KC>(rows, w, ws, nrows, K, kstep, lo, hi, init, y, ys, nrep, xstep, \
-                               ystep, nt);
+                               ystep);
     CNNK_ROWS_NO(1) CNNK_ROWS_NO(2) CNNK_ROWS_NO(3) CNNK_ROWS_NO(4) CNNK_ROWS_NO(5) CNNK_ROWS_NO(6)
 #undef CNNK_ROWS_NO
     default: return;
@@ -273,22 +267,21 @@ void conv_rows_kc(const float* const* rows, const float* const* w, int64_t ws, i
 
 void conv_rows(const float* const* rows, const float* const* w, int64_t ws, int64_t nrows,
                int64_t K, int64_t kstep, int64_t no, int64_t lo, int64_t hi, const float* init,
-               float* y, int64_t ys, int64_t nrep, int64_t xstep, int64_t ystep, bool nt) {
+               float* y, int64_t ys, int64_t nrep, int64_t xstep, int64_t ystep) {
   if (hi - lo < 8)
     return conv_rows_portable(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep,
                               ystep);
   switch (K) {  // the common kernel widths with their taps unrolled
-    case 3: conv_rows_kc<3>(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep, ystep, nt); break;
-    case 5: conv_rows_kc<5>(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep, ystep, nt); break;
-    default: conv_rows_kc<0>(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep, ystep, nt); break;
+    case 3: conv_rows_kc<3>(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep, ystep); break;
+    case 5: conv_rows_kc<5>(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep, ystep); break;
+    default: conv_rows_kc<0>(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep, ystep); break;
   }
-  if (nt) _mm_sfence();  // order the streamed stores before whatever follows
 }
 #else
 void conv_rows(const float* const* rows, const float* const* w, int64_t ws, int64_t nrows,
                int64_t K, int64_t kstep, int64_t no, int64_t lo, int64_t hi,
                const float* init, float* y, int64_t ys, int64_t nrep, int64_t xstep,
-               int64_t ystep, bool) {
+               int64_t ystep) {
   conv_rows_portable(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep, ystep);
 }
 #endif
@@ -509,7 +502,7 @@ void dw_wpixels(const double* gy, int64_t gs, const double* x, const int64_t* xo
 void conv_rows(const double* const* rows, const double* const* w, int64_t ws, int64_t nrows,
                int64_t K, int64_t kstep, int64_t no, int64_t lo, int64_t hi,
                const double* init, double* y, int64_t ys, int64_t nrep, int64_t xstep,
-               int64_t ystep, bool) {
+               int64_t ystep) {
   conv_rows_portable(rows, w, ws, nrows, K, kstep, no, lo, hi, init, y, ys, nrep, xstep, ystep);
 }
 
