@@ -147,23 +147,26 @@ struct Nhwc {
 // with its neighbours' along the row (runs over kw merge, and no cache line
 // holds other groups' channels).
 //
-// The copy goes to memory kept from call to call, per calling thread and
-// slot (0: a pass's window; 1: the weight gradient's grad_output window,
-// alive beside slot 0), up to kScratchCacheBytes each; larger windows get a
-// fresh tensor in `buf`. A fresh multi-MB buffer is memory glibc often takes
-// from the system anew, paying a page fault per 4 KB page on first touch:
-// with torch's calls interleaved (as in the benchmark suite), our 3x3 64ch
-// 56x56 NCHW forward+backward at batch 8 took 5015 page faults and 49-50 ms
-// per call; with the windows kept, 0-1536 faults and 42-45 ms.
+// The copy goes to kept scratch memory (below), in slot kWindowSlot, or
+// kGradWindowSlot for the weight gradient's grad_output window (alive beside
+// the input's); larger windows get a fresh tensor in `buf`.
+//
+// Kept scratch: memory kept from call to call, per calling thread and slot,
+// up to kScratchCacheBytes per slot. A fresh multi-MB buffer is memory glibc
+// often takes from the system anew, paying a page fault per 4 KB page on
+// first touch: with torch's calls interleaved (as in the benchmark suite),
+// our 3x3 64ch 56x56 NCHW forward+backward at batch 8 took 5015 page faults
+// and 49-50 ms per call; with the windows kept, 0-1536 faults and 42-45 ms.
 constexpr int64_t kScratchCacheBytes = int64_t(32) << 20;
+enum ScratchSlot { kWindowSlot = 0, kGradWindowSlot = 1, kWeightSlot = 2, kScratchSlots = 3 };
 
-void* window_scratch(int slot, int64_t bytes) {
+void* kept_scratch(int slot, int64_t bytes) {
   struct Slot {
     void* p = nullptr;
     int64_t n = 0;
     ~Slot() { std::free(p); }
   };
-  thread_local Slot slots[2];
+  thread_local Slot slots[kScratchSlots];
   Slot& s = slots[slot];
   if (s.n < bytes) {
     std::free(s.p);
@@ -174,9 +177,25 @@ void* window_scratch(int slot, int64_t bytes) {
   return s.p;
 }
 
+// n values of scratch: the kept memory of `slot` when it fits, else owned.
+template <typename T>
+struct ScratchBuf {
+  T* p;
+  std::vector<T> own;
+  ScratchBuf(int slot, int64_t n) {
+    if (n * int64_t(sizeof(T)) <= kScratchCacheBytes) {
+      p = static_cast<T*>(kept_scratch(slot, n * int64_t(sizeof(T))));
+    } else {
+      own.resize(n);
+      p = own.data();
+    }
+  }
+  T* data() const { return p; }
+};
+
 template <typename T>
 Nhwc<T> nhwc_window(const Tensor& t, bool cl, int64_t r0, int64_t R, int64_t c0, int64_t Cn,
-                    bool copy, Tensor& buf, int64_t G = 1, int slot = 0) {
+                    bool copy, Tensor& buf, int64_t G = 1, int slot = kWindowSlot) {
   const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3), Cg = C / G;
   const T* src = t.data_ptr<T>();
   const Kern<T> K;
@@ -187,7 +206,7 @@ Nhwc<T> nhwc_window(const Tensor& t, bool cl, int64_t r0, int64_t R, int64_t c0,
   const int64_t bytes = (G * gsz + kNR) * int64_t(sizeof(T));
   T* dst;
   if (bytes <= kScratchCacheBytes) {
-    dst = static_cast<T*>(window_scratch(slot, bytes));
+    dst = static_cast<T*>(kept_scratch(slot, bytes));
   } else {
     buf = at::empty({G * gsz + kNR}, t.options().memory_format(at::MemoryFormat::Contiguous));
     dst = buf.data_ptr<T>();
@@ -453,7 +472,7 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
 
   // weights packed as [G][column block][kh][kw][c][16 output channels]
   const int64_t ncb = ceil_div(OCg, kNR), blk = KK * Cg * kNR;
-  std::vector<T> wp(g.G * ncb * blk);
+  const ScratchBuf<T> wp(kWeightSlot, g.G * ncb * blk);  // every value written below
   at::parallel_for(0, g.G * ncb, 1, [&](int64_t b, int64_t e) {
     for (int64_t gc = b; gc < e; ++gc) {
       const int64_t grp = gc / ncb, cb = gc % ncb;
@@ -545,7 +564,7 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
   // of 64).
   const bool merged = g.sw == 1 && g.dw == 1;
   const int64_t ncb = ceil_div(Cg, kNR), blk = KK * OCg * kNR;
-  std::vector<T> wp(g.G * ncb * blk);
+  const ScratchBuf<T> wp(kWeightSlot, g.G * ncb * blk);  // every value written below
   at::parallel_for(0, g.G * ncb, 1, [&](int64_t b, int64_t e) {
     for (int64_t gc = b; gc < e; ++gc) {
       const int64_t grp = gc / ncb, cb = gc % ncb;
@@ -717,7 +736,7 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   // VGG's 64-channel layers lost time to the repeated element copies).
   Tensor gbuf;
   const bool planar = !cl && ncg == 1;
-  const Nhwc<T> gp = planar ? Nhwc<T>{} : nhwc_window<T>(gy, cl, 0, g.OH, 0, g.OW, false, gbuf, 1, 1);
+  const Nhwc<T> gp = planar ? Nhwc<T>{} : nhwc_window<T>(gy, cl, 0, g.OH, 0, g.OW, false, gbuf, 1, kGradWindowSlot);
   const T* gplanes = planar ? gy.data_ptr<T>() : nullptr;
   std::fill(gw, gw + wsize, T(0));  // (every value is written below unless P == 0)
   std::vector<T> partial((ksplit - 1) * wsize, T(0));
