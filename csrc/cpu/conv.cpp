@@ -1529,7 +1529,7 @@ void nchw_gemm(int64_t M, int64_t K, int64_t N, int64_t HW, const T* A, int64_t 
   const Kern<T> Kn;
   const int64_t nrb = ceil_div(M, kMR), kc = std::min<int64_t>(K, 256);
   const int64_t W = kGemmBlocks * kNR, npb = ceil_div(HW, W);  // pixels per item, items per image
-  std::vector<T> ap(nrb * K * kMR);
+  const ScratchBuf<T> ap(kWeightSlot, nrb * K * kMR);  // every value written below
   for (int64_t rb = 0; rb < nrb; ++rb)
     for (int64_t k = 0; k < K; ++k)
       for (int64_t i = 0; i < kMR; ++i) {
