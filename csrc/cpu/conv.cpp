@@ -191,6 +191,7 @@ struct ScratchBuf {
     }
   }
   T* data() const { return p; }
+  T& operator[](int64_t i) const { return p[i]; }
 };
 
 template <typename T>
