@@ -44,8 +44,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <tuple>
 #include <vector>
@@ -170,9 +170,11 @@ void* kept_scratch(int slot, int64_t bytes) {
   Slot& s = slots[slot];
   if (s.n < bytes) {
     std::free(s.p);
-    s.n = (bytes + 63) / 64 * 64;
-    s.p = std::aligned_alloc(64, s.n);
-    TORCH_CHECK(s.p != nullptr, "cnnkernels: could not allocate ", s.n, " bytes of scratch memory");
+    s.p = nullptr, s.n = 0;
+    const int64_t n = (bytes + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, n);
+    TORCH_CHECK(p != nullptr, "cnnkernels: could not allocate ", n, " bytes of scratch memory");
+    s.p = p, s.n = n;
   }
   return s.p;
 }
@@ -182,6 +184,8 @@ template <typename T>
 struct ScratchBuf {
   T* p;
   std::vector<T> own;
+  ScratchBuf(const ScratchBuf&) = delete;  // (an owned copy would point at the original)
+  ScratchBuf& operator=(const ScratchBuf&) = delete;
   ScratchBuf(int slot, int64_t n) {
     if (n * int64_t(sizeof(T)) <= kScratchCacheBytes) {
       p = static_cast<T*>(kept_scratch(slot, n * int64_t(sizeof(T))));
