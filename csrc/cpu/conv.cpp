@@ -741,7 +741,9 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   // VGG's 64-channel layers lost time to the repeated element copies).
   Tensor gbuf;
   const bool planar = !cl && ncg == 1;
-  const Nhwc<T> gp = planar ? Nhwc<T>{} : nhwc_window<T>(gy, cl, 0, g.OH, 0, g.OW, false, gbuf, 1, kGradWindowSlot);
+  const Nhwc<T> gp = planar ? Nhwc<T>{}
+                            : nhwc_window<T>(gy, cl, 0, g.OH, 0, g.OW, false, gbuf, 1,
+                                             kGradWindowSlot);
   const T* gplanes = planar ? gy.data_ptr<T>() : nullptr;
   std::fill(gw, gw + wsize, T(0));  // (every value is written below unless P == 0)
   std::vector<T> partial((ksplit - 1) * wsize, T(0));
