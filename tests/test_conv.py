@@ -99,6 +99,7 @@ CONV_CASES = [
     ((2, 3, 9, 8), (5, 3, 3), 1, "valid", 1, 1, False),
     ((2, 1, 40, 40), (6, 5, 5), 1, 0, 1, 1, False),       # few weight-gradient columns: split reduction
     ((1, 300, 5, 6), (260, 1, 1), 1, 0, 1, 1, True),      # 1x1 with more than 256 channels: chunked GEMM
+    ((3, 20, 10, 13), (14, 1, 1), 1, 0, 1, 1, False),     # 1x1 GEMM: 64-pixel items, a short last one per image
     ((1, 100, 6, 7), (8, 3, 3), 1, 1, 1, 1, True),        # a kernel row of 300 (kw, c) steps: split
 ]
 
