@@ -1558,7 +1558,7 @@ void nchw_gemm(int64_t M, int64_t K, int64_t N, int64_t HW, const T* A, int64_t 
       const int64_t p0 = (item % npb) * W, np = std::min<int64_t>(W, HW - p0);
       const T* s = src + ((item / npb) * K + k0) * HW + p0;
       for (int64_t k = lo; k < hi; ++k)
-        for (int64_t j = 0; j < np; j += 64 / sizeof(T)) prefetch_line(s + k * HW + j);
+        prefetch_span(s + k * HW, np);
     };
     for (int64_t item = b; item < e; ++item) {
       const int64_t n = item / npb, p0 = (item % npb) * W, np = std::min<int64_t>(W, HW - p0);
@@ -1640,7 +1640,7 @@ void nchw_1x1_wgrad(const ConvGeometry& g, const T* gy, const T* x, T* gw) {
         for (int64_t r = nrows * step / nsteps; r < nrows * (step + 1) / nsteps; ++r) {
           const T* row = r < c_hi - c_lo ? x + (n * C + c_lo + r) * HW + p0
                                          : gy + (n * OC + r - (c_hi - c_lo)) * HW + p0;
-          for (int64_t p = 0; p < pn; p += 64 / sizeof(T)) prefetch_line(row + p);
+          prefetch_span(row, pn);
         }
       };
       for (int64_t n = 0; n < g.N; ++n)

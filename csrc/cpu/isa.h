@@ -42,5 +42,15 @@ inline void prefetch_line(const void* p) {
 #endif
 }
 
+// Every cache line holding a value of [p, p + n).
+template <typename T>
+inline void prefetch_span(const T* p, int64_t n) {
+  if (n <= 0) return;
+  const char* a = reinterpret_cast<const char*>(p);
+  const char* end = reinterpret_cast<const char*>(p + n);
+  a -= reinterpret_cast<uintptr_t>(a) & 63;
+  for (; a < end; a += 64) prefetch_line(a);
+}
+
 }  // namespace cpu
 }  // namespace cnnkernels
