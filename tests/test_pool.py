@@ -313,6 +313,46 @@ def test_max_pool2d_backward_k2_bitwise_cpu(isa, shape):
         cnnkernels.set_cpu_isa(old)
 
 
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("shape", [(2, 3, 16, 16), (1, 2, 17, 18), (2, 2, 9, 34), (1, 2, 12, 56),
+                                   (1, 1, 5, 17)])
+@pytest.mark.parametrize("kind", ["randn", "ties"])
+def test_max_pool2d_backward_k3s2p1_bitwise_cpu(isa, shape, kind):
+    """3x3 / stride 2 / padding 1 NCHW max_pool2d backward (ResNet's stem
+    pool; written plane by plane in one pass on AVX2 when W is even): torch's
+    result bit for bit, with ties (one element the maximum of up to four
+    windows, added in torch's order), signed zeros, an even or odd height, a
+    last block that overlaps its neighbour (OW % 8 != 0), and indices that
+    leave their window, including one naming the element left of the first
+    window's padding column (the previous row's last), which must not be
+    taken for that padding position."""
+    old = cnnkernels.cpu_isa()
+    cnnkernels.set_cpu_isa(isa)
+    try:
+        gen = torch.Generator().manual_seed(5)
+        x = (torch.randint(0, 3, shape, generator=gen).float() if kind == "ties"
+             else torch.randn(shape, generator=gen))
+        y, i = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+        g = torch.randn(y.shape, generator=gen)
+        g[..., 0, :3] = -0.0
+        args = ([3, 3], [2, 2], [1, 1], [1, 1], False)
+        moved = i.clone()
+        moved[0, 0, 1, 2] = i[0, 0, 0, 0]
+        left = i.clone()
+        left[0, 0, 2, 0] = 3 * shape[3] - 1  # window (2, 0) covers rows 3-5 from column -1
+        for ind in (i, moved, left):
+            ours = torch.ops.cnnkernels.max_pool2d_backward(g, ind, list(x.shape), *args)
+            ref = torch.ops.aten.max_pool2d_with_indices_backward(g, x, *args, ind)
+            assert torch.equal(ours.view(torch.int32), ref.view(torch.int32))
+        if shape[2] % 2:  # the bottom padding row: past the plane, an error
+            bottom = i.clone()
+            bottom[0, 0, -1, 3] = shape[2] * shape[3] + 6
+            with pytest.raises(RuntimeError, match="invalid index"):
+                torch.ops.cnnkernels.max_pool2d_backward(g, bottom, list(x.shape), *args)
+    finally:
+        cnnkernels.set_cpu_isa(old)
+
+
 def _at_page_end(shape, seed=0):
     """A float32 NCHW tensor whose last byte is followed by an inaccessible
     page (a read past the end faults), and the mapping that holds it."""

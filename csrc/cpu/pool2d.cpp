@@ -277,10 +277,12 @@ struct BadIndex {
 // Scatter src through idx into dst planes (dst zeroed first): the max_pool2d
 // backward (accumulate) and the max_unpool2d forward (assign). Planes of src
 // have `src_plane` elements, planes of dst `dst_plane`. Out-of-range indices
-// are skipped and reported in `bad`. NCHW: direct(plane) may write a whole
-// plane itself (returning false leaves it to the scatter).
+// are skipped and reported in `bad`. NCHW: direct(plane, out) may write the
+// whole output plane itself with plain stores (returning false leaves it to
+// the scatter).
 struct NoDirect {
-  bool operator()(int64_t) const { return false; }
+  template <typename T>
+  bool operator()(int64_t, T*) const { return false; }
 };
 
 // Four scatters d[k[i] * es + i * lo] (+)= s[i], i < 4 (NCHW: es 1, lo 0;
@@ -320,8 +322,8 @@ void scatter_planes(const T* src, const int64_t* idx, T* dst, int64_t N, int64_t
       int64_t local_bad = 0;
       std::vector<T> buf(stream ? size_t(dst_plane) : 0);
       for (int64_t plane = p0; plane < p1; ++plane) {
-        if (direct(plane)) continue;
         T* const out = dst + plane * dst_plane;
+        if (direct(plane, out)) continue;
         T* d = stream ? buf.data() : out;
         std::memset((void*)d, 0, sizeof(T) * dst_plane);  // the plane stays in cache
         const T* s = src + plane * src_plane;
@@ -408,19 +410,27 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
   // element is in at most one window, so an NCHW float32 plane is written in
   // one pass, no zeroing, when every index lies in its window
   const PoolPlan p = make_plan(g);
-  const bool k2s2 = !nhwc && go.scalar_type() == at::kFloat && use_avx2() && g.kH == 2 &&
-                    g.kW == 2 && g.sH == 2 && g.sW == 2 && g.pH == 0 && g.pW == 0 &&
-                    g.dH == 1 && g.dW == 1 && g.OW >= 8 && 2 * g.OH <= g.H &&
-                    2 * g.OW <= g.W && g.H * g.W < (int64_t(1) << 31);
+  const bool vec = !nhwc && go.scalar_type() == at::kFloat && use_avx2() && g.sH == 2 &&
+                   g.sW == 2 && g.dH == 1 && g.dW == 1 && g.OW >= 8 &&
+                   g.H * g.W < (int64_t(1) << 31);
+  const bool k2s2 = vec && g.kH == 2 && g.kW == 2 && g.pH == 0 && g.pW == 0 &&
+                    2 * g.OH <= g.H && 2 * g.OW <= g.W;
+  // ResNet's stem pool: 3x3, stride 2, padding 1, windows of odd input
+  // rows and columns shared
+  const bool k3s2p1 = vec && g.kH == 3 && g.kW == 3 && g.pH == 1 && g.pW == 1 &&
+                      g.W % 2 == 0 && 2 * g.OW == g.W && g.OH == (g.H + 1) / 2 &&
+                      g.OW <= avx2::kK3S2MaxOW;
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "cnnkernels_pool", [&] {
     const scalar_t* gop = go.const_data_ptr<scalar_t>();
     const int64_t* ixp = ix.const_data_ptr<int64_t>();
     scalar_t* gip = gi.mutable_data_ptr<scalar_t>();
-    if (k2s2)
+    if (k2s2 || k3s2p1)
       scatter_planes<true>(gop, ixp, gip, g.N, g.C, g.OH * g.OW, g.H * g.W, nhwc, bad,
-                           [&](int64_t plane) {
-                             return avx2::max_pool2d_backward_nchw_k2s2(
-                                 (const float*)gop, ixp, (float*)gip, plane, p);
+                           [&](int64_t plane, scalar_t* d) {
+                             return k2s2 ? avx2::max_pool2d_backward_nchw_k2s2(
+                                               (const float*)gop, ixp, (float*)d, plane, p)
+                                         : avx2::max_pool2d_backward_nchw_k3s2p1(
+                                               (const float*)gop, ixp, (float*)d, plane, p);
                            });
     else
       scatter_planes<true>(gop, ixp, gip, g.N, g.C, g.OH * g.OW, g.H * g.W, nhwc, bad);

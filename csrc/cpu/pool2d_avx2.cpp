@@ -583,12 +583,11 @@ void avg_backward_pixel_nhwc(const float* delta, int64_t OW, int64_t C, int64_t 
   }
 }
 
-bool max_pool2d_backward_nchw_k2s2(const float* go, const int64_t* idx, float* gi, int64_t plane,
+bool max_pool2d_backward_nchw_k2s2(const float* go, const int64_t* idx, float* d, int64_t plane,
                                    const PoolPlan& p) {
   const int64_t W = p.W, OHW = p.OH * p.OW;
   const float* g = go + plane * OHW;
   const int64_t* ix = idx + plane * OHW;
-  float* d = gi + plane * p.H * W;
   const __m256 zero = _mm256_setzero_ps();
   const __m256i two_lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
   const __m256i c1 = _mm256_set1_epi32(1), cw = _mm256_set1_epi32((int32_t)W),
@@ -633,6 +632,123 @@ bool max_pool2d_backward_nchw_k2s2(const float* go, const int64_t* idx, float* g
     for (int64_t c = 2 * p.OW; c < W; ++c) r0[c] = 0.f, r1[c] = 0.f;  // columns no window covers
   }
   for (int64_t i = 2 * p.OH * W; i < p.H * W; ++i) d[i] = 0.f;  // rows no window covers
+  return true;
+}
+
+namespace {
+// The eight int64 indices at ix as int32 lanes in order, and whether their
+// upper halves are all zero.
+inline __m256i pack_indices(const int64_t* ix, bool& fits) {
+  const __m256 a = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i*)ix));
+  const __m256 b = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i*)(ix + 4)));
+  const __m256i hi = _mm256_castps_si256(_mm256_shuffle_ps(a, b, 0xDD));
+  fits = _mm256_testz_si256(hi, hi);
+  return _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(a, b, 0x88)), 0xD8);
+}
+
+inline __m256 eq(__m256i a, __m256i b) { return _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b)); }
+
+// Stores even / odd column lanes interleaved: row[2j] = even[j], row[2j+1] = odd[j].
+inline void store_interleaved(float* row, __m256 even, __m256 odd) {
+  const __m256 l = _mm256_unpacklo_ps(even, odd), h = _mm256_unpackhi_ps(even, odd);
+  _mm256_storeu_ps(row, _mm256_permute2f128_ps(l, h, 0x20));
+  _mm256_storeu_ps(row + 8, _mm256_permute2f128_ps(l, h, 0x31));
+}
+}  // namespace
+
+bool max_pool2d_backward_nchw_k3s2p1(const float* go, const int64_t* idx, float* d,
+                                     int64_t plane, const PoolPlan& p) {
+  const int64_t W = p.W, OW = p.OW, OH = p.OH, OHW = OH * OW;
+  const float* g = go + plane * OHW;
+  const int64_t* ix = idx + plane * OHW;
+  // Odd input row 2 oh + 1 gets the bottom row of window row oh and the top
+  // row of window row oh + 1. The first part waits in buf[oh & 1] (even and
+  // odd columns apart, indexed by window column): two buffers, because the
+  // last block of a row overlaps its neighbour and reads what that one read.
+  alignas(32) float buf[2][2][kK3S2MaxOW];
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i two_lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m256i rot = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7);
+  const __m256i c1 = _mm256_set1_epi32(1), c2 = _mm256_set1_epi32(2);
+  const __m256i w0 = _mm256_set1_epi32((int32_t)W), w1 = _mm256_set1_epi32((int32_t)W + 1),
+                w2 = _mm256_set1_epi32((int32_t)W + 2), v0 = _mm256_set1_epi32(2 * (int32_t)W),
+                v1 = _mm256_set1_epi32(2 * (int32_t)W + 1),
+                v2 = _mm256_set1_epi32(2 * (int32_t)W + 2);
+  const __m256 all_in = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  const __m256 first_col_out = _mm256_blend_ps(all_in, zero, 0x01);
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    float* top = d + (2 * oh - 1) * W;  // row 2 oh - 1 (none for oh = 0)
+    float* mid = top + W;
+    const float* prev = buf[(oh + 1) & 1][0];
+    float* next = buf[oh & 1][0];
+    const __m256 bottom_ok = 2 * oh + 1 < p.H ? all_in : zero;
+    auto block = [&](int64_t ow, bool last) {
+      const int64_t q = oh * OW + ow;
+      bool fits;
+      const __m256i lo = pack_indices(ix + q, fits);
+      // each lane's index relative to its window's top-left corner (row
+      // 2 oh - 1, column 2 (ow + j) - 1): r W + c for window position (r, c)
+      const __m256i base = _mm256_add_epi32(
+          _mm256_set1_epi32((int32_t)((2 * oh - 1) * W + 2 * ow - 1)), two_lanes);
+      const __m256i rel = _mm256_sub_epi32(lo, base);
+      const __m256 m00 = eq(rel, _mm256_setzero_si256()), m01 = eq(rel, c1), m02 = eq(rel, c2);
+      const __m256 m10 = eq(rel, w0), m11 = eq(rel, w1), m12 = eq(rel, w2);
+      const __m256 m20 = eq(rel, v0), m21 = eq(rel, v1), m22 = eq(rel, v2);
+      // a position in the left padding column (first window) or the bottom
+      // padding row (last window row, H odd) names a real element of another
+      // row: not this window's
+      const __m256 left_ok = ow == 0 ? first_col_out : all_in;
+      const __m256 any = _mm256_or_ps(
+          _mm256_or_ps(_mm256_or_ps(m01, m02), _mm256_or_ps(m11, m12)),
+          _mm256_or_ps(_mm256_and_ps(_mm256_or_ps(m00, m10), left_ok),
+                       _mm256_and_ps(_mm256_or_ps(_mm256_or_ps(m21, m22),
+                                                  _mm256_and_ps(m20, left_ok)),
+                                     bottom_ok)));
+      if (!fits || _mm256_movemask_ps(any) != 0xFF) return false;
+      const __m256 gv = _mm256_loadu_ps(g + q);
+      // the next window's index and gradient in each lane (its left column
+      // is this window's right one); none after the row's last window
+      __m256i nlo = _mm256_permutevar8x32_epi32(lo, rot);
+      __m256 ng = _mm256_permutevar8x32_ps(gv, rot);
+      if (last) {
+        ng = _mm256_blend_ps(ng, zero, 0x80);
+      } else {
+        nlo = _mm256_blend_epi32(nlo, _mm256_set1_epi32((int32_t)ix[q + 8]), 0x80);
+        ng = _mm256_blend_ps(ng, _mm256_broadcast_ss(g + q + 8), 0x80);
+      }
+      const __m256i nrel = _mm256_sub_epi32(nlo, _mm256_add_epi32(base, c2));
+      const __m256 n0 = _mm256_and_ps(eq(nrel, _mm256_setzero_si256()), ng);
+      const __m256 n1 = _mm256_and_ps(eq(nrel, w0), ng);
+      const __m256 n2 = _mm256_and_ps(eq(nrel, v0), ng);
+      // torch adds in output raster order onto zeros: window (oh - 1, j),
+      // (oh - 1, j + 1), (oh, j), (oh, j + 1); 0 + g turns -0 into +0
+      if (oh > 0) {
+        const __m256 pe = _mm256_loadu_ps(prev + ow);
+        const __m256 po = _mm256_loadu_ps(prev + kK3S2MaxOW + ow);
+        store_interleaved(top + 2 * ow, _mm256_add_ps(pe, _mm256_and_ps(m01, gv)),
+                          _mm256_add_ps(_mm256_add_ps(po, _mm256_and_ps(m02, gv)), n0));
+      }
+      store_interleaved(mid + 2 * ow, _mm256_add_ps(zero, _mm256_and_ps(m11, gv)),
+                        _mm256_add_ps(_mm256_add_ps(zero, _mm256_and_ps(m12, gv)), n1));
+      _mm256_storeu_ps(next + ow, _mm256_add_ps(zero, _mm256_and_ps(m21, gv)));
+      _mm256_storeu_ps(next + kK3S2MaxOW + ow,
+                       _mm256_add_ps(_mm256_add_ps(zero, _mm256_and_ps(m22, gv)), n2));
+      return true;
+    };
+    int64_t ow = 0;
+    for (; ow + 8 < OW; ow += 8)
+      if (!block(ow, false)) return false;
+    if (!block(OW - 8, true)) return false;  // shifted back when OW % 8 != 0
+  }
+  if (2 * OH == p.H) {  // the last row is odd: its second part never comes
+    const float* prev = buf[(OH + 1) & 1][0];
+    float* top = d + (2 * OH - 1) * W;
+    for (int64_t ow = 0;; ow = std::min(ow + 8, OW - 8)) {
+      store_interleaved(top + 2 * ow, _mm256_loadu_ps(prev + ow),
+                        _mm256_loadu_ps(prev + kK3S2MaxOW + ow));
+      if (ow == OW - 8) break;
+    }
+  }
   return true;
 }
 

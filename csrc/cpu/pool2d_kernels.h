@@ -70,12 +70,20 @@ void avg_backward_pixel_nhwc(const float* delta, int64_t OW, int64_t C, int64_t 
 
 // NCHW max_pool2d backward of one plane for 2x2 windows, stride 2, no
 // padding, OW >= 8, every window inside the input: writes the whole grad_input
-// plane in one pass (each input element lies in at most one window: the
+// plane d in one pass (each input element lies in at most one window: the
 // gradient where the index points, 0 elsewhere). Returns false, having
 // written part of the plane, when an index does not name a position of its
 // window (the caller then zeroes and scatters that plane).
-bool max_pool2d_backward_nchw_k2s2(const float* go, const int64_t* idx, float* gi, int64_t plane,
+bool max_pool2d_backward_nchw_k2s2(const float* go, const int64_t* idx, float* d, int64_t plane,
                                    const PoolPlan& p);
+
+// The same for 3x3 windows, stride 2, padding 1 (ResNet's stem pool): W even,
+// OW = W / 2 with 8 <= OW <= kK3S2MaxOW, OH = (H + 1) / 2. An input element
+// lies in up to four windows; its sum is added in torch's order, so the plane
+// equals torch's bit for bit.
+constexpr int64_t kK3S2MaxOW = 1024;
+bool max_pool2d_backward_nchw_k3s2p1(const float* go, const int64_t* idx, float* d,
+                                     int64_t plane, const PoolPlan& p);
 
 // dst[0, bytes) = src[0, bytes) with non-temporal stores for the 32-byte
 // aligned part of dst (no read-for-ownership of lines that will not be read
