@@ -246,6 +246,29 @@ def test_large_plane_and_many_blocks(setup):
             assert_exact(CF.avg_pool2d(x, k, s, p), F.avg_pool2d(x, k, s, p))
 
 
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("shape", [(8, 32, 64, 64), (48, 64, 27, 27)])
+def test_scatter_over_stream_threshold_cpu(isa, shape):
+    """max_pool2d backward through the general scatter and max_unpool2d
+    forward with outputs over 8 MB (planes of whole cache lines are built in
+    a buffer and streamed out; 27x27 planes are scattered in place): torch's
+    results bit for bit."""
+    old = cnnkernels.cpu_isa()
+    cnnkernels.set_cpu_isa(isa)
+    try:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+        y, i = F.max_pool2d(x, 3, 2, 0, return_indices=True)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(8))
+        args = ([3, 3], [2, 2], [0, 0], [1, 1], False)
+        ours = torch.ops.cnnkernels.max_pool2d_backward(g, i, list(x.shape), *args)
+        ref = torch.ops.aten.max_pool2d_with_indices_backward(g, x, *args, i)
+        assert torch.equal(ours, ref)
+        assert torch.equal(CF.max_unpool2d(y, i, 3, 2, 0, output_size=shape[2:]),
+                           F.max_unpool2d(y, i, 3, 2, 0, output_size=shape[2:]))
+    finally:
+        cnnkernels.set_cpu_isa(old)
+
+
 def test_threads_give_identical_results():
     """Results do not depend on the number of CPU threads."""
     x = torch.randn(4, 8, 20, 20).requires_grad_()

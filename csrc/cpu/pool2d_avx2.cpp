@@ -762,8 +762,9 @@ void stream_copy(void* dst, const void* src, int64_t bytes) {
     _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i),
                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
   std::memcpy(d + i, s + i, size_t(bytes - i));
-  _mm_sfence();
 }
+
+void store_fence() { _mm_sfence(); }
 
 }  // namespace avx2
 }  // namespace cpu

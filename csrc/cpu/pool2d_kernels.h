@@ -87,8 +87,11 @@ bool max_pool2d_backward_nchw_k3s2p1(const float* go, const int64_t* idx, float*
 
 // dst[0, bytes) = src[0, bytes) with non-temporal stores for the 32-byte
 // aligned part of dst (no read-for-ownership of lines that will not be read
-// again soon), then a store fence.
+// again soon). No fence: call store_fence() once after the last copy, before
+// other threads may read dst (a fence per small plane waits for every
+// write-combining buffer to drain each time).
 void stream_copy(void* dst, const void* src, int64_t bytes);
+void store_fence();
 
 }  // namespace avx2
 }  // namespace cpu
