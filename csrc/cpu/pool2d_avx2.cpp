@@ -583,58 +583,6 @@ void avg_backward_pixel_nhwc(const float* delta, int64_t OW, int64_t C, int64_t 
   }
 }
 
-bool max_pool2d_backward_nchw_k2s2(const float* go, const int64_t* idx, float* d, int64_t plane,
-                                   const PoolPlan& p) {
-  const int64_t W = p.W, OHW = p.OH * p.OW;
-  const float* g = go + plane * OHW;
-  const int64_t* ix = idx + plane * OHW;
-  const __m256 zero = _mm256_setzero_ps();
-  const __m256i two_lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-  const __m256i c1 = _mm256_set1_epi32(1), cw = _mm256_set1_epi32((int32_t)W),
-                cw1 = _mm256_set1_epi32((int32_t)W + 1);
-  for (int64_t oh = 0; oh < p.OH; ++oh) {
-    float* r0 = d + 2 * oh * W;
-    float* r1 = r0 + W;
-    auto block = [&](int64_t ow) {
-      const int64_t q = oh * p.OW + ow;
-      const __m256 a = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i*)(ix + q)));
-      const __m256 b = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i*)(ix + q + 4)));
-      const __m256i hi = _mm256_castps_si256(_mm256_shuffle_ps(a, b, 0xDD));
-      const __m256i lo =
-          _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(a, b, 0x88)), 0xD8);
-      // each lane's index relative to its window's top-left position
-      const __m256i rel = _mm256_sub_epi32(
-          lo, _mm256_add_epi32(_mm256_set1_epi32((int32_t)(2 * oh * W + 2 * ow)), two_lanes));
-      const __m256 m00 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(rel, _mm256_setzero_si256()));
-      const __m256 m01 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(rel, c1));
-      const __m256 m10 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(rel, cw));
-      const __m256 m11 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(rel, cw1));
-      const __m256 any = _mm256_or_ps(_mm256_or_ps(m00, m01), _mm256_or_ps(m10, m11));
-      if (!_mm256_testz_si256(hi, hi) || _mm256_movemask_ps(any) != 0xFF) return false;
-      const __m256 gv = _mm256_loadu_ps(g + q);
-      // 0 + g as torch's zeroed-then-added plane has it (-0 becomes +0)
-      const __m256 e0 = _mm256_add_ps(zero, _mm256_and_ps(m00, gv));
-      const __m256 o0 = _mm256_add_ps(zero, _mm256_and_ps(m01, gv));
-      const __m256 e1 = _mm256_add_ps(zero, _mm256_and_ps(m10, gv));
-      const __m256 o1 = _mm256_add_ps(zero, _mm256_and_ps(m11, gv));
-      const __m256 l0 = _mm256_unpacklo_ps(e0, o0), h0 = _mm256_unpackhi_ps(e0, o0);
-      const __m256 l1 = _mm256_unpacklo_ps(e1, o1), h1 = _mm256_unpackhi_ps(e1, o1);
-      _mm256_storeu_ps(r0 + 2 * ow, _mm256_permute2f128_ps(l0, h0, 0x20));
-      _mm256_storeu_ps(r0 + 2 * ow + 8, _mm256_permute2f128_ps(l0, h0, 0x31));
-      _mm256_storeu_ps(r1 + 2 * ow, _mm256_permute2f128_ps(l1, h1, 0x20));
-      _mm256_storeu_ps(r1 + 2 * ow + 8, _mm256_permute2f128_ps(l1, h1, 0x31));
-      return true;
-    };
-    int64_t ow = 0;
-    for (; ow + 8 <= p.OW; ow += 8)
-      if (!block(ow)) return false;
-    if (ow < p.OW && !block(p.OW - 8)) return false;  // shifted back: same values again
-    for (int64_t c = 2 * p.OW; c < W; ++c) r0[c] = 0.f, r1[c] = 0.f;  // columns no window covers
-  }
-  for (int64_t i = 2 * p.OH * W; i < p.H * W; ++i) d[i] = 0.f;  // rows no window covers
-  return true;
-}
-
 namespace {
 // The eight int64 indices at ix as int32 lanes in order, and whether their
 // upper halves are all zero.
@@ -655,6 +603,47 @@ inline void store_interleaved(float* row, __m256 even, __m256 odd) {
   _mm256_storeu_ps(row + 8, _mm256_permute2f128_ps(l, h, 0x31));
 }
 }  // namespace
+
+bool max_pool2d_backward_nchw_k2s2(const float* go, const int64_t* idx, float* d, int64_t plane,
+                                   const PoolPlan& p) {
+  const int64_t W = p.W, OHW = p.OH * p.OW;
+  const float* g = go + plane * OHW;
+  const int64_t* ix = idx + plane * OHW;
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i two_lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m256i c1 = _mm256_set1_epi32(1), cw = _mm256_set1_epi32((int32_t)W),
+                cw1 = _mm256_set1_epi32((int32_t)W + 1);
+  for (int64_t oh = 0; oh < p.OH; ++oh) {
+    float* r0 = d + 2 * oh * W;
+    float* r1 = r0 + W;
+    auto block = [&](int64_t ow) {
+      const int64_t q = oh * p.OW + ow;
+      bool fits;
+      const __m256i lo = pack_indices(ix + q, fits);
+      // each lane's index relative to its window's top-left position
+      const __m256i rel = _mm256_sub_epi32(
+          lo, _mm256_add_epi32(_mm256_set1_epi32((int32_t)(2 * oh * W + 2 * ow)), two_lanes));
+      const __m256 m00 = eq(rel, _mm256_setzero_si256()), m01 = eq(rel, c1);
+      const __m256 m10 = eq(rel, cw), m11 = eq(rel, cw1);
+      const __m256 any = _mm256_or_ps(_mm256_or_ps(m00, m01), _mm256_or_ps(m10, m11));
+      if (!fits || _mm256_movemask_ps(any) != 0xFF) return false;
+      const __m256 gv = _mm256_loadu_ps(g + q);
+      // 0 + g as torch's zeroed-then-added plane has it (-0 becomes +0)
+      store_interleaved(r0 + 2 * ow, _mm256_add_ps(zero, _mm256_and_ps(m00, gv)),
+                        _mm256_add_ps(zero, _mm256_and_ps(m01, gv)));
+      store_interleaved(r1 + 2 * ow, _mm256_add_ps(zero, _mm256_and_ps(m10, gv)),
+                        _mm256_add_ps(zero, _mm256_and_ps(m11, gv)));
+      return true;
+    };
+    int64_t ow = 0;
+    for (; ow + 8 <= p.OW; ow += 8)
+      if (!block(ow)) return false;
+    if (ow < p.OW && !block(p.OW - 8)) return false;  // shifted back: same values again
+    for (int64_t c = 2 * p.OW; c < W; ++c) r0[c] = 0.f, r1[c] = 0.f;  // columns no window covers
+  }
+  for (int64_t i = 2 * p.OH * W; i < p.H * W; ++i) d[i] = 0.f;  // rows no window covers
+  return true;
+}
 
 bool max_pool2d_backward_nchw_k3s2p1(const float* go, const int64_t* idx, float* d,
                                      int64_t plane, const PoolPlan& p) {
