@@ -376,6 +376,36 @@ def test_max_pool2d_backward_k3s2p1_bitwise_cpu(isa, shape, kind):
         cnnkernels.set_cpu_isa(old)
 
 
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("shape", [(2, 3, 16, 16), (1, 2, 17, 18), (2, 2, 9, 34), (1, 1, 2, 16),
+                                   (1, 1, 1, 16), (2, 3, 15, 32)])
+@pytest.mark.parametrize("kind", ["randn", "ties", "nan", "ninf"])
+def test_max_pool2d_k3s2p1_forward_cpu(isa, shape, kind):
+    """3x3 / stride 2 / padding 1 NCHW max_pool2d forward (its own AVX2
+    kernel when W is even and OW >= 8): values and indices equal torch's,
+    with ties (first maximum in window order), NaNs (the last NaN wins),
+    windows of -inf only (the first valid position), one-row and two-row
+    inputs, and a last block that overlaps its neighbour; with and without
+    indices."""
+    old = cnnkernels.cpu_isa()
+    cnnkernels.set_cpu_isa(isa)
+    try:
+        gen = torch.Generator().manual_seed(6)
+        x = (torch.randint(0, 3, shape, generator=gen).float() if kind == "ties"
+             else torch.randn(shape, generator=gen))
+        if kind in ("nan", "ninf"):
+            if kind == "ninf":
+                x.fill_(float("-inf"))
+            x[torch.rand(shape, generator=gen) < 0.1] = float("nan")
+        o, i = CF.max_pool2d(x, 3, 2, 1, return_indices=True)
+        r, ri = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+        assert torch.equal(i, ri)
+        assert_exact(o, r)
+        assert_exact(CF.max_pool2d(x, 3, 2, 1), r)
+    finally:
+        cnnkernels.set_cpu_isa(old)
+
+
 def _at_page_end(shape, seed=0):
     """A float32 NCHW tensor whose last byte is followed by an inaccessible
     page (a read past the end faults), and the mapping that holds it."""

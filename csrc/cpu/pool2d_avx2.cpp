@@ -9,6 +9,8 @@
 // kw and the update rule is torch's (v > max || isnan(v)); avg sums in the
 // same order and divides once, so values and indices match torch bit for bit.
 // Indices are kept as int32 (plane offset, H * W < 2^31) and widened on store.
+// ResNet's 3x3 / stride 2 / padding 1 pool has its own forward and backward
+// kernels (fixed rows, no per-row tables).
 //
 // NHWC forward: vectors run along channels, 32 channels per register block.
 //
@@ -334,8 +336,104 @@ void avg_nchw_impl(const float* in, float* out, int64_t p0, int64_t p1, const Po
 
 }  // namespace
 
+// 3x3 windows, stride 2, padding 1 (ResNet's stem pool), W even, OW = W / 2
+// >= 8, OH = (H + 1) / 2: every window row is one block loop over three
+// fixed input rows, without the per-row tables of the general kernel. Per
+// input row, two loads give the window's middle and right columns (even and
+// odd, de-interleaved) and two more, one column to the left, its left column;
+// the first block masks that column's padding lane. Taps in torch's order
+// (kh, then kw) with its update rule; indices as offsets from each lane's
+// window corner, made absolute at the end.
+template <bool Idx>
+void max_k3s2p1_impl(const float* in, float* out, int64_t* ind, int64_t p0, int64_t p1,
+                     const PoolPlan& p) {
+  const int64_t H = p.H, W = p.W, OH = p.OH, OW = p.OW;
+  const __m256 ninf = _mm256_set1_ps(-__builtin_inff());
+  // each lane's window column j (lane order of a stride-2 block)
+  const __m256i jl = lane_order(2);
+  const __m256i two_j = _mm256_add_epi32(jl, jl);
+  const __m256i not_first = _mm256_cmpgt_epi32(lane_ids(), _mm256_setzero_si256());
+  const __m256i first_lane = _mm256_cmpeq_epi32(jl, _mm256_setzero_si256());
+  // Two blocks at a time: each block's nine updates form one dependent
+  // chain (compare, or, blend: about 5 cycles a tap), so pairs keep two
+  // chains in flight. Block starts 0, 8, ..., and OW - 8 last (shifted back
+  // when OW % 8 != 0; it rewrites a few outputs with the same values).
+  auto blocks = [&](const float* src, float* orow, int64_t* irow, int64_t top, int64_t kh0,
+                    int64_t kh1, int64_t ow0, int64_t ow1, bool first, bool two) {
+    const int64_t ows[2] = {ow0, ow1};
+    const int nb = two ? 2 : 1;
+    __m256 m[2] = {ninf, ninf};
+    __m256i mi[2];
+    // the first valid position: row max(top, 0), column max(2 (ow + j) - 1, 0)
+    mi[0] = mi[1] = _mm256_set1_epi32((int32_t)(kh0 * W));
+    if (first) mi[0] = _mm256_sub_epi32(mi[0], first_lane);
+    for (int64_t kh = kh0; kh < kh1; ++kh) {
+      const __m256 off = _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)(kh * W)));
+      const __m256 one = _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)(kh * W + 1)));
+      const __m256 two_ = _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)(kh * W + 2)));
+      const __m256 offs[3] = {off, one, two_};
+#pragma GCC unroll 2
+      for (int b = 0; b < 2; ++b) {
+        if (b >= nb) break;
+        const float* row = src + (top + kh) * W + 2 * ows[b];
+        const __m256 a = _mm256_loadu_ps(row), c = _mm256_loadu_ps(row + 8);
+        const __m256 la =
+            b == 0 && first
+                ? _mm256_blendv_ps(ninf, _mm256_maskload_ps(row - 1, not_first),
+                                   _mm256_castsi256_ps(not_first))
+                : _mm256_loadu_ps(row - 1);
+        const __m256 lb = _mm256_loadu_ps(row + 7);
+        const __m256 v[3] = {_mm256_shuffle_ps(la, lb, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm256_shuffle_ps(a, c, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm256_shuffle_ps(a, c, _MM_SHUFFLE(3, 1, 3, 1))};
+#pragma GCC unroll 3
+        for (int kw = 0; kw < 3; ++kw) {
+          const __m256 take = take_mask(v[kw], m[b]);
+          m[b] = _mm256_blendv_ps(m[b], v[kw], take);
+          if (Idx)
+            mi[b] = _mm256_castps_si256(
+                _mm256_blendv_ps(_mm256_castsi256_ps(mi[b]), offs[kw], take));
+        }
+      }
+    }
+#pragma GCC unroll 2
+    for (int b = 0; b < 2; ++b) {
+      if (b >= nb) break;
+      _mm256_storeu_ps(orow + ows[b], unpermute_s2(m[b]));
+      if (Idx) {
+        const __m256i corner =
+            _mm256_add_epi32(_mm256_set1_epi32((int32_t)(top * W + 2 * ows[b] - 1)), two_j);
+        store_idx(irow + ows[b], unpermute_s2(_mm256_add_epi32(mi[b], corner)), 8);
+      }
+    }
+  };
+  const int64_t nblk = (OW + 7) / 8;  // starts 8 i, the last at OW - 8
+  auto start = [&](int64_t i) { return i == nblk - 1 ? OW - 8 : 8 * i; };
+  for (int64_t plane = p0; plane < p1; ++plane) {
+    const float* src = in + plane * H * W;
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      const int64_t top = 2 * oh - 1;  // input row of kh = 0
+      const int64_t kh0 = oh == 0 ? 1 : 0, kh1 = top + 2 < H ? 3 : 2;
+      float* orow = out + (plane * OH + oh) * OW;
+      int64_t* irow = Idx ? ind + (plane * OH + oh) * OW : nullptr;
+      for (int64_t i = 0; i < nblk; i += 2)
+        blocks(src, orow, irow, top, kh0, kh1, start(i), i + 1 < nblk ? start(i + 1) : 0, i == 0,
+               i + 1 < nblk);
+    }
+  }
+}
+
 void max_pool2d_nchw(const float* in, float* out, int64_t* ind, int64_t p0, int64_t p1,
                      const PoolPlan& p, const PoolTables& t) {
+  if (p.kH == 3 && p.kW == 3 && p.sH == 2 && p.sW == 2 && p.pH == 1 && p.pW == 1 &&
+      p.dH == 1 && p.dW == 1 && p.W % 2 == 0 && 2 * p.OW == p.W && p.OH == (p.H + 1) / 2 &&
+      p.OW >= 8) {
+    if (ind)
+      max_k3s2p1_impl<true>(in, out, ind, p0, p1, p);
+    else
+      max_k3s2p1_impl<false>(in, out, ind, p0, p1, p);
+    return;
+  }
   // Kernel widths 2 and 3 (the common ones) are compiled with kW fixed.
   if (p.sW == 1)
     max_nchw_impl<1, 0>(in, out, ind, p0, p1, p, t);
