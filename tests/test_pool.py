@@ -406,6 +406,41 @@ def test_max_pool2d_k3s2p1_forward_cpu(isa, shape, kind):
         cnnkernels.set_cpu_isa(old)
 
 
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("shape", [(2, 3, 16, 16), (1, 2, 17, 17), (2, 2, 9, 34), (1, 1, 2, 16),
+                                   (2, 3, 15, 33)])
+@pytest.mark.parametrize("kind", ["randn", "ties", "nan", "ninf", "negzero"])
+def test_pool2d_k2_forward_cpu(isa, shape, kind):
+    """2x2 / stride 2 NCHW max_pool2d and avg_pool2d forward (their own AVX2
+    kernel when OW >= 8): torch's values and indices bit for bit, with ties,
+    NaNs, -inf windows, -0 (the average's sum starts at +0), an odd
+    width or height (last column / row unused), an overlapping last block
+    and divisor_override."""
+    old = cnnkernels.cpu_isa()
+    cnnkernels.set_cpu_isa(isa)
+    try:
+        gen = torch.Generator().manual_seed(9)
+        x = (torch.randint(0, 3, shape, generator=gen).float() if kind == "ties"
+             else torch.randn(shape, generator=gen))
+        if kind == "negzero":
+            x.fill_(-0.0)
+        if kind in ("nan", "ninf"):
+            if kind == "ninf":
+                x.fill_(float("-inf"))
+            x[torch.rand(shape, generator=gen) < 0.1] = float("nan")
+        bits = lambda t: t.nan_to_num(7.5).view(torch.int32)  # noqa: E731
+        o, i = CF.max_pool2d(x, 2, return_indices=True)
+        r, ri = F.max_pool2d(x, 2, return_indices=True)
+        assert torch.equal(i, ri)
+        assert torch.equal(bits(o), bits(r))
+        assert torch.equal(bits(CF.max_pool2d(x, 2)), bits(r))
+        for div in (None, 3):
+            assert torch.equal(bits(CF.avg_pool2d(x, 2, divisor_override=div)),
+                               bits(F.avg_pool2d(x, 2, divisor_override=div)))
+    finally:
+        cnnkernels.set_cpu_isa(old)
+
+
 def _at_page_end(shape, seed=0):
     """A float32 NCHW tensor whose last byte is followed by an inaccessible
     page (a read past the end faults), and the mapping that holds it."""

@@ -9,8 +9,8 @@
 // kw and the update rule is torch's (v > max || isnan(v)); avg sums in the
 // same order and divides once, so values and indices match torch bit for bit.
 // Indices are kept as int32 (plane offset, H * W < 2^31) and widened on store.
-// ResNet's 3x3 / stride 2 / padding 1 pool has its own forward and backward
-// kernels (fixed rows, no per-row tables).
+// ResNet's 3x3 / stride 2 / padding 1 pool and the 2x2 / stride 2 pools have
+// their own kernels (fixed rows, no per-row tables).
 //
 // NHWC forward: vectors run along channels, 32 channels per register block.
 //
@@ -423,6 +423,76 @@ void max_k3s2p1_impl(const float* in, float* out, int64_t* ind, int64_t p0, int6
   }
 }
 
+// 2x2 windows, stride 2, no padding, OW >= 8, every window inside the input
+// (VGG's, LeNet's and AlexNet-style pools): two rows, two loads each, split
+// into even and odd columns; taps in torch's order (0,0), (0,1), (1,0), (1,1).
+// Mode 0: average (sum from +0, then one division by div); 1: max values;
+// 2: max values and indices. Two blocks at a time (independent chains).
+template <int Mode>
+void k2s2_impl(const float* in, float* out, int64_t* ind, int64_t p0, int64_t p1,
+               const PoolPlan& p, float div) {
+  const int64_t H = p.H, W = p.W, OH = p.OH, OW = p.OW;
+  const __m256 ninf = _mm256_set1_ps(-__builtin_inff()), zero = _mm256_setzero_ps();
+  const __m256 vdiv = _mm256_set1_ps(div);
+  const __m256i jl = lane_order(2);
+  const __m256i two_j = _mm256_add_epi32(jl, jl);
+  const __m256 offs[4] = {_mm256_castsi256_ps(_mm256_set1_epi32(0)),
+                          _mm256_castsi256_ps(_mm256_set1_epi32(1)),
+                          _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)W)),
+                          _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)W + 1))};
+  const int64_t nblk = (OW + 7) / 8;  // starts 8 i, the last at OW - 8
+  auto start = [&](int64_t i) { return i == nblk - 1 ? OW - 8 : 8 * i; };
+  for (int64_t plane = p0; plane < p1; ++plane) {
+    const float* src = in + plane * H * W;
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      float* orow = out + (plane * OH + oh) * OW;
+      int64_t* irow = Mode == 2 ? ind + (plane * OH + oh) * OW : nullptr;
+      for (int64_t i = 0; i < nblk; i += 2) {
+        const int nb = i + 1 < nblk ? 2 : 1;
+        const int64_t ows[2] = {start(i), nb == 2 ? start(i + 1) : 0};
+#pragma GCC unroll 2
+        for (int b = 0; b < 2; ++b) {
+          if (b >= nb) break;
+          const float* r0 = src + 2 * oh * W + 2 * ows[b];
+          const float* r1 = r0 + W;
+          const __m256 a0 = _mm256_loadu_ps(r0), c0 = _mm256_loadu_ps(r0 + 8);
+          const __m256 a1 = _mm256_loadu_ps(r1), c1 = _mm256_loadu_ps(r1 + 8);
+          const __m256 v[4] = {_mm256_shuffle_ps(a0, c0, _MM_SHUFFLE(2, 0, 2, 0)),
+                               _mm256_shuffle_ps(a0, c0, _MM_SHUFFLE(3, 1, 3, 1)),
+                               _mm256_shuffle_ps(a1, c1, _MM_SHUFFLE(2, 0, 2, 0)),
+                               _mm256_shuffle_ps(a1, c1, _MM_SHUFFLE(3, 1, 3, 1))};
+          if (Mode == 0) {
+            __m256 sum = zero;
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; ++k) sum = _mm256_add_ps(sum, v[k]);
+            _mm256_storeu_ps(orow + ows[b], unpermute_s2(_mm256_div_ps(sum, vdiv)));
+          } else {
+            __m256 m = ninf, mi = offs[0];
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; ++k) {
+              const __m256 take = take_mask(v[k], m);
+              m = _mm256_blendv_ps(m, v[k], take);
+              if (Mode == 2) mi = _mm256_blendv_ps(mi, offs[k], take);
+            }
+            _mm256_storeu_ps(orow + ows[b], unpermute_s2(m));
+            if (Mode == 2) {
+              const __m256i corner =
+                  _mm256_add_epi32(_mm256_set1_epi32((int32_t)(2 * oh * W + 2 * ows[b])), two_j);
+              store_idx(irow + ows[b],
+                        unpermute_s2(_mm256_add_epi32(_mm256_castps_si256(mi), corner)), 8);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+inline bool is_k2s2(const PoolPlan& p) {
+  return p.kH == 2 && p.kW == 2 && p.sH == 2 && p.sW == 2 && p.pH == 0 && p.pW == 0 &&
+         p.dH == 1 && p.dW == 1 && p.OW >= 8 && 2 * p.OH <= p.H && 2 * p.OW <= p.W;
+}
+
 void max_pool2d_nchw(const float* in, float* out, int64_t* ind, int64_t p0, int64_t p1,
                      const PoolPlan& p, const PoolTables& t) {
   if (p.kH == 3 && p.kW == 3 && p.sH == 2 && p.sW == 2 && p.pH == 1 && p.pW == 1 &&
@@ -432,6 +502,13 @@ void max_pool2d_nchw(const float* in, float* out, int64_t* ind, int64_t p0, int6
       max_k3s2p1_impl<true>(in, out, ind, p0, p1, p);
     else
       max_k3s2p1_impl<false>(in, out, ind, p0, p1, p);
+    return;
+  }
+  if (is_k2s2(p)) {
+    if (ind)
+      k2s2_impl<2>(in, out, ind, p0, p1, p, 0.f);
+    else
+      k2s2_impl<1>(in, out, ind, p0, p1, p, 0.f);
     return;
   }
   // Kernel widths 2 and 3 (the common ones) are compiled with kW fixed.
@@ -449,6 +526,10 @@ void max_pool2d_nchw(const float* in, float* out, int64_t* ind, int64_t p0, int6
 
 void avg_pool2d_nchw(const float* in, float* out, int64_t p0, int64_t p1, const PoolPlan& p,
                      const PoolTables& t, bool count_include_pad, int64_t divisor) {
+  if (is_k2s2(p)) {  // no padding, no overhang: every window counts 4
+    k2s2_impl<0>(in, out, nullptr, p0, p1, p, divisor != 0 ? (float)divisor : 4.f);
+    return;
+  }
   if (p.sW == 1 && p.kW == 3)
     avg_nchw_impl<1, 3>(in, out, p0, p1, p, t, count_include_pad, divisor);
   else if (p.sW == 1)
