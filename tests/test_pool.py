@@ -336,6 +336,20 @@ def test_max_pool2d_backward_k2_bitwise_cpu(isa, shape):
         cnnkernels.set_cpu_isa(old)
 
 
+def _kind_input(shape, kind, gen):
+    """A float32 NCHW input of one kind: randn, ties (values 0-2), nan (10 %
+    NaNs), ninf (-inf with 10 % NaNs) or negzero (all -0)."""
+    x = (torch.randint(0, 3, shape, generator=gen).float() if kind == "ties"
+         else torch.randn(shape, generator=gen))
+    if kind == "negzero":
+        x.fill_(-0.0)
+    if kind in ("nan", "ninf"):
+        if kind == "ninf":
+            x.fill_(float("-inf"))
+        x[torch.rand(shape, generator=gen) < 0.1] = float("nan")
+    return x
+
+
 @pytest.mark.parametrize("isa", CPU_ISAS)
 @pytest.mark.parametrize("shape", [(2, 3, 16, 16), (1, 2, 17, 18), (2, 2, 9, 34), (1, 2, 12, 56),
                                    (1, 1, 5, 17)])
@@ -353,8 +367,7 @@ def test_max_pool2d_backward_k3s2p1_bitwise_cpu(isa, shape, kind):
     cnnkernels.set_cpu_isa(isa)
     try:
         gen = torch.Generator().manual_seed(5)
-        x = (torch.randint(0, 3, shape, generator=gen).float() if kind == "ties"
-             else torch.randn(shape, generator=gen))
+        x = _kind_input(shape, kind, gen)
         y, i = F.max_pool2d(x, 3, 2, 1, return_indices=True)
         g = torch.randn(y.shape, generator=gen)
         g[..., 0, :3] = -0.0
@@ -390,13 +403,7 @@ def test_max_pool2d_k3s2p1_forward_cpu(isa, shape, kind):
     old = cnnkernels.cpu_isa()
     cnnkernels.set_cpu_isa(isa)
     try:
-        gen = torch.Generator().manual_seed(6)
-        x = (torch.randint(0, 3, shape, generator=gen).float() if kind == "ties"
-             else torch.randn(shape, generator=gen))
-        if kind in ("nan", "ninf"):
-            if kind == "ninf":
-                x.fill_(float("-inf"))
-            x[torch.rand(shape, generator=gen) < 0.1] = float("nan")
+        x = _kind_input(shape, kind, torch.Generator().manual_seed(6))
         o, i = CF.max_pool2d(x, 3, 2, 1, return_indices=True)
         r, ri = F.max_pool2d(x, 3, 2, 1, return_indices=True)
         assert torch.equal(i, ri)
@@ -419,15 +426,7 @@ def test_pool2d_k2_forward_cpu(isa, shape, kind):
     old = cnnkernels.cpu_isa()
     cnnkernels.set_cpu_isa(isa)
     try:
-        gen = torch.Generator().manual_seed(9)
-        x = (torch.randint(0, 3, shape, generator=gen).float() if kind == "ties"
-             else torch.randn(shape, generator=gen))
-        if kind == "negzero":
-            x.fill_(-0.0)
-        if kind in ("nan", "ninf"):
-            if kind == "ninf":
-                x.fill_(float("-inf"))
-            x[torch.rand(shape, generator=gen) < 0.1] = float("nan")
+        x = _kind_input(shape, kind, torch.Generator().manual_seed(9))
         bits = lambda t: t.nan_to_num(7.5).view(torch.int32)  # noqa: E731
         o, i = CF.max_pool2d(x, 2, return_indices=True)
         r, ri = F.max_pool2d(x, 2, return_indices=True)
