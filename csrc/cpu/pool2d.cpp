@@ -419,16 +419,11 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
   // element is in at most one window, so an NCHW float32 plane is written in
   // one pass, no zeroing, when every index lies in its window
   const PoolPlan p = make_plan(g);
-  const bool vec = !nhwc && go.scalar_type() == at::kFloat && use_avx2() && g.sH == 2 &&
-                   g.sW == 2 && g.dH == 1 && g.dW == 1 && g.OW >= 8 &&
+  const bool vec = !nhwc && go.scalar_type() == at::kFloat && use_avx2() &&
                    g.H * g.W < (int64_t(1) << 31);
-  const bool k2s2 = vec && g.kH == 2 && g.kW == 2 && g.pH == 0 && g.pW == 0 &&
-                    2 * g.OH <= g.H && 2 * g.OW <= g.W;
-  // ResNet's stem pool: 3x3, stride 2, padding 1, windows of odd input
-  // rows and columns shared
-  const bool k3s2p1 = vec && g.kH == 3 && g.kW == 3 && g.pH == 1 && g.pW == 1 &&
-                      g.W % 2 == 0 && 2 * g.OW == g.W && g.OH == (g.H + 1) / 2 &&
-                      g.OW <= avx2::kK3S2MaxOW;
+  const bool k2s2 = vec && is_k2s2(p);
+  // ResNet's stem pool: odd input rows and columns shared by two windows
+  const bool k3s2p1 = vec && is_k3s2p1(p) && g.OW <= avx2::kK3S2MaxOW;
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "cnnkernels_pool", [&] {
     const scalar_t* gop = go.const_data_ptr<scalar_t>();
     const int64_t* ixp = ix.const_data_ptr<int64_t>();

@@ -488,16 +488,9 @@ void k2s2_impl(const float* in, float* out, int64_t* ind, int64_t p0, int64_t p1
   }
 }
 
-inline bool is_k2s2(const PoolPlan& p) {
-  return p.kH == 2 && p.kW == 2 && p.sH == 2 && p.sW == 2 && p.pH == 0 && p.pW == 0 &&
-         p.dH == 1 && p.dW == 1 && p.OW >= 8 && 2 * p.OH <= p.H && 2 * p.OW <= p.W;
-}
-
 void max_pool2d_nchw(const float* in, float* out, int64_t* ind, int64_t p0, int64_t p1,
                      const PoolPlan& p, const PoolTables& t) {
-  if (p.kH == 3 && p.kW == 3 && p.sH == 2 && p.sW == 2 && p.pH == 1 && p.pW == 1 &&
-      p.dH == 1 && p.dW == 1 && p.W % 2 == 0 && 2 * p.OW == p.W && p.OH == (p.H + 1) / 2 &&
-      p.OW >= 8) {
+  if (is_k3s2p1(p)) {
     if (ind)
       max_k3s2p1_impl<true>(in, out, ind, p0, p1, p);
     else

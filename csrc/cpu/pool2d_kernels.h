@@ -15,6 +15,21 @@ struct PoolPlan {
   int64_t kH, kW, sH, sW, pH, pW, dH, dW;
 };
 
+// The geometries with their own NCHW float32 kernels (forward and backward),
+// OW >= 8 in both:
+//   2x2 windows, stride 2, no padding, every window inside the input;
+inline bool is_k2s2(const PoolPlan& p) {
+  return p.kH == 2 && p.kW == 2 && p.sH == 2 && p.sW == 2 && p.pH == 0 && p.pW == 0 &&
+         p.dH == 1 && p.dW == 1 && p.OW >= 8 && 2 * p.OH <= p.H && 2 * p.OW <= p.W;
+}
+//   3x3 windows, stride 2, padding 1 (ResNet's stem pool), W even, OW = W / 2,
+//   OH = (H + 1) / 2 (no ceil_mode overhang).
+inline bool is_k3s2p1(const PoolPlan& p) {
+  return p.kH == 3 && p.kW == 3 && p.sH == 2 && p.sW == 2 && p.pH == 1 && p.pW == 1 &&
+         p.dH == 1 && p.dW == 1 && p.W % 2 == 0 && 2 * p.OW == p.W && p.OH == (p.H + 1) / 2 &&
+         p.OW >= 8;
+}
+
 // Per-output-column tables computed once per call by the dispatcher.
 //   first_iw[ow]: first valid input column of window ow (max pool index init)
 //   col_count[ow]: width of window ow as counted by avg_pool2d's divisor
