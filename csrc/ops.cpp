@@ -104,13 +104,19 @@ static constexpr bool kCudaBuilt = false;
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "cnnkernels: hand-written CNN kernels (ops live in torch.ops.cnnkernels)";
   m.def("_cuda_built", [] { return kCudaBuilt; }, "whether the CUDA kernels were compiled");
-  m.def("_cpu_isa", &cnnkernels::cpu::isa_name, "the CPU code path in use: 'avx2' or 'generic'");
+  m.def("_cpu_isa", &cnnkernels::cpu::isa_name, "the CPU code path in use: 'avx512', 'avx2' or 'generic'");
   m.def("_set_cpu_isa", &cnnkernels::cpu::set_isa, "select the CPU code path");
   m.def("_llc_bytes", &cnnkernels::cpu::llc_bytes, "the last-level cache size the kernels assume");
   m.def("_set_llc_bytes", &cnnkernels::cpu::set_llc_bytes,
         "override the assumed last-level cache size in bytes (-1: detect; for tests)");
+  m.def("_winograd", &cnnkernels::cpu::use_winograd,
+        "whether 3x3 unit-stride float32 CPU convolutions may run as Winograd F(2x2, 3x3)");
+  m.def("_set_winograd", &cnnkernels::cpu::set_winograd,
+        "allow (True) or forbid (False) the Winograd convolution path (for tests)");
   m.def("_avx2_available", &cnnkernels::cpu::avx2_available,
         "whether this processor has AVX2 and FMA");
+  m.def("_avx512_available", &cnnkernels::cpu::avx512_available,
+        "whether this processor has AVX2, FMA and AVX-512F");
   m.def(
       "_philox",
       [](uint64_t block, uint64_t offset, uint64_t seed) {

@@ -1,6 +1,7 @@
 """Shared fixtures: devices (CUDA cases skip cleanly without a GPU), dtypes
-per device, and the CPU code path (every CPU pooling case runs through the
-AVX2 kernels and the portable C++ kernels)."""
+per device, and the CPU code path (every CPU pooling and convolution case
+runs through the portable C++ kernels, the AVX2 kernels and, where the
+processor has AVX-512F, the AVX-512 convolution micro-kernel)."""
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ def dtypes_for(device):
     return [torch.float32, torch.float64]
 
 
-CPU_ISAS = ["generic"] + (["avx2"] if cnnkernels._C._avx2_available() else [])
+CPU_ISAS = (["generic"] + (["avx2"] if cnnkernels._C._avx2_available() else [])
+            + (["avx512"] if cnnkernels._C._avx512_available() else []))
 
 
 @pytest.fixture(params=CPU_ISAS)

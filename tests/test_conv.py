@@ -784,3 +784,117 @@ def test_padding_taps_skipped_cpu(cpu_isa, case, layout):
     runs = _on_threads(lambda: run(x.float(), w.float(), b.float(), CF.conv2d))
     for other in runs[1:]:
         assert torch.equal(runs[0][0], other[0]) and torch.equal(runs[0][1], other[1])
+
+
+# ---------------------------------------------------------------- Winograd
+# (N, C, H, W), OC, padding, bias: 3x3 unit-stride float32 layers with at
+# least 16 channels on both sides and 256 or more 2x2 output tiles run as
+# Winograd F(2x2, 3x3) (forward and data gradient; conv_transpose2d's
+# forward too): odd sizes (last tiles cut), channel counts off the 16-wide
+# blocks, padding 0 / 1 / 2.
+WINOGRAD_CASES = [
+    ((4, 16, 16, 16), 16, 1, True),
+    ((3, 19, 21, 23), 33, 1, False),
+    ((2, 40, 26, 27), 24, 0, True),
+    ((4, 24, 22, 17), 20, 2, True),
+    ((1, 64, 40, 33), 70, 1, True),
+]
+
+
+def _winograd_run(x, w, b, p, transposed=False):
+    x = x.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    conv = CF.conv_transpose2d if transposed else CF.conv2d
+    y = conv(x, w, b, 1, p)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.dtype)
+    gy = gy.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
+        memory_format=torch.channels_last) and not x.is_contiguous() else gy
+    return (y,) + torch.autograd.grad(y, (x, w), gy)
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_winograd_cpu(cpu_isa, case, layout, transposed):
+    """float32 against torch in float64 (output, input and weight gradients)
+    with an error bound no looser than the direct convolution's, proof that
+    another algorithm ran (not bit for bit the direct result), and the same
+    bits on 1, 2 and 3 threads."""
+    shape, oc, p, has_b = case
+    gen = torch.Generator().manual_seed(11)
+    x = _layout(torch.randn(shape, generator=gen), layout)
+    wshape = (shape[1], oc, 3, 3) if transposed else (oc, shape[1], 3, 3)
+    w = torch.randn(wshape, generator=gen) / (3 * shape[1] ** 0.5)
+    b = torch.randn(oc, generator=gen) if has_b else None
+    ref_conv = F.conv_transpose2d if transposed else F.conv2d
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    r = ref_conv(xd, wd, None if b is None else b.double(), 1, p)
+    gy = torch.randn(r.shape, generator=torch.Generator().manual_seed(3)).double()
+    ref = (r,) + torch.autograd.grad(r, (xd, wd), gy)
+    from cnnkernels import _C
+    try:
+        _C._set_winograd(False)
+        direct = _winograd_run(x, w, b, p, transposed)
+        _C._set_winograd(True)
+        wino = _on_threads(lambda: _winograd_run(x, w, b, p, transposed))
+    finally:
+        _C._set_winograd(True)
+    names = ("output", "grad_input", "grad_weight")
+    for k, name in enumerate(names):
+        err_d = (direct[k].double() - ref[k]).abs().max().item()
+        err_w = (wino[0][k].double() - ref[k]).abs().max().item()
+        scale = ref[k].abs().max().item()
+        assert err_w <= max(4 * err_d, 1e-6 * scale), (name, err_w, err_d)
+        torch.testing.assert_close(wino[0][k].double(), ref[k], rtol=1e-4, atol=1e-4 * scale)
+        for other in wino[1:]:
+            assert torch.equal(wino[0][k], other[k]), name
+    # the forward of conv2d and its data gradient (conv_transpose2d: its
+    # forward and its input gradient, the convolution's forward) ran on
+    # another algorithm; the weight gradient did not
+    assert not torch.equal(wino[0][0], direct[0])
+    assert not torch.equal(wino[0][1], direct[1])
+    assert torch.equal(wino[0][2], direct[2])
+    assert wino[0][0].is_contiguous(
+        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+
+
+def test_winograd_not_for_few_tiles_or_float64():
+    """Below 256 tiles (and in float64) the direct convolution runs: the
+    result is bit for bit the same with Winograd allowed or not."""
+    from cnnkernels import _C
+    gen = torch.Generator().manual_seed(5)
+    for shape, dtype in (((2, 32, 12, 12), torch.float32), ((4, 32, 16, 16), torch.float64)):
+        x = torch.randn(shape, generator=gen, dtype=dtype)
+        w = torch.randn(32, 32, 3, 3, generator=gen, dtype=dtype)
+        try:
+            _C._set_winograd(False)
+            a = CF.conv2d(x, w, None, 1, 1)
+            _C._set_winograd(True)
+            b = CF.conv2d(x, w, None, 1, 1)
+        finally:
+            _C._set_winograd(True)
+        assert torch.equal(a, b)
+
+
+def test_avx512_tile_pairs_match_single_tiles():
+    """The AVX-512 path runs pairs of 6-pixel tiles in one 12-row kernel
+    where two tiles of one pixel group meet in a work item; which tiles pair
+    up depends on how the work is cut (thread count), so both kernels must
+    give the same bits: 1, 2 and 3 threads agree on a layer with many pixel
+    groups (direct path: 5x5, stride 1, 7x7 images)."""
+    import cnnkernels
+    if not cnnkernels._C._avx512_available():
+        pytest.skip("needs AVX-512F")
+    old = cnnkernels.cpu_isa()
+    try:
+        cnnkernels.set_cpu_isa("avx512")
+        gen = torch.Generator().manual_seed(9)
+        x = torch.randn(7, 24, 7, 9, generator=gen)
+        w = torch.randn(40, 24, 5, 5, generator=gen)
+        runs = _on_threads(lambda: CF.conv2d(x, w, None, 1, 2))
+        for other in runs[1:]:
+            assert torch.equal(runs[0], other)
+        torch.testing.assert_close(runs[0].double(), F.conv2d(x.double(), w.double(), None, 1, 2),
+                                   rtol=1e-4, atol=1e-4)
+    finally:
+        cnnkernels.set_cpu_isa(old)

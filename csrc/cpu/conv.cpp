@@ -48,6 +48,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../common/conv.h"
@@ -73,13 +74,29 @@ inline int64_t floor_div(int64_t a, int64_t b) {
 template <typename T>
 struct Kern {
   bool avx2 = use_avx2();
+  bool avx512 = std::is_same<T, float>::value && use_avx512();
   void tile(const T* const* a, const int64_t* ao, const T* b, const int64_t* bo, int64_t nt,
             int64_t len, int64_t acs, int64_t ldb, T* out) const {
+    if constexpr (std::is_same<T, float>::value) {
+      if (avx512) return conv::avx512::tile(a, ao, b, bo, nt, len, acs, ldb, out);
+    }
     avx2 ? conv::avx2::tile(a, ao, b, bo, nt, len, acs, ldb, out)
          : conv::generic::tile(a, ao, b, bo, nt, len, acs, ldb, out);
   }
+  // two tiles sharing b and the taps: a[0..5] and a[6..11] -> out[0..95], out[96..191]
+  void tile12(const T* const* a, const int64_t* ao, const T* b, const int64_t* bo, int64_t nt,
+              int64_t len, int64_t acs, int64_t ldb, T* out) const {
+    if constexpr (std::is_same<T, float>::value) {
+      if (avx512) return conv::avx512::tile12(a, ao, b, bo, nt, len, acs, ldb, out);
+    }
+    tile(a, ao, b, bo, nt, len, acs, ldb, out);
+    tile(a + kMR, ao, b, bo, nt, len, acs, ldb, out + kMR * kNR);
+  }
   void tile_add(const T* const* a, const int64_t* ao, const T* b, const int64_t* bo, int64_t nt,
                 int64_t len, int64_t acs, int64_t ldb, T* out) const {
+    if constexpr (std::is_same<T, float>::value) {
+      if (avx512) return conv::avx512::tile_add(a, ao, b, bo, nt, len, acs, ldb, out);
+    }
     avx2 ? conv::avx2::tile_add(a, ao, b, bo, nt, len, acs, ldb, out)
          : conv::generic::tile_add(a, ao, b, bo, nt, len, acs, ldb, out);
   }
@@ -127,6 +144,13 @@ struct Kern {
     avx2 ? conv::avx2::dw_wpixels(gy, gs, x, xoff, nt, npix, xs, C, acc)
          : conv::generic::dw_wpixels(gy, gs, x, xoff, nt, npix, xs, C, acc);
   }
+  void wino_in(const T* x, int64_t sR, int64_t sC, int64_t C, T* v, int64_t vs) const {
+    avx2 ? conv::avx2::wino_in(x, sR, sC, C, v, vs) : conv::generic::wino_in(x, sR, sC, C, v, vs);
+  }
+  void wino_out(const T* m, int64_t ms, const T* bias, T* y, int64_t yr, int64_t yc) const {
+    avx2 ? conv::avx2::wino_out(m, ms, bias, y, yr, yc)
+         : conv::generic::wino_out(m, ms, bias, y, yr, yc);
+  }
 };
 
 // An activation read in NHWC order: (n, row, col, ch) at p + n*sN + row*sR + col*sC + ch,
@@ -158,7 +182,16 @@ struct Nhwc {
 // our 3x3 64ch 56x56 NCHW forward+backward at batch 8 took 5015 page faults
 // and 49-50 ms per call; with the windows kept, 0-1536 faults and 42-45 ms.
 constexpr int64_t kScratchCacheBytes = int64_t(32) << 20;
-enum ScratchSlot { kWindowSlot = 0, kGradWindowSlot = 1, kWeightSlot = 2, kScratchSlots = 3 };
+// kWinoSlot: the per-thread tile buffers of the Winograd convolution (taken
+// inside parallel workers; the calling thread is one of them, so no other
+// slot may be used there).
+enum ScratchSlot {
+  kWindowSlot = 0,
+  kGradWindowSlot = 1,
+  kWeightSlot = 2,
+  kWinoSlot = 3,
+  kScratchSlots = 4
+};
 
 void* kept_scratch(int slot, int64_t bytes) {
   struct Slot {
@@ -401,7 +434,7 @@ void run_pixel_groups(const Kern<T>& K, int64_t N, int64_t G, const std::vector<
     cut[k] = lo;
   }
   at::parallel_for(0, nth, 1, [&](int64_t kb, int64_t ke) {
-    T out[kMR * kNR];
+    T out[2 * kMR * kNR];
     const T* ap[kTilesPerItem][kMR];
     int64_t po[kTilesPerItem][kMR];
     int64_t tg[kTilesPerItem], trows[kTilesPerItem];
@@ -440,6 +473,17 @@ void run_pixel_groups(const Kern<T>& K, int64_t N, int64_t G, const std::vector<
         for (int64_t j = 0; j < t1 - t0; ++j) {
           const PixelGroup& pg = groups[tg[j]];
           const int64_t ntaps = (int64_t)pg.a_off.size();
+          if (ntaps > 0 && K.avx512 && j + 1 < t1 - t0 && tg[j + 1] == tg[j]) {
+            // two tiles of one pixel group: one pass over the weight panel
+            const T* a12[2 * kMR];
+            std::copy(ap[j], ap[j] + kMR, a12);
+            std::copy(ap[j + 1], ap[j + 1] + kMR, a12 + kMR);
+            K.tile12(a12, pg.a_off.data(), bw, pg.b_off.data(), ntaps, pg.len, 1, kNR, out);
+            store(grp, cb, trows[j], po[j], out);
+            store(grp, cb, trows[j + 1], po[j + 1], out + kMR * kNR);
+            ++j;
+            continue;
+          }
           if (ntaps > 0)
             K.tile(ap[j], pg.a_off.data(), bw, pg.b_off.data(), ntaps, pg.len, 1, kNR, out);
           else
@@ -540,6 +584,157 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
         const int64_t ncols = std::min<int64_t>(kNR, OCg - cb * kNR), cs = cl ? 1 : P;
         store_tile(y + cb * kNR * cs, cs, ncols, rows, off, bpad.data() + (grp * ncb + cb) * kNR, v);
       });
+}
+
+// ------------------------------------------------- Winograd F(2x2, 3x3)
+// A 3x3 convolution with unit stride and dilation and one group, float32:
+//   y[n][o][oh][ow] = bias[o] + sum_{i, kh, kw} wget(o, i, kh, kw) * x[n][i][oh + kh - pt][ow + kw - pl]
+// computed on 2x2 output tiles: per tile and input channel the 4x4 input
+// patch d becomes V = B^T d B, per (output, input) channel pair the weights
+// g become U = G g G^T, and the tile's 16 transformed outputs are
+//   M[xi][o] = sum_i V[xi][i] U[xi][i][o]        (16 independent GEMMs)
+// from which A^T M A gives the 2x2 outputs: 16 multiply-adds per tile and
+// channel pair instead of the direct convolution's 36 (2.25x fewer).
+// The forward (x = the input) and the data gradient (x = grad_output, the
+// weights transposed with the taps reversed, padding 2 - p) both run here.
+//
+// Layout: x is read through a zero-bordered NHWC window (nhwc_window);
+// U is packed as [xi][16-column block][i][16] (kept scratch); the tiles of
+// all images, in (n, th, tw) order, are cut into work items of TB tiles
+// (a multiple of 6, the micro-kernel's rows), each with its own
+// V [xi][tile][i] and M [xi][column block][tile][16] in per-thread kept
+// scratch, sized to stay in L2 (about 384 KB together). The GEMMs run on the
+// 6 x 16 micro-kernel (the U panel of one (xi, column block) is reused by
+// every 6-tile row block of the item). Each output is computed by one item in
+// a fixed order: results repeat bit for bit whatever the thread count.
+//
+// Rounding differs from the direct convolution's (the transforms add and
+// subtract inputs before the products): measured against float64, the same
+// order of error as the direct sum (tests/test_conv.py).
+//
+// Where it applies: at least 16 channels on both sides (shorter reductions
+// leave the GEMMs to the transforms), 4x4 outputs or more, and at least 256
+// tiles in the batch: every work item streams the whole of U (16 x Cin x Cout
+// values), which on two threads made 512-channel layers with 128 tiles
+// (7x7 at batch 8, 4x4 at batch 32) 1.3-1.5x slower than the direct
+// convolution, while 256 tiles of 128 channels (8x8 at batch 16) were within
+// 5 % of it. The choice depends on the shapes only (not on the thread count):
+// results are the same whatever the number of threads.
+bool winograd_applies(int64_t N, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh,
+                      int64_t dw, int64_t G, int64_t Cin, int64_t Cout, int64_t OH, int64_t OW) {
+  return use_winograd() && KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 &&
+         G == 1 && Cin >= 16 && Cout >= 16 && OH >= 4 && OW >= 4 &&
+         N * ceil_div(OH, 2) * ceil_div(OW, 2) >= 256;
+}
+
+template <typename T, typename WGet>
+void winograd_conv(const Tensor& x, bool cl, int64_t Cin, int64_t Cout, int64_t OH, int64_t OW,
+                   int64_t pt, int64_t pl, WGet wget, const T* bias, T* y) {
+  const Kern<T> K;
+  const int64_t N = x.size(0);
+  const int64_t TH = ceil_div(OH, 2), TW = ceil_div(OW, 2), NT = N * TH * TW;
+  Tensor xbuf;
+  const Nhwc<T> xp = nhwc_window<T>(x, cl, -pt, 2 * TH + 2, -pl, 2 * TW + 2, false, xbuf);
+  const int64_t ncb = ceil_div(Cout, kNR);
+
+  // U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], packed [xi][cb][i][16]
+  const ScratchBuf<T> u(kWeightSlot, 16 * ncb * Cin * kNR);  // every value written below
+  at::parallel_for(0, ncb * Cin, 16, [&](int64_t b, int64_t e) {
+    for (int64_t q = b; q < e; ++q) {
+      const int64_t cb = q / Cin, i = q % Cin;
+      for (int64_t j = 0; j < kNR; ++j) {
+        const int64_t o = cb * kNR + j;
+        T gg[4][3], uu[4][4];
+        if (o >= Cout) {
+          for (int xi = 0; xi < 16; ++xi) u[((xi * ncb + cb) * Cin + i) * kNR + j] = T(0);
+          continue;
+        }
+        for (int kw = 0; kw < 3; ++kw) {  // G g (rows)
+          const T g0 = wget(o, i, 0, kw), g1 = wget(o, i, 1, kw), g2 = wget(o, i, 2, kw);
+          gg[0][kw] = g0;
+          gg[1][kw] = T(0.5) * (g0 + g1 + g2);
+          gg[2][kw] = T(0.5) * (g0 - g1 + g2);
+          gg[3][kw] = g2;
+        }
+        for (int r = 0; r < 4; ++r) {  // (G g) G^T (columns)
+          uu[r][0] = gg[r][0];
+          uu[r][1] = T(0.5) * (gg[r][0] + gg[r][1] + gg[r][2]);
+          uu[r][2] = T(0.5) * (gg[r][0] - gg[r][1] + gg[r][2]);
+          uu[r][3] = gg[r][2];
+        }
+        for (int xi = 0; xi < 16; ++xi) u[((xi * ncb + cb) * Cin + i) * kNR + j] = uu[xi / 4][xi % 4];
+      }
+    }
+  });
+  std::vector<T> bpad(ncb * kNR, T(0));
+  if (bias != nullptr) std::copy(bias, bias + Cout, bpad.begin());
+
+  // Tiles per work item: 96 (fewer when there would be under 4 items per
+  // thread). Measured on one thread at batch 8 (64ch 56x56, 128ch 28x28,
+  // 256ch 14x14 forwards): 24 tiles 11.3 / 10.5 / 13.1 ms, 48 10.7 / 9.9 /
+  // 12.8, 96 10.6 / 10.0 / 12.3 (V and M of an item then live in L2 and L3;
+  // the U panel of each (xi, column block) is reused by 8 pairs of 6-tile
+  // rows). The 16 slices of V and of M are each one cache line longer than a
+  // multiple of the slice (16 streams a multiple of 4 KB apart would share
+  // one set of L1).
+  const int64_t OCp = ncb * kNR, nth = at::get_num_threads();
+  const int64_t TB = std::min<int64_t>(
+      96, std::max<int64_t>(kMR, ceil_div(ceil_div(NT, 4 * nth), kMR) * kMR));
+  const int64_t vs = TB * Cin + 16, ms = ncb * TB * kNR + 16;
+  const int64_t nitems = ceil_div(NT, TB);
+  at::parallel_for(0, nitems, 1, [&](int64_t b, int64_t e) {
+    // V, M, and the outputs of one run of tiles along a tile row, NHWC: [2][2 TB][OCp]
+    const ScratchBuf<T> buf(kWinoSlot, 16 * (vs + ms) + 4 * TB * OCp);
+    T* V = buf.data();
+    T* M = V + 16 * vs;
+    T* stage = M + 16 * ms;
+    const int64_t zero = 0;
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t t0 = item * TB, nt = std::min(TB, NT - t0);
+      for (int64_t t = 0; t < nt; ++t) {
+        const int64_t q = t0 + t, n = q / (TH * TW), th = q % (TH * TW) / TW, tw = q % TW;
+        K.wino_in(xp.p + n * xp.sN + 2 * th * xp.sR + 2 * tw * xp.sC, xp.sR, xp.sC, Cin,
+                  V + t * Cin, vs);
+      }
+      for (int64_t xi = 0; xi < 16; ++xi)
+        for (int64_t cb = 0; cb < ncb; ++cb) {
+          const T* bp = u.data() + (xi * ncb + cb) * Cin * kNR;
+          T* mp = M + xi * ms + cb * TB * kNR;
+          for (int64_t r0 = 0; r0 < nt; r0 += 2 * kMR) {
+            const T* a[2 * kMR];
+            for (int64_t i = 0; i < 2 * kMR; ++i)
+              a[i] = V + xi * vs + std::min(r0 + i, nt - 1) * Cin;
+            if (r0 + kMR < nt)
+              K.tile12(a, &zero, bp, &zero, 1, Cin, 1, kNR, mp + r0 * kNR);
+            else
+              K.tile(a, &zero, bp, &zero, 1, Cin, 1, kNR, mp + r0 * kNR);
+          }
+        }
+      // outputs, one run of tiles of one tile row at a time: transformed into
+      // the NHWC stage, then copied (channels_last) or transposed (NCHW) out
+      for (int64_t t = 0; t < nt;) {
+        const int64_t q = t0 + t, n = q / (TH * TW), th = q % (TH * TW) / TW, tw = q % TW;
+        const int64_t run = std::min(nt - t, TW - tw), sr = 2 * run * OCp;
+        for (int64_t k = 0; k < run; ++k)
+          for (int64_t cb = 0; cb < ncb; ++cb)
+            K.wino_out(M + (cb * TB + t + k) * kNR, ms, bpad.data() + cb * kNR,
+                       stage + 2 * k * OCp + cb * kNR, sr, OCp);
+        const int64_t ow0 = 2 * tw, ncol = std::min(2 * run, OW - ow0);
+        for (int64_t i = 0; i < 2 && 2 * th + i < OH; ++i) {
+          const int64_t oh = 2 * th + i;
+          const T* src = stage + i * sr;
+          if (cl) {
+            T* d = y + ((n * OH + oh) * OW + ow0) * Cout;
+            for (int64_t c = 0; c < ncol; ++c)
+              std::memcpy(d + c * Cout, src + c * OCp, Cout * sizeof(T));
+          } else {
+            K.transpose(src, OCp, ncol, Cout, y + (n * Cout * OH + oh) * OW + ow0, OH * OW);
+          }
+        }
+        t += run;
+      }
+    }
+  });
 }
 
 // ---------------------------------------------------------- data gradient
@@ -1693,7 +1888,16 @@ void run_forward(const ConvGeometry& g, const Tensor& x, bool cl, const Tensor& 
   else if (nchw_1x1(g, cl))
     nchw_gemm<T>(g.OC, g.C, g.N, g.H * g.W, w.data_ptr<T>(), g.C, 1, x.data_ptr<T>(), bias,
                  y.data_ptr<T>());
-  else
+  else if (std::is_same<T, float>::value &&
+           winograd_applies(g.N, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.G, g.C, g.OC, g.OH, g.OW)) {
+    const T* wp = w.data_ptr<T>();
+    const int64_t C = g.C;
+    winograd_conv<T>(x, cl, g.C, g.OC, g.OH, g.OW, g.pt, g.pl,
+                     [=](int64_t o, int64_t i, int64_t kh, int64_t kw) {
+                       return wp[((o * C + i) * 3 + kh) * 3 + kw];
+                     },
+                     bias, y.data_ptr<T>());
+  } else
     conv_forward<T>(g, x, cl, w.data_ptr<T>(), bias, y.data_ptr<T>());
 }
 
@@ -1710,7 +1914,17 @@ void run_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const Tensor& w
                  gx.data_ptr<T>());
   else if (dgrad_as_rows(g, w.data_ptr<T>(), cl, t, wf))
     rows_forward<T>(t, gy.data_ptr<T>(), cl, wf.data(), bias, gx.data_ptr<T>());
-  else
+  else if (std::is_same<T, float>::value &&
+           winograd_applies(g.N, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.G, g.OC, g.C, g.H, g.W)) {
+    // a convolution of gy with w'[c][oc][kh][kw] = w[oc][c][2 - kh][2 - kw]
+    const T* wp = w.data_ptr<T>();
+    const int64_t C = g.C;
+    winograd_conv<T>(gy, cl, g.OC, g.C, g.H, g.W, 2 - g.pt, 2 - g.pl,
+                     [=](int64_t c, int64_t oc, int64_t kh, int64_t kw) {
+                       return wp[((oc * C + c) * 3 + 2 - kh) * 3 + 2 - kw];
+                     },
+                     bias, gx.data_ptr<T>());
+  } else
     conv_dgrad<T>(g, gy, cl, w.data_ptr<T>(), bias, gx.data_ptr<T>());
 }
 

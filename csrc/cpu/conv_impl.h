@@ -637,6 +637,54 @@ CNNK_TILE_DEFINE(float, tile_portable)
 CNNK_TILE_DEFINE(double, tile_portable)
 #undef CNNK_TILE_DEFINE
 
+// Winograd F(2x2, 3x3) transforms (Lavin and Gray, 2016), vectorised along
+// the channels:
+//   input   B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
+//   output  A^T m A, A^T = [1 1 1 0; 0 1 -1 -1]
+// (the weight transform G g G^T runs once per call, in conv.cpp).
+template <typename T>
+inline void wino_in_impl(const T* __restrict x, int64_t sR, int64_t sC, int64_t C,
+                         T* __restrict v, int64_t vs) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    T t[4][4];
+    for (int j = 0; j < 4; ++j) {
+      const T d0 = x[j * sC + c], d1 = x[sR + j * sC + c];
+      const T d2 = x[2 * sR + j * sC + c], d3 = x[3 * sR + j * sC + c];
+      t[0][j] = d0 - d2;
+      t[1][j] = d1 + d2;
+      t[2][j] = d2 - d1;
+      t[3][j] = d1 - d3;
+    }
+    for (int i = 0; i < 4; ++i) {
+      v[(4 * i + 0) * vs + c] = t[i][0] - t[i][2];
+      v[(4 * i + 1) * vs + c] = t[i][1] + t[i][2];
+      v[(4 * i + 2) * vs + c] = t[i][2] - t[i][1];
+      v[(4 * i + 3) * vs + c] = t[i][1] - t[i][3];
+    }
+  }
+}
+
+template <typename T>
+inline void wino_out_impl(const T* __restrict m, int64_t ms, const T* __restrict bias,
+                          T* __restrict y, int64_t yr, int64_t yc) {
+#pragma omp simd
+  for (int j = 0; j < 16; ++j) {
+    T s0[4], s1[4];
+    for (int q = 0; q < 4; ++q) {
+      const T m0 = m[q * ms + j], m1 = m[(4 + q) * ms + j];
+      const T m2 = m[(8 + q) * ms + j], m3 = m[(12 + q) * ms + j];
+      s0[q] = m0 + m1 + m2;
+      s1[q] = m1 - m2 - m3;
+    }
+    const T b = bias[j];
+    y[j] = s0[0] + s0[1] + s0[2] + b;
+    y[yc + j] = s0[1] - s0[2] - s0[3] + b;
+    y[yr + j] = s1[0] + s1[1] + s1[2] + b;
+    y[yr + yc + j] = s1[1] - s1[2] - s1[3] + b;
+  }
+}
+
 #define CNNK_CONV_DEFINE(T)                                                      \
   void pad_rows(const T* src, int64_t ss, int64_t cs, int64_t nrows, int64_t j0, int64_t j1, \
                 T* dst, int64_t Wp) {                                                    \
@@ -649,7 +697,13 @@ CNNK_TILE_DEFINE(double, tile_portable)
     axpy_scatter_impl(acc, x, n, s, w);                                          \
   }                                                                              \
   double dot(const T* a, const T* x, int64_t n, int64_t s) { return dot_impl(a, x, n, s); } \
-  void vmac(T* acc, const T* w, const T* x, int64_t n) { vmac_impl(acc, w, x, n); }
+  void vmac(T* acc, const T* w, const T* x, int64_t n) { vmac_impl(acc, w, x, n); }            \
+  void wino_in(const T* x, int64_t sR, int64_t sC, int64_t C, T* v, int64_t vs) {               \
+    wino_in_impl(x, sR, sC, C, v, vs);                                                         \
+  }                                                                                            \
+  void wino_out(const T* m, int64_t ms, const T* bias, T* y, int64_t yr, int64_t yc) {          \
+    wino_out_impl(m, ms, bias, y, yr, yc);                                                     \
+  }
 
 CNNK_CONV_DEFINE(float)
 CNNK_CONV_DEFINE(double)

@@ -62,7 +62,13 @@ constexpr int kRowOuts = 6;
                   int64_t npix, int64_t xs, int64_t C, T* const* acc);                         \
   /* a strip of planar rows to pixel-major order: dst[j * dcs + c] = src[c * scs + j] for  */ \
   /* c < nc, j < nj (an NCHW row of nc channels into NHWC)                                */ \
-  void transpose(const T* src, int64_t scs, int64_t nc, int64_t nj, T* dst, int64_t dcs);
+  void transpose(const T* src, int64_t scs, int64_t nc, int64_t nj, T* dst, int64_t dcs);     \
+  /* Winograd F(2x2, 3x3) input transform of one 4x4 tile d[i][j] = x[i * sR + j * sC + c]: */ \
+  /* v[xi * vs + c] = (B^T d B)[xi] for xi < 16, c < C                                      */ \
+  void wino_in(const T* x, int64_t sR, int64_t sC, int64_t C, T* v, int64_t vs);               \
+  /* its output transform for 16 channels j: y[r * yr + c * yc + j] = (A^T m A)[r][c] +     */ \
+  /* bias[j] for the tile's 2x2 pixels (r, c), with m[xi] = m[xi * ms + j]                  */ \
+  void wino_out(const T* m, int64_t ms, const T* bias, T* y, int64_t yr, int64_t yc);
 
 namespace generic {
 CNNK_CONV_DECLARE(float)
@@ -72,6 +78,19 @@ namespace avx2 {
 CNNK_CONV_DECLARE(float)
 CNNK_CONV_DECLARE(double)
 }  // namespace avx2
+// The float32 micro-kernel in 512-bit registers (conv_avx512.cpp): the same
+// product as avx2::tile / tile_add, with two sets of six 16-wide
+// accumulators (even and odd reduction steps, added at the end).
+namespace avx512 {
+void tile(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
+          int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out);
+void tile_add(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
+              int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out);
+// two tiles at once: a holds 12 row pointers, out 12 x 16 values (rows 0-5
+// from a[0..5], then rows 6-11 from a[6..11]), bit for bit two calls of tile
+void tile12(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
+            int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out);
+}  // namespace avx512
 
 }  // namespace conv
 }  // namespace cpu

@@ -12,10 +12,13 @@ namespace cnnkernels {
 namespace cpu {
 namespace {
 
-bool initial_choice() {
+// 0: generic, 1: avx2, 2: avx512
+int initial_choice() {
+  const int best = avx512_available() ? 2 : avx2_available() ? 1 : 0;
   const char* env = std::getenv("CNNKERNELS_CPU_ISA");
-  if (env != nullptr && std::strcmp(env, "generic") == 0) return false;
-  return avx2_available();
+  if (env != nullptr && std::strcmp(env, "generic") == 0) return 0;
+  if (env != nullptr && std::strcmp(env, "avx2") == 0) return best < 1 ? best : 1;
+  return best;
 }
 
 std::atomic<int64_t>& llc_override() {
@@ -23,12 +26,23 @@ std::atomic<int64_t>& llc_override() {
   return v;
 }
 
-std::atomic<bool>& avx2_flag() {
-  static std::atomic<bool> flag(initial_choice());
+std::atomic<int>& isa_level() {
+  static std::atomic<int> level(initial_choice());
+  return level;
+}
+
+std::atomic<bool>& winograd_flag() {
+  static std::atomic<bool> flag([] {
+    const char* env = std::getenv("CNNKERNELS_WINOGRAD");
+    return !(env != nullptr && std::strcmp(env, "0") == 0);
+  }());
   return flag;
 }
 
 }  // namespace
+
+bool use_winograd() { return winograd_flag().load(std::memory_order_relaxed); }
+void set_winograd(bool on) { winograd_flag() = on; }
 
 bool avx2_available() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -38,22 +52,38 @@ bool avx2_available() {
 #endif
 }
 
-bool use_avx2() { return avx2_flag().load(std::memory_order_relaxed); }
+bool avx512_available() {
+#if defined(__x86_64__) || defined(__i386__)
+  return avx2_available() && __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
+bool use_avx2() { return isa_level().load(std::memory_order_relaxed) >= 1; }
+bool use_avx512() { return isa_level().load(std::memory_order_relaxed) == 2; }
 
 void set_isa(const std::string& name) {
   if (name == "generic") {
-    avx2_flag() = false;
+    isa_level() = 0;
   } else if (name == "avx2") {
     TORCH_CHECK(avx2_available(),
                 "cnnkernels: cannot select the avx2 code path: this processor lacks AVX2/FMA");
-    avx2_flag() = true;
+    isa_level() = 1;
+  } else if (name == "avx512") {
+    TORCH_CHECK(avx512_available(),
+                "cnnkernels: cannot select the avx512 code path: this processor lacks AVX-512F");
+    isa_level() = 2;
   } else {
     TORCH_CHECK(false, "cnnkernels: unknown CPU code path '", name,
-                "' (expected 'generic' or 'avx2')");
+                "' (expected 'generic', 'avx2' or 'avx512')");
   }
 }
 
-std::string isa_name() { return use_avx2() ? "avx2" : "generic"; }
+std::string isa_name() {
+  const int l = isa_level().load(std::memory_order_relaxed);
+  return l == 2 ? "avx512" : l == 1 ? "avx2" : "generic";
+}
 
 int64_t llc_bytes() {
   const int64_t o = llc_override().load(std::memory_order_relaxed);

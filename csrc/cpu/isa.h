@@ -1,8 +1,10 @@
 // Run-time choice of the CPU code path: AVX2/FMA kernels when the processor
-// has them, else (or when forced) the portable C++ kernels. The environment
-// variable CNNKERNELS_CPU_ISA=generic forces the portable path at import;
-// cnnkernels._C._set_cpu_isa("generic" | "avx2") switches it at run time
-// (the tests run every pooling case through both).
+// has them, else (or when forced) the portable C++ kernels; on a processor
+// with AVX-512F the "avx512" path is the AVX2 one with the convolution's
+// GEMM micro-kernel in 512-bit registers (conv_avx512.cpp). The environment
+// variable CNNKERNELS_CPU_ISA=generic | avx2 caps the path at import;
+// cnnkernels._C._set_cpu_isa("generic" | "avx2" | "avx512") switches it at
+// run time (the tests run their CPU cases through each available path).
 #pragma once
 
 #include <cstdint>
@@ -12,9 +14,17 @@ namespace cnnkernels {
 namespace cpu {
 
 bool avx2_available();          // the processor supports AVX2 and FMA
-bool use_avx2();                // the AVX2 path is selected
+bool avx512_available();        // ... and AVX-512F
+bool use_avx2();                // the AVX2 (or AVX-512) path is selected
+bool use_avx512();              // the AVX-512 path is selected
 void set_isa(const std::string& name);
 std::string isa_name();
+
+// Whether 3x3 unit-stride float32 convolutions may run as Winograd F(2x2, 3x3)
+// (conv.cpp). On by default; CNNKERNELS_WINOGRAD=0 turns it off at import,
+// cnnkernels._C._set_winograd at run time (the tests run both).
+bool use_winograd();
+void set_winograd(bool on);
 
 // Bytes of the last-level cache (sysconf; 0 when unknown), which some
 // kernels use to pick between a cache-resident and a streaming schedule.
