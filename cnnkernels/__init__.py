@@ -25,13 +25,15 @@ def cuda_built() -> bool:
 
 
 def cpu_isa() -> str:
-    """The CPU code path in use: 'avx2' or 'generic' (portable C++)."""
+    """The CPU code path in use: 'avx512' (the AVX2 kernels with the
+    convolution's micro-kernel in 512-bit registers), 'avx2' or 'generic'
+    (portable C++)."""
     return _C._cpu_isa()
 
 
 def set_cpu_isa(name: str) -> None:
-    """Select the CPU code path ('avx2' or 'generic'); also settable at import
-    with the environment variable CNNKERNELS_CPU_ISA=generic."""
+    """Select the CPU code path ('avx512', 'avx2' or 'generic'); also capped
+    at import with the environment variable CNNKERNELS_CPU_ISA=generic|avx2."""
     _C._set_cpu_isa(name)
 
 
