@@ -73,6 +73,19 @@ def _fmt_row(cols, widths):
     return "  ".join(str(c).ljust(w) if i < 4 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cols, widths)))
 
 
+def _cpu_model():
+    """The processor's name (the development machines have changed kind:
+    ratios against torch depend on whether its kernels use AVX-512)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
@@ -160,7 +173,7 @@ def main(argv=None):
                 row += ["", ""]
     widths = [max(len(str(x[k])) for x in rows + [header]) for k in range(len(header))]
     print(f"\ncnnkernels {cnnkernels.__version__}, torch {torch.__version__}, CPU threads {threads}, "
-          f"CPU path {cnnkernels.cpu_isa()}"
+          f"CPU path {cnnkernels.cpu_isa()}, CPU {_cpu_model()}"
           + (f", GPU {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
     for dev, gbs in sorted({(k[0], v) for k, v in copy_cache.items()}):
         pass
@@ -188,6 +201,7 @@ def main(argv=None):
     meta = dict(
         when=stamp, torch=torch.__version__, cnnkernels=cnnkernels.__version__, threads=threads,
         cpu_isa=cnnkernels.cpu_isa(), machine=platform.processor() or platform.machine(),
+        cpu_model=_cpu_model(),
         gpu=torch.cuda.get_device_name() if "cuda" in devices else None, rounds=rounds,
     )
     jpath = os.path.join(args.out, f"bench-{tag}-{stamp}.json")
