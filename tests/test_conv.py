@@ -789,15 +789,17 @@ def test_padding_taps_skipped_cpu(cpu_isa, case, layout):
 # ---------------------------------------------------------------- Winograd
 # (N, C, H, W), OC, padding, bias: 3x3 unit-stride float32 layers with at
 # least 16 channels on both sides and 256 or more 2x2 output tiles run as
-# Winograd F(2x2, 3x3) (forward and data gradient; conv_transpose2d's
-# forward too): odd sizes (last tiles cut), channel counts off the 16-wide
-# blocks, padding 0 / 1 / 2.
+# Winograd F(2x2, 3x3) (forward, data gradient and weight gradient;
+# conv_transpose2d's too): odd sizes (last tiles cut), channel counts off
+# the 6- and 16-wide blocks, padding 0 / 1 / 2.
 WINOGRAD_CASES = [
     ((4, 16, 16, 16), 16, 1, True),
     ((3, 19, 21, 23), 33, 1, False),
     ((2, 40, 26, 27), 24, 0, True),
     ((4, 24, 22, 17), 20, 2, True),
     ((1, 64, 40, 33), 70, 1, True),
+    ((4, 16, 26, 26), 20, 1, True),   # weight gradient: 2 tile chunks x 2 position groups
+    ((8, 17, 30, 31), 18, 1, False),  # 4 tile chunks
 ]
 
 
@@ -817,9 +819,9 @@ def _winograd_run(x, w, b, p, transposed=False):
 @pytest.mark.parametrize("transposed", [False, True])
 def test_winograd_cpu(cpu_isa, case, layout, transposed):
     """float32 against torch in float64 (output, input and weight gradients)
-    with an error bound no looser than the direct convolution's, proof that
-    another algorithm ran (not bit for bit the direct result), and the same
-    bits on 1, 2 and 3 threads."""
+    with an error at most 4x the direct convolution's, proof that another
+    algorithm ran (not bit for bit the direct result), and the same bits on
+    1, 2 and 3 threads."""
     shape, oc, p, has_b = case
     gen = torch.Generator().manual_seed(11)
     x = _layout(torch.randn(shape, generator=gen), layout)
@@ -848,12 +850,11 @@ def test_winograd_cpu(cpu_isa, case, layout, transposed):
         torch.testing.assert_close(wino[0][k].double(), ref[k], rtol=1e-4, atol=1e-4 * scale)
         for other in wino[1:]:
             assert torch.equal(wino[0][k], other[k]), name
-    # the forward of conv2d and its data gradient (conv_transpose2d: its
-    # forward and its input gradient, the convolution's forward) ran on
-    # another algorithm; the weight gradient did not
-    assert not torch.equal(wino[0][0], direct[0])
-    assert not torch.equal(wino[0][1], direct[1])
-    assert torch.equal(wino[0][2], direct[2])
+    # all three (conv_transpose2d: its forward is the convolution's data
+    # gradient, its input gradient the convolution's forward) ran on
+    # another algorithm
+    for k, name in enumerate(names):
+        assert not torch.equal(wino[0][k], direct[k]), name
     assert wino[0][0].is_contiguous(
         memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 

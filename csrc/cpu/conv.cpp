@@ -147,6 +147,11 @@ struct Kern {
   void wino_in(const T* x, int64_t sR, int64_t sC, int64_t C, T* v, int64_t vs) const {
     avx2 ? conv::avx2::wino_in(x, sR, sC, C, v, vs) : conv::generic::wino_in(x, sR, sC, C, v, vs);
   }
+  void wino_gout(const T* g, int64_t sR, int64_t sC, int64_t C, int nr, int nc, T* m,
+                 int64_t ms) const {
+    avx2 ? conv::avx2::wino_gout(g, sR, sC, C, nr, nc, m, ms)
+         : conv::generic::wino_gout(g, sR, sC, C, nr, nc, m, ms);
+  }
   void wino_out(const T* m, int64_t ms, const T* bias, T* y, int64_t yr, int64_t yc) const {
     avx2 ? conv::avx2::wino_out(m, ms, bias, y, yr, yc)
          : conv::generic::wino_out(m, ms, bias, y, yr, yc);
@@ -732,6 +737,105 @@ void winograd_conv(const Tensor& x, bool cl, int64_t Cin, int64_t Cout, int64_t 
           }
         }
         t += run;
+      }
+    }
+  });
+}
+
+// The weight gradient of the same convolution (x the input, gy the output
+// gradient, both (N, C, H, W) / (N, Cout, OH, OW) in layout cl), through the
+// same tiles: Y = A^T (U . V) A gives dU[xi] = sum over tiles of
+// V[xi] (x) dM[xi], dM = A dY A^T, and dg = G^T dU G. Per item of 96 tiles
+// V [xi][tile][i] (as the forward's) and dM [xi][tile][16-column blocks] are
+// formed, then 16 GEMMs add V[xi]^T dM[xi] (reduction over the item's
+// tiles, 6 input x 16 output channels per micro-kernel call) into dU
+// [xi][6-row block][column block][6][16]. The tiles are cut into S chunks
+// (S from the shapes only, even), each with its own dU, summed in chunk
+// order: the result does not depend on the thread count.
+template <typename T>
+void winograd_wgrad(const Tensor& x, const Tensor& gy, bool cl, int64_t Cin, int64_t Cout,
+                    int64_t OH, int64_t OW, int64_t pt, int64_t pl, T* gw) {
+  const Kern<T> K;
+  const int64_t N = x.size(0);
+  const int64_t TH = ceil_div(OH, 2), TW = ceil_div(OW, 2), NT = N * TH * TW;
+  Tensor xbuf, gbuf;
+  const Nhwc<T> xp = nhwc_window<T>(x, cl, -pt, 2 * TH + 2, -pl, 2 * TW + 2, false, xbuf);
+  const Nhwc<T> gp = nhwc_window<T>(gy, cl, 0, OH, 0, OW, false, gbuf, 1, kGradWindowSlot);
+  const int64_t ncb = ceil_div(Cout, kNR), OCp = ncb * kNR, nrb = ceil_div(Cin, kMR);
+  const int64_t TB = 96;
+  const int64_t nitems = ceil_div(NT, TB);
+  const int64_t du_size = 16 * nrb * ncb * kMR * kNR;
+  // Units of work: S chunks of the tiles (up to 8, at least 4 items each,
+  // their dU together in at most 32 MB of kept scratch; even) times X groups
+  // of the 16 transformed positions (X = 4 / S when S < 4: a group computes
+  // the transforms of its chunk again, cheap where channels are many and dU
+  // large). Fixed by the shapes: results do not depend on the thread count.
+  int64_t S = std::min<int64_t>({8, std::max<int64_t>(1, nitems / 4),
+                                 std::max<int64_t>(1, (int64_t(8) << 20) / du_size)});
+  if (S > 1) S -= S % 2;
+  const int64_t X = S >= 4 ? 1 : 4 / S;
+  const ScratchBuf<T> du(kWeightSlot, S * du_size);  // zeroed per unit below
+  const int64_t vs = TB * Cin + 16, ms = TB * OCp + 16;
+  at::parallel_for(0, S * X, 1, [&](int64_t ub, int64_t ue) {
+    const ScratchBuf<T> buf(kWinoSlot, 16 * (vs + ms));
+    T* V = buf.data();
+    T* M = V + 16 * vs;
+    if (OCp > Cout)  // the padding columns of dM stay zero
+      for (int64_t q = 0; q < 16 * TB; ++q)
+        std::fill(M + (q / TB) * ms + (q % TB) * OCp + Cout, M + (q / TB) * ms + (q % TB + 1) * OCp,
+                  T(0));
+    for (int64_t u = ub; u < ue; ++u) {
+      const int64_t sc = u / X, xg = u % X, xi0 = 16 * xg / X, xi1 = 16 * (xg + 1) / X;
+      T* dus = du.data() + sc * du_size;
+      const int64_t per_xi = nrb * ncb * kMR * kNR;
+      std::fill(dus + xi0 * per_xi, dus + xi1 * per_xi, T(0));
+      for (int64_t item = nitems * sc / S; item < nitems * (sc + 1) / S; ++item) {
+        const int64_t t0 = item * TB, nt = std::min(TB, NT - t0);
+        for (int64_t t = 0; t < nt; ++t) {
+          const int64_t q = t0 + t, n = q / (TH * TW), th = q % (TH * TW) / TW, tw = q % TW;
+          K.wino_in(xp.p + n * xp.sN + 2 * th * xp.sR + 2 * tw * xp.sC, xp.sR, xp.sC, Cin,
+                    V + t * Cin, vs);
+          K.wino_gout(gp.p + n * gp.sN + 2 * th * gp.sR + 2 * tw * gp.sC, gp.sR, gp.sC, Cout,
+                      int(std::min<int64_t>(2, OH - 2 * th)), int(std::min<int64_t>(2, OW - 2 * tw)),
+                      M + t * OCp, ms);
+        }
+        const int64_t zero = 0;
+        for (int64_t xi = xi0; xi < xi1; ++xi)
+          for (int64_t rb = 0; rb < nrb; ++rb) {
+            const T* a[kMR];
+            for (int64_t i = 0; i < kMR; ++i)
+              a[i] = V + xi * vs + std::min(rb * kMR + i, Cin - 1);
+            for (int64_t cb = 0; cb < ncb; ++cb)
+              K.tile_add(a, &zero, M + xi * ms + cb * kNR, &zero, 1, nt, Cin, OCp,
+                         dus + ((xi * nrb + rb) * ncb + cb) * kMR * kNR);
+          }
+      }
+    }
+  });
+  for (int64_t sc = 1; sc < S; ++sc) {
+    const T* src = du.data() + sc * du_size;
+    T* dst = du.data();
+    at::parallel_for(0, du_size, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) dst[k] += src[k];
+    });
+  }
+  // dg = G^T dU G, G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]
+  at::parallel_for(0, Cout * Cin, 64, [&](int64_t b, int64_t e) {
+    for (int64_t q = b; q < e; ++q) {
+      const int64_t o = q / Cin, i = q % Cin, rb = i / kMR, r = i % kMR, cb = o / kNR, j = o % kNR;
+      T d[4][4], rr[3][4];
+      for (int xi = 0; xi < 16; ++xi)
+        d[xi / 4][xi % 4] = du[(((xi * nrb + rb) * ncb + cb) * kMR + r) * kNR + j];
+      for (int c = 0; c < 4; ++c) {
+        rr[0][c] = d[0][c] + T(0.5) * (d[1][c] + d[2][c]);
+        rr[1][c] = T(0.5) * (d[1][c] - d[2][c]);
+        rr[2][c] = T(0.5) * (d[1][c] + d[2][c]) + d[3][c];
+      }
+      T* w = gw + (o * Cin + i) * 9;
+      for (int k = 0; k < 3; ++k) {
+        w[k * 3 + 0] = rr[k][0] + T(0.5) * (rr[k][1] + rr[k][2]);
+        w[k * 3 + 1] = T(0.5) * (rr[k][1] - rr[k][2]);
+        w[k * 3 + 2] = T(0.5) * (rr[k][1] + rr[k][2]) + rr[k][3];
       }
     }
   });
@@ -1934,6 +2038,9 @@ void run_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl
     dw_wgrad<T>(g, gy.data_ptr<T>(), x.data_ptr<T>(), cl, gw.data_ptr<T>());
   else if (nchw_1x1(g, cl))
     nchw_1x1_wgrad<T>(g, gy.data_ptr<T>(), x.data_ptr<T>(), gw.data_ptr<T>());
+  else if (std::is_same<T, float>::value &&
+           winograd_applies(g.N, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.G, g.C, g.OC, g.OH, g.OW))
+    winograd_wgrad<T>(x, gy, cl, g.C, g.OC, g.OH, g.OW, g.pt, g.pl, gw.data_ptr<T>());
   else
     conv_wgrad<T>(g, gy, x, cl, gw.data_ptr<T>());
 }

@@ -685,6 +685,28 @@ inline void wino_out_impl(const T* __restrict m, int64_t ms, const T* __restrict
   }
 }
 
+// The weight gradient's transform of a 2x2 output-gradient tile e[r][c] =
+// g[r * sR + c * sC + k] (zero where the tile leaves the output: nr / nc
+// rows / columns inside): m[xi * ms + k] = (A e A^T)[xi], A = [1 0; 1 1;
+// 1 -1; 0 -1], for k < C.
+template <typename T>
+inline void wino_gout_impl(const T* __restrict g, int64_t sR, int64_t sC, int64_t C, int nr,
+                           int nc, T* __restrict m, int64_t ms) {
+#pragma omp simd
+  for (int64_t k = 0; k < C; ++k) {
+    const T e00 = g[k], e01 = nc > 1 ? g[sC + k] : T(0);
+    const T e10 = nr > 1 ? g[sR + k] : T(0), e11 = nr > 1 && nc > 1 ? g[sR + sC + k] : T(0);
+    // rows of A e: [e00 e01], [e00+e10 e01+e11], [e00-e10 e01-e11], [-e10 -e11]
+    const T r[4][2] = {{e00, e01}, {e00 + e10, e01 + e11}, {e00 - e10, e01 - e11}, {-e10, -e11}};
+    for (int i = 0; i < 4; ++i) {
+      m[(4 * i + 0) * ms + k] = r[i][0];
+      m[(4 * i + 1) * ms + k] = r[i][0] + r[i][1];
+      m[(4 * i + 2) * ms + k] = r[i][0] - r[i][1];
+      m[(4 * i + 3) * ms + k] = -r[i][1];
+    }
+  }
+}
+
 #define CNNK_CONV_DEFINE(T)                                                      \
   void pad_rows(const T* src, int64_t ss, int64_t cs, int64_t nrows, int64_t j0, int64_t j1, \
                 T* dst, int64_t Wp) {                                                    \
@@ -703,6 +725,10 @@ inline void wino_out_impl(const T* __restrict m, int64_t ms, const T* __restrict
   }                                                                                            \
   void wino_out(const T* m, int64_t ms, const T* bias, T* y, int64_t yr, int64_t yc) {          \
     wino_out_impl(m, ms, bias, y, yr, yc);                                                     \
+  }                                                                                            \
+  void wino_gout(const T* g, int64_t sR, int64_t sC, int64_t C, int nr, int nc, T* m,          \
+                 int64_t ms) {                                                                 \
+    wino_gout_impl(g, sR, sC, C, nr, nc, m, ms);                                               \
   }
 
 CNNK_CONV_DEFINE(float)

@@ -68,7 +68,11 @@ constexpr int kRowOuts = 6;
   void wino_in(const T* x, int64_t sR, int64_t sC, int64_t C, T* v, int64_t vs);               \
   /* its output transform for 16 channels j: y[r * yr + c * yc + j] = (A^T m A)[r][c] +     */ \
   /* bias[j] for the tile's 2x2 pixels (r, c), with m[xi] = m[xi * ms + j]                  */ \
-  void wino_out(const T* m, int64_t ms, const T* bias, T* y, int64_t yr, int64_t yc);
+  void wino_out(const T* m, int64_t ms, const T* bias, T* y, int64_t yr, int64_t yc);         \
+  /* the weight gradient's transform of a 2x2 output-gradient tile (nr x nc inside the      */ \
+  /* output, zeros past it): m[xi * ms + k] = (A e A^T)[xi], e[r][c] = g[r*sR + c*sC + k]   */ \
+  void wino_gout(const T* g, int64_t sR, int64_t sC, int64_t C, int nr, int nc, T* m,         \
+                 int64_t ms);
 
 namespace generic {
 CNNK_CONV_DECLARE(float)
