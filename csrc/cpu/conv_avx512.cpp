@@ -2,12 +2,11 @@
 // conv_kernels.h), picked at run time by conv.cpp on processors with
 // AVX-512F. Nothing from torch is included under the target.
 //
-// The 6 x 16 tile is one 16-wide register per row. Six accumulators would
-// leave the two FMA units waiting on the four-cycle FMA latency (a chain per
-// row), so even and odd reduction steps go to two sets of six (12 chains in
-// flight), added at the end: per two steps 2 loads of b, 12 broadcasts of a
-// and 12 FMAs. The sum is taken in a fixed order, so results repeat bit for
-// bit (they differ from the AVX2 tile's in the last bits: another order).
+// The 6 x 16 tile is one 16-wide register per row, one FMA chain per row,
+// the reduction in order (bit for bit the sums of the portable tile's loop
+// with fused multiply-adds; they differ from the AVX2 tile's, whose
+// multiply-adds are fused too, only where the compiler orders differently).
+// Where two tiles share the weight panel and the taps, tile12 runs both.
 #include <cstdint>
 
 #include "conv_kernels.h"
@@ -26,84 +25,99 @@ template <bool Add>
 inline void tile_impl(const float* const* a, const int64_t* a_off, const float* b,
                       const int64_t* b_off, int64_t ntaps, int64_t len, int64_t a_cs,
                       int64_t ldb, float* out) {
-  __m512 c0, c1, c2, c3, c4, c5;
-  if (Add) {
-    c0 = _mm512_loadu_ps(out), c1 = _mm512_loadu_ps(out + 16), c2 = _mm512_loadu_ps(out + 32);
-    c3 = _mm512_loadu_ps(out + 48), c4 = _mm512_loadu_ps(out + 64), c5 = _mm512_loadu_ps(out + 80);
-  } else {
-    c0 = c1 = c2 = c3 = c4 = c5 = _mm512_setzero_ps();
-  }
-  __m512 d0 = _mm512_setzero_ps(), d1 = d0, d2 = d0, d3 = d0, d4 = d0, d5 = d0;
+  __m512 c[6];
+  for (int i = 0; i < 6; ++i) c[i] = Add ? _mm512_loadu_ps(out + 16 * i) : _mm512_setzero_ps();
   for (int64_t t = 0; t < ntaps; ++t) {
-    const float* a0 = a[0] + a_off[t];
-    const float* a1 = a[1] + a_off[t];
-    const float* a2 = a[2] + a_off[t];
-    const float* a3 = a[3] + a_off[t];
-    const float* a4 = a[4] + a_off[t];
-    const float* a5 = a[5] + a_off[t];
+    const float* ap[6];
+    for (int i = 0; i < 6; ++i) ap[i] = a[i] + a_off[t];
     const float* bp = b + b_off[t];
-    int64_t c = 0, off = 0;
-    for (; c + 2 <= len; c += 2, off += 2 * a_cs, bp += 2 * ldb) {
-      const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + ldb);
-      c0 = _mm512_fmadd_ps(_mm512_set1_ps(a0[off]), b0, c0);
-      c1 = _mm512_fmadd_ps(_mm512_set1_ps(a1[off]), b0, c1);
-      c2 = _mm512_fmadd_ps(_mm512_set1_ps(a2[off]), b0, c2);
-      c3 = _mm512_fmadd_ps(_mm512_set1_ps(a3[off]), b0, c3);
-      c4 = _mm512_fmadd_ps(_mm512_set1_ps(a4[off]), b0, c4);
-      c5 = _mm512_fmadd_ps(_mm512_set1_ps(a5[off]), b0, c5);
-      d0 = _mm512_fmadd_ps(_mm512_set1_ps(a0[off + a_cs]), b1, d0);
-      d1 = _mm512_fmadd_ps(_mm512_set1_ps(a1[off + a_cs]), b1, d1);
-      d2 = _mm512_fmadd_ps(_mm512_set1_ps(a2[off + a_cs]), b1, d2);
-      d3 = _mm512_fmadd_ps(_mm512_set1_ps(a3[off + a_cs]), b1, d3);
-      d4 = _mm512_fmadd_ps(_mm512_set1_ps(a4[off + a_cs]), b1, d4);
-      d5 = _mm512_fmadd_ps(_mm512_set1_ps(a5[off + a_cs]), b1, d5);
-    }
-    if (c < len) {
-      const __m512 b0 = _mm512_loadu_ps(bp);
-      c0 = _mm512_fmadd_ps(_mm512_set1_ps(a0[off]), b0, c0);
-      c1 = _mm512_fmadd_ps(_mm512_set1_ps(a1[off]), b0, c1);
-      c2 = _mm512_fmadd_ps(_mm512_set1_ps(a2[off]), b0, c2);
-      c3 = _mm512_fmadd_ps(_mm512_set1_ps(a3[off]), b0, c3);
-      c4 = _mm512_fmadd_ps(_mm512_set1_ps(a4[off]), b0, c4);
-      c5 = _mm512_fmadd_ps(_mm512_set1_ps(a5[off]), b0, c5);
+    for (int64_t k = 0, off = 0; k < len; ++k, off += a_cs, bp += ldb) {
+      const __m512 bv = _mm512_loadu_ps(bp);
+      for (int i = 0; i < 6; ++i) c[i] = _mm512_fmadd_ps(_mm512_set1_ps(ap[i][off]), bv, c[i]);
     }
   }
-  _mm512_storeu_ps(out, _mm512_add_ps(c0, d0));
-  _mm512_storeu_ps(out + 16, _mm512_add_ps(c1, d1));
-  _mm512_storeu_ps(out + 32, _mm512_add_ps(c2, d2));
-  _mm512_storeu_ps(out + 48, _mm512_add_ps(c3, d3));
-  _mm512_storeu_ps(out + 64, _mm512_add_ps(c4, d4));
-  _mm512_storeu_ps(out + 80, _mm512_add_ps(c5, d5));
+  for (int i = 0; i < 6; ++i) _mm512_storeu_ps(out + 16 * i, c[i]);
 }
 
 // Two tiles that share b and the taps: 12 rows a[0..11], out[12][16]. One
 // load of b per 12 FMAs (the 6-row tile needs one per 6: from L2, where a
-// 3x3 layer's packed weight panel lives, that halves the traffic). Even and
-// odd steps in separate accumulators as in tile_impl, so that every row's
-// sum is bit for bit the one tile_impl gives (which of the two computes a
-// tile must not change results: it depends on how the work was cut).
+// 3x3 layer's packed weight panel lives, that halves the traffic), and 12
+// FMA chains in flight (the 6-row tile's 6 leave the two FMA units waiting
+// on the 4-cycle latency). Each row's sum is taken in the same order as in
+// tile_impl, so the two give the same bits (which of them computes a tile
+// depends on how the work was cut). The unit-stride loop is inline assembly
+// with the 12 row pointers, the step index (counting up to zero) and the b
+// pointer in registers: compiled from intrinsics, two of the row pointers
+// lived in xmm registers and came back through vmovq on the FMA ports every
+// step.
 inline void tile12_impl(const float* const* a, const int64_t* a_off, const float* b,
                         const int64_t* b_off, int64_t ntaps, int64_t len, int64_t a_cs,
                         int64_t ldb, float* out) {
-  __m512 c[12], d[12];
-  for (int i = 0; i < 12; ++i) c[i] = d[i] = _mm512_setzero_ps();
+  for (int i = 0; i < 12; ++i) _mm512_storeu_ps(out + 16 * i, _mm512_setzero_ps());
   for (int64_t t = 0; t < ntaps; ++t) {
-    const float* ap[12];
-    for (int i = 0; i < 12; ++i) ap[i] = a[i] + a_off[t];
+    if (len <= 0) continue;
     const float* bp = b + b_off[t];
-    int64_t k = 0, off = 0;
-    for (; k + 2 <= len; k += 2, off += 2 * a_cs, bp += 2 * ldb) {
-      const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + ldb);
-      for (int i = 0; i < 12; ++i) c[i] = _mm512_fmadd_ps(_mm512_set1_ps(ap[i][off]), b0, c[i]);
-      for (int i = 0; i < 12; ++i)
-        d[i] = _mm512_fmadd_ps(_mm512_set1_ps(ap[i][off + a_cs]), b1, d[i]);
-    }
-    if (k < len) {
-      const __m512 b0 = _mm512_loadu_ps(bp);
-      for (int i = 0; i < 12; ++i) c[i] = _mm512_fmadd_ps(_mm512_set1_ps(ap[i][off]), b0, c[i]);
+    if (a_cs == 1 && ldb == 16) {
+      // The accumulators live in zmm0-11 for the tap, loaded from and stored
+      // to out; the 12 row pointers (ends: indexed from -len up to 0) go to
+      // r8-r15, rax, rdx and the registers that brought out (stashed in
+      // xmm30 meanwhile) and the pointer array: with the step index and b,
+      // 14 general registers, which operands alone could not get.
+      const float* ae[12];
+      for (int i = 0; i < 12; ++i) ae[i] = a[i] + a_off[t] + len;
+      const float* const* arr = ae;
+      float* op = out;
+      int64_t idx = -len;
+#define CNNK_LD(I) "vmovups " #I "*64(%[op]), %%zmm" #I "\n\t"
+#define CNNK_ST(I) "vmovups %%zmm" #I ", " #I "*64(%[op])\n\t"
+#define CNNK_FMA(I, R) "vfmadd231ps (" R ",%[idx],4)%{1to16%}, %%zmm31, %%zmm" #I "\n\t"
+      asm volatile(
+          CNNK_LD(0) CNNK_LD(1) CNNK_LD(2) CNNK_LD(3) CNNK_LD(4) CNNK_LD(5)
+          CNNK_LD(6) CNNK_LD(7) CNNK_LD(8) CNNK_LD(9) CNNK_LD(10) CNNK_LD(11)
+          "vmovq %[op], %%xmm30\n\t"
+          "mov 0(%[arr]), %%r8\n\t"
+          "mov 8(%[arr]), %%r9\n\t"
+          "mov 16(%[arr]), %%r10\n\t"
+          "mov 24(%[arr]), %%r11\n\t"
+          "mov 32(%[arr]), %%r12\n\t"
+          "mov 40(%[arr]), %%r13\n\t"
+          "mov 48(%[arr]), %%r14\n\t"
+          "mov 56(%[arr]), %%r15\n\t"
+          "mov 64(%[arr]), %%rax\n\t"
+          "mov 72(%[arr]), %%rdx\n\t"
+          "mov 80(%[arr]), %[op]\n\t"
+          "mov 88(%[arr]), %[arr]\n\t"
+          "1:\n\t"
+          "vmovups (%[bp]), %%zmm31\n\t"
+          "add $64, %[bp]\n\t"
+          CNNK_FMA(0, "%%r8") CNNK_FMA(1, "%%r9") CNNK_FMA(2, "%%r10") CNNK_FMA(3, "%%r11")
+          CNNK_FMA(4, "%%r12") CNNK_FMA(5, "%%r13") CNNK_FMA(6, "%%r14") CNNK_FMA(7, "%%r15")
+          CNNK_FMA(8, "%%rax") CNNK_FMA(9, "%%rdx") CNNK_FMA(10, "%[op]") CNNK_FMA(11, "%[arr]")
+          "inc %[idx]\n\t"
+          "jnz 1b\n\t"
+          "vmovq %%xmm30, %[op]\n\t"
+          CNNK_ST(0) CNNK_ST(1) CNNK_ST(2) CNNK_ST(3) CNNK_ST(4) CNNK_ST(5)
+          CNNK_ST(6) CNNK_ST(7) CNNK_ST(8) CNNK_ST(9) CNNK_ST(10) CNNK_ST(11)
+          : [bp] "+r"(bp), [idx] "+r"(idx), [op] "+r"(op), [arr] "+r"(arr)
+          :
+          : "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rax", "rdx", "xmm0", "xmm1",
+            "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
+            "xmm30", "xmm31", "memory", "cc");
+#undef CNNK_LD
+#undef CNNK_ST
+#undef CNNK_FMA
+    } else {
+      __m512 c[12];
+      for (int i = 0; i < 12; ++i) c[i] = _mm512_loadu_ps(out + 16 * i);
+      const float* ap[12];
+      for (int i = 0; i < 12; ++i) ap[i] = a[i] + a_off[t];
+      for (int64_t k = 0, off = 0; k < len; ++k, off += a_cs, bp += ldb) {
+        const __m512 bv = _mm512_loadu_ps(bp);
+        for (int i = 0; i < 12; ++i) c[i] = _mm512_fmadd_ps(_mm512_set1_ps(ap[i][off]), bv, c[i]);
+      }
+      for (int i = 0; i < 12; ++i) _mm512_storeu_ps(out + 16 * i, c[i]);
     }
   }
-  for (int i = 0; i < 12; ++i) _mm512_storeu_ps(out + 16 * i, _mm512_add_ps(c[i], d[i]));
 }
 
 }  // namespace
