@@ -787,27 +787,33 @@ def test_padding_taps_skipped_cpu(cpu_isa, case, layout):
 
 
 # ---------------------------------------------------------------- Winograd
-# (N, C, H, W), OC, padding, bias: 3x3 unit-stride float32 layers with at
-# least 16 channels on both sides and 256 or more 2x2 output tiles run as
-# Winograd F(2x2, 3x3) (forward, data gradient and weight gradient;
-# conv_transpose2d's too): odd sizes (last tiles cut), channel counts off
-# the 6- and 16-wide blocks, padding 0 / 1 / 2.
+# (N, C, H, W), OC, padding, bias, dilation, groups: 3x3 unit-stride
+# float32 layers with at least 16 channels per group on both sides and 256
+# or more 2x2 output tiles run as Winograd F(2x2, 3x3) (forward, data
+# gradient and weight gradient; conv_transpose2d's too): odd sizes (last
+# tiles cut), channel counts off the 6- and 16-wide blocks, padding 0-3,
+# dilation (each phase of outputs a plain 3x3 convolution), groups.
 WINOGRAD_CASES = [
-    ((4, 16, 16, 16), 16, 1, True),
-    ((3, 19, 21, 23), 33, 1, False),
-    ((2, 40, 26, 27), 24, 0, True),
-    ((4, 24, 22, 17), 20, 2, True),
-    ((1, 64, 40, 33), 70, 1, True),
-    ((4, 16, 26, 26), 20, 1, True),   # weight gradient: 2 tile chunks x 2 position groups
-    ((8, 17, 30, 31), 18, 1, False),  # 4 tile chunks
+    ((4, 16, 16, 16), 16, 1, True, 1, 1),
+    ((3, 19, 21, 23), 33, 1, False, 1, 1),
+    ((2, 40, 26, 27), 24, 0, True, 1, 1),
+    ((4, 24, 22, 17), 20, 2, True, 1, 1),
+    ((1, 64, 40, 33), 70, 1, True, 1, 1),
+    ((4, 16, 26, 26), 20, 1, True, 1, 1),   # weight gradient: 2 tile chunks x 2 position groups
+    ((8, 17, 30, 31), 18, 1, False, 1, 1),  # 4 tile chunks
+    ((4, 64, 21, 23), 64, 1, True, 1, 4),   # groups (16 channels each)
+    ((3, 32, 25, 22), 48, 3, True, 3, 2),   # dilation 3 (9 phases, of 9 and 8 rows), groups
+    ((2, 32, 30, 31), 32, 2, False, 2, 1),  # dilation 2, odd width
 ]
 
 
-def _winograd_run(x, w, b, p, transposed=False):
+def _winograd_run(x, w, b, p, d, groups, transposed=False):
     x = x.detach().requires_grad_()
     w = w.detach().requires_grad_()
-    conv = CF.conv_transpose2d if transposed else CF.conv2d
-    y = conv(x, w, b, 1, p)
+    if transposed:
+        y = CF.conv_transpose2d(x, w, b, 1, p, 0, groups, d)
+    else:
+        y = CF.conv2d(x, w, b, 1, p, d, groups)
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.dtype)
     gy = gy.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
         memory_format=torch.channels_last) and not x.is_contiguous() else gy
@@ -822,23 +828,27 @@ def test_winograd_cpu(cpu_isa, case, layout, transposed):
     with an error at most 4x the direct convolution's, proof that another
     algorithm ran (not bit for bit the direct result), and the same bits on
     1, 2 and 3 threads."""
-    shape, oc, p, has_b = case
+    shape, oc, p, has_b, d, groups = case
     gen = torch.Generator().manual_seed(11)
     x = _layout(torch.randn(shape, generator=gen), layout)
-    wshape = (shape[1], oc, 3, 3) if transposed else (oc, shape[1], 3, 3)
-    w = torch.randn(wshape, generator=gen) / (3 * shape[1] ** 0.5)
+    cg = shape[1] // groups
+    wshape = (shape[1], oc // groups, 3, 3) if transposed else (oc, cg, 3, 3)
+    w = torch.randn(wshape, generator=gen) / (3 * cg ** 0.5)
     b = torch.randn(oc, generator=gen) if has_b else None
-    ref_conv = F.conv_transpose2d if transposed else F.conv2d
     xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
-    r = ref_conv(xd, wd, None if b is None else b.double(), 1, p)
+    bd = None if b is None else b.double()
+    if transposed:
+        r = F.conv_transpose2d(xd, wd, bd, 1, p, 0, groups, d)
+    else:
+        r = F.conv2d(xd, wd, bd, 1, p, d, groups)
     gy = torch.randn(r.shape, generator=torch.Generator().manual_seed(3)).double()
     ref = (r,) + torch.autograd.grad(r, (xd, wd), gy)
     from cnnkernels import _C
     try:
         _C._set_winograd(False)
-        direct = _winograd_run(x, w, b, p, transposed)
+        direct = _winograd_run(x, w, b, p, d, groups, transposed)
         _C._set_winograd(True)
-        wino = _on_threads(lambda: _winograd_run(x, w, b, p, transposed))
+        wino = _on_threads(lambda: _winograd_run(x, w, b, p, d, groups, transposed))
     finally:
         _C._set_winograd(True)
     names = ("output", "grad_input", "grad_weight")

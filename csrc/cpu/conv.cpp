@@ -627,19 +627,46 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
 // results are the same whatever the number of threads.
 bool winograd_applies(int64_t N, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh,
                       int64_t dw, int64_t G, int64_t Cin, int64_t Cout, int64_t OH, int64_t OW) {
-  return use_winograd() && KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 &&
-         G == 1 && Cin >= 16 && Cout >= 16 && OH >= 4 && OW >= 4 &&
-         N * ceil_div(OH, 2) * ceil_div(OW, 2) >= 256;
+  // (dilation d: the outputs of each of the d x d phases form a plain 3x3
+  // convolution over the inputs of that phase; Cin / Cout per group)
+  const int64_t d = dh;
+  return use_winograd() && KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == dw && d >= 1 &&
+         d <= 4 && Cin / G >= 16 && Cout / G >= 16 && OH >= 4 * d && OW >= 4 * d &&
+         N * G * ceil_div(OH, 2) * ceil_div(OW, 2) >= 256;
 }
 
+// The tiles of one call: for image n, phase (a, b) of the d x d dilation
+// phases, tile row th and column tw, the 2x2 outputs (a + d (2 th + i),
+// b + d (2 tw + k)); every phase has the same TH x TW grid (tiles past the
+// output of a shorter phase compute nothing that is stored).
+struct WinoTiles {
+  int64_t N, OH, OW, d, TH, TW, NT;
+  WinoTiles(int64_t N_, int64_t OH_, int64_t OW_, int64_t d_)
+      : N(N_), OH(OH_), OW(OW_), d(d_), TH(ceil_div(ceil_div(OH_, d_), 2)),
+        TW(ceil_div(ceil_div(OW_, d_), 2)), NT(N_ * d_ * d_ * TH * TW) {}
+  // tile q: image, first output row and column, and its column index tw
+  void at(int64_t q, int64_t& n, int64_t& oh0, int64_t& ow0, int64_t& tw) const {
+    const int64_t per = TH * TW, ph = q / per % (d * d);
+    n = q / (per * d * d);
+    tw = q % TW;
+    oh0 = ph / d + 2 * d * (q % per / TW);
+    ow0 = ph % d + 2 * d * tw;
+  }
+};
+
+// Output addressing: (n, o, oh, ow) at y + n * sN + o * sC + (oh * OW + ow) * sP.
+template <typename T>
+struct WinoOut {
+  T* y;
+  int64_t sN, sC, sP;
+};
+
+// One group of the convolution (see above): x through the NHWC view xp (its
+// first channel the group's), Cin / Cout channels, outputs at out.
 template <typename T, typename WGet>
-void winograd_conv(const Tensor& x, bool cl, int64_t Cin, int64_t Cout, int64_t OH, int64_t OW,
-                   int64_t pt, int64_t pl, WGet wget, const T* bias, T* y) {
-  const Kern<T> K;
-  const int64_t N = x.size(0);
-  const int64_t TH = ceil_div(OH, 2), TW = ceil_div(OW, 2), NT = N * TH * TW;
-  Tensor xbuf;
-  const Nhwc<T> xp = nhwc_window<T>(x, cl, -pt, 2 * TH + 2, -pl, 2 * TW + 2, false, xbuf);
+void winograd_group(const Kern<T>& K, const Nhwc<T>& xp, const WinoTiles& tl, int64_t Cin,
+                    int64_t Cout, WGet wget, const T* bias, const WinoOut<T>& out) {
+  const int64_t OH = tl.OH, OW = tl.OW, d = tl.d, NT = tl.NT, TW = tl.TW;
   const int64_t ncb = ceil_div(Cout, kNR);
 
   // U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], packed [xi][cb][i][16]
@@ -681,12 +708,14 @@ void winograd_conv(const Tensor& x, bool cl, int64_t Cin, int64_t Cout, int64_t 
   // the U panel of each (xi, column block) is reused by 8 pairs of 6-tile
   // rows). The 16 slices of V and of M are each one cache line longer than a
   // multiple of the slice (16 streams a multiple of 4 KB apart would share
-  // one set of L1).
+  // one set of L1). The cut does not change any result (each output is one
+  // tile's; the GEMM rows are independent).
   const int64_t OCp = ncb * kNR, nth = at::get_num_threads();
   const int64_t TB = std::min<int64_t>(
       96, std::max<int64_t>(kMR, ceil_div(ceil_div(NT, 4 * nth), kMR) * kMR));
   const int64_t vs = TB * Cin + 16, ms = ncb * TB * kNR + 16;
   const int64_t nitems = ceil_div(NT, TB);
+  const int64_t xsR = d * xp.sR, xsC = d * xp.sC;
   at::parallel_for(0, nitems, 1, [&](int64_t b, int64_t e) {
     // V, M, and the outputs of one run of tiles along a tile row, NHWC: [2][2 TB][OCp]
     const ScratchBuf<T> buf(kWinoSlot, 16 * (vs + ms) + 4 * TB * OCp);
@@ -697,9 +726,9 @@ void winograd_conv(const Tensor& x, bool cl, int64_t Cin, int64_t Cout, int64_t 
     for (int64_t item = b; item < e; ++item) {
       const int64_t t0 = item * TB, nt = std::min(TB, NT - t0);
       for (int64_t t = 0; t < nt; ++t) {
-        const int64_t q = t0 + t, n = q / (TH * TW), th = q % (TH * TW) / TW, tw = q % TW;
-        K.wino_in(xp.p + n * xp.sN + 2 * th * xp.sR + 2 * tw * xp.sC, xp.sR, xp.sC, Cin,
-                  V + t * Cin, vs);
+        int64_t n, oh0, ow0, tw;
+        tl.at(t0 + t, n, oh0, ow0, tw);
+        K.wino_in(xp.p + n * xp.sN + oh0 * xp.sR + ow0 * xp.sC, xsR, xsC, Cin, V + t * Cin, vs);
       }
       for (int64_t xi = 0; xi < 16; ++xi)
         for (int64_t cb = 0; cb < ncb; ++cb) {
@@ -716,24 +745,33 @@ void winograd_conv(const Tensor& x, bool cl, int64_t Cin, int64_t Cout, int64_t 
           }
         }
       // outputs, one run of tiles of one tile row at a time: transformed into
-      // the NHWC stage, then copied (channels_last) or transposed (NCHW) out
+      // the NHWC stage, then copied (channels_last) or transposed (NCHW) out;
+      // dilated outputs (every d-th column) one pixel at a time
       for (int64_t t = 0; t < nt;) {
-        const int64_t q = t0 + t, n = q / (TH * TW), th = q % (TH * TW) / TW, tw = q % TW;
+        int64_t n, oh0, ow0, tw;
+        tl.at(t0 + t, n, oh0, ow0, tw);
         const int64_t run = std::min(nt - t, TW - tw), sr = 2 * run * OCp;
+        if (oh0 >= OH || ow0 >= OW) {  // past a shorter phase's outputs
+          t += run;
+          continue;
+        }
         for (int64_t k = 0; k < run; ++k)
           for (int64_t cb = 0; cb < ncb; ++cb)
             K.wino_out(M + (cb * TB + t + k) * kNR, ms, bpad.data() + cb * kNR,
                        stage + 2 * k * OCp + cb * kNR, sr, OCp);
-        const int64_t ow0 = 2 * tw, ncol = std::min(2 * run, OW - ow0);
-        for (int64_t i = 0; i < 2 && 2 * th + i < OH; ++i) {
-          const int64_t oh = 2 * th + i;
+        const int64_t ncol = std::min(2 * run, ceil_div(OW - ow0, d));
+        for (int64_t i = 0; i < 2 && oh0 + d * i < OH; ++i) {
+          const int64_t oh = oh0 + d * i;
           const T* src = stage + i * sr;
-          if (cl) {
-            T* d = y + ((n * OH + oh) * OW + ow0) * Cout;
+          T* row = out.y + n * out.sN + (oh * OW + ow0) * out.sP;
+          if (out.sC == 1) {
             for (int64_t c = 0; c < ncol; ++c)
-              std::memcpy(d + c * Cout, src + c * OCp, Cout * sizeof(T));
+              std::memcpy(row + c * d * out.sP, src + c * OCp, Cout * sizeof(T));
+          } else if (d == 1) {
+            K.transpose(src, OCp, ncol, Cout, row, out.sC);
           } else {
-            K.transpose(src, OCp, ncol, Cout, y + (n * Cout * OH + oh) * OW + ow0, OH * OW);
+            for (int64_t c = 0; c < ncol; ++c)
+              for (int64_t j = 0; j < Cout; ++j) row[j * out.sC + c * d] = src[c * OCp + j];
           }
         }
         t += run;
@@ -742,25 +780,48 @@ void winograd_conv(const Tensor& x, bool cl, int64_t Cin, int64_t Cout, int64_t 
   });
 }
 
-// The weight gradient of the same convolution (x the input, gy the output
-// gradient, both (N, C, H, W) / (N, Cout, OH, OW) in layout cl), through the
-// same tiles: Y = A^T (U . V) A gives dU[xi] = sum over tiles of
-// V[xi] (x) dM[xi], dM = A dY A^T, and dg = G^T dU G. Per item of 96 tiles
-// V [xi][tile][i] (as the forward's) and dM [xi][tile][16-column blocks] are
-// formed, then 16 GEMMs add V[xi]^T dM[xi] (reduction over the item's
-// tiles, 6 input x 16 output channels per micro-kernel call) into dU
-// [xi][6-row block][column block][6][16]. The tiles are cut into S chunks
-// (S from the shapes only, even), each with its own dU, summed in chunk
-// order: the result does not depend on the thread count.
-template <typename T>
-void winograd_wgrad(const Tensor& x, const Tensor& gy, bool cl, int64_t Cin, int64_t Cout,
-                    int64_t OH, int64_t OW, int64_t pt, int64_t pl, T* gw) {
+// y = conv(x, w) of a 3x3 layer (x: N x (G Cin) x H x W in layout cl; its
+// output (N, G Cout, OH, OW) in the same layout), unit stride, dilation d,
+// padding pt / pl, weights wget(o, i, kh, kw) (o, i: channels of the whole
+// layer and of its group).
+template <typename T, typename WGet>
+void winograd_conv(const Tensor& x, bool cl, int64_t G, int64_t Cin, int64_t Cout, int64_t OH,
+                   int64_t OW, int64_t d, int64_t pt, int64_t pl, WGet wget, const T* bias,
+                   T* y) {
   const Kern<T> K;
-  const int64_t N = x.size(0);
-  const int64_t TH = ceil_div(OH, 2), TW = ceil_div(OW, 2), NT = N * TH * TW;
+  const WinoTiles tl(x.size(0), OH, OW, d);
+  Tensor xbuf;
+  const Nhwc<T> xw = nhwc_window<T>(x, cl, -pt, OH + 4 * d, -pl, OW + 4 * d, false, xbuf, G);
+  const int64_t Ct = G * Cout, P = OH * OW;
+  for (int64_t grp = 0; grp < G; ++grp) {
+    Nhwc<T> xp = xw;
+    xp.p += grp * xw.sG;
+    const WinoOut<T> out = cl ? WinoOut<T>{y + grp * Cout, P * Ct, 1, Ct}
+                              : WinoOut<T>{y + grp * Cout * P, Ct * P, P, 1};
+    winograd_group<T>(
+        K, xp, tl, Cin, Cout,
+        [&](int64_t o, int64_t i, int64_t kh, int64_t kw) { return wget(grp * Cout + o, i, kh, kw); },
+        bias == nullptr ? nullptr : bias + grp * Cout, out);
+  }
+}
+
+// The weight gradient of the same convolution (x the input, gy the output
+// gradient), through the same tiles: Y = A^T (U . V) A gives dU[xi] = sum
+// over tiles of V[xi] (x) dM[xi], dM = A dY A^T, and dg = G^T dU G. Per item
+// of 96 tiles V [xi][tile][i] (as the forward's) and dM [xi][tile][16-column
+// blocks] are formed, then 16 GEMMs add V[xi]^T dM[xi] (reduction over the
+// item's tiles, 6 input x 16 output channels per micro-kernel call) into dU
+// [xi][6-row block][column block][6][16]. gw: [G Cout][Cin][3][3].
+template <typename T>
+void winograd_wgrad(const Tensor& x, const Tensor& gy, bool cl, int64_t G, int64_t Cin,
+                    int64_t Cout, int64_t OH, int64_t OW, int64_t d, int64_t pt, int64_t pl,
+                    T* gw) {
+  const Kern<T> K;
+  const WinoTiles tl(x.size(0), OH, OW, d);
+  const int64_t NT = tl.NT;
   Tensor xbuf, gbuf;
-  const Nhwc<T> xp = nhwc_window<T>(x, cl, -pt, 2 * TH + 2, -pl, 2 * TW + 2, false, xbuf);
-  const Nhwc<T> gp = nhwc_window<T>(gy, cl, 0, OH, 0, OW, false, gbuf, 1, kGradWindowSlot);
+  const Nhwc<T> xw = nhwc_window<T>(x, cl, -pt, OH + 4 * d, -pl, OW + 4 * d, false, xbuf, G);
+  const Nhwc<T> gw_ = nhwc_window<T>(gy, cl, 0, OH, 0, OW, false, gbuf, G, kGradWindowSlot);
   const int64_t ncb = ceil_div(Cout, kNR), OCp = ncb * kNR, nrb = ceil_div(Cin, kMR);
   const int64_t TB = 96;
   const int64_t nitems = ceil_div(NT, TB);
@@ -776,69 +837,81 @@ void winograd_wgrad(const Tensor& x, const Tensor& gy, bool cl, int64_t Cin, int
   const int64_t X = S >= 4 ? 1 : 4 / S;
   const ScratchBuf<T> du(kWeightSlot, S * du_size);  // zeroed per unit below
   const int64_t vs = TB * Cin + 16, ms = TB * OCp + 16;
-  at::parallel_for(0, S * X, 1, [&](int64_t ub, int64_t ue) {
-    const ScratchBuf<T> buf(kWinoSlot, 16 * (vs + ms));
-    T* V = buf.data();
-    T* M = V + 16 * vs;
-    if (OCp > Cout)  // the padding columns of dM stay zero
-      for (int64_t q = 0; q < 16 * TB; ++q)
-        std::fill(M + (q / TB) * ms + (q % TB) * OCp + Cout, M + (q / TB) * ms + (q % TB + 1) * OCp,
-                  T(0));
-    for (int64_t u = ub; u < ue; ++u) {
-      const int64_t sc = u / X, xg = u % X, xi0 = 16 * xg / X, xi1 = 16 * (xg + 1) / X;
-      T* dus = du.data() + sc * du_size;
-      const int64_t per_xi = nrb * ncb * kMR * kNR;
-      std::fill(dus + xi0 * per_xi, dus + xi1 * per_xi, T(0));
-      for (int64_t item = nitems * sc / S; item < nitems * (sc + 1) / S; ++item) {
-        const int64_t t0 = item * TB, nt = std::min(TB, NT - t0);
-        for (int64_t t = 0; t < nt; ++t) {
-          const int64_t q = t0 + t, n = q / (TH * TW), th = q % (TH * TW) / TW, tw = q % TW;
-          K.wino_in(xp.p + n * xp.sN + 2 * th * xp.sR + 2 * tw * xp.sC, xp.sR, xp.sC, Cin,
-                    V + t * Cin, vs);
-          K.wino_gout(gp.p + n * gp.sN + 2 * th * gp.sR + 2 * tw * gp.sC, gp.sR, gp.sC, Cout,
-                      int(std::min<int64_t>(2, OH - 2 * th)), int(std::min<int64_t>(2, OW - 2 * tw)),
-                      M + t * OCp, ms);
-        }
-        const int64_t zero = 0;
-        for (int64_t xi = xi0; xi < xi1; ++xi)
-          for (int64_t rb = 0; rb < nrb; ++rb) {
-            const T* a[kMR];
-            for (int64_t i = 0; i < kMR; ++i)
-              a[i] = V + xi * vs + std::min(rb * kMR + i, Cin - 1);
-            for (int64_t cb = 0; cb < ncb; ++cb)
-              K.tile_add(a, &zero, M + xi * ms + cb * kNR, &zero, 1, nt, Cin, OCp,
-                         dus + ((xi * nrb + rb) * ncb + cb) * kMR * kNR);
+  const int64_t xsR = d * xw.sR, xsC = d * xw.sC, gsR = d * gw_.sR, gsC = d * gw_.sC;
+  for (int64_t grp = 0; grp < G; ++grp) {
+    const T* xg = xw.p + grp * xw.sG;
+    const T* gg = gw_.p + grp * gw_.sG;
+    at::parallel_for(0, S * X, 1, [&](int64_t ub, int64_t ue) {
+      const ScratchBuf<T> buf(kWinoSlot, 16 * (vs + ms));
+      T* V = buf.data();
+      T* M = V + 16 * vs;
+      if (OCp > Cout)  // the padding columns of dM stay zero
+        for (int64_t q = 0; q < 16 * TB; ++q)
+          std::fill(M + (q / TB) * ms + (q % TB) * OCp + Cout,
+                    M + (q / TB) * ms + (q % TB + 1) * OCp, T(0));
+      for (int64_t u = ub; u < ue; ++u) {
+        const int64_t sc = u / X, xg_ = u % X, xi0 = 16 * xg_ / X, xi1 = 16 * (xg_ + 1) / X;
+        T* dus = du.data() + sc * du_size;
+        const int64_t per_xi = nrb * ncb * kMR * kNR;
+        std::fill(dus + xi0 * per_xi, dus + xi1 * per_xi, T(0));
+        for (int64_t item = nitems * sc / S; item < nitems * (sc + 1) / S; ++item) {
+          const int64_t t0 = item * TB, nt = std::min(TB, NT - t0);
+          for (int64_t t = 0; t < nt; ++t) {
+            int64_t n, oh0, ow0, tw;
+            tl.at(t0 + t, n, oh0, ow0, tw);
+            K.wino_in(xg + n * xw.sN + oh0 * xw.sR + ow0 * xw.sC, xsR, xsC, Cin, V + t * Cin, vs);
+            const int64_t nr = oh0 >= OH ? 0 : oh0 + d < OH ? 2 : 1;
+            const int64_t nc = ow0 >= OW ? 0 : ow0 + d < OW ? 2 : 1;
+            if (nr == 0 || nc == 0) {  // past a shorter phase's outputs: dM = 0
+              for (int64_t xi = 0; xi < 16; ++xi)
+                std::fill(M + xi * ms + t * OCp, M + xi * ms + t * OCp + Cout, T(0));
+              continue;
+            }
+            K.wino_gout(gg + n * gw_.sN + oh0 * gw_.sR + ow0 * gw_.sC, gsR, gsC, Cout, int(nr),
+                        int(nc), M + t * OCp, ms);
           }
+          const int64_t zero = 0;
+          for (int64_t xi = xi0; xi < xi1; ++xi)
+            for (int64_t rb = 0; rb < nrb; ++rb) {
+              const T* a[kMR];
+              for (int64_t i = 0; i < kMR; ++i)
+                a[i] = V + xi * vs + std::min(rb * kMR + i, Cin - 1);
+              for (int64_t cb = 0; cb < ncb; ++cb)
+                K.tile_add(a, &zero, M + xi * ms + cb * kNR, &zero, 1, nt, Cin, OCp,
+                           dus + ((xi * nrb + rb) * ncb + cb) * kMR * kNR);
+            }
+        }
       }
+    });
+    for (int64_t sc = 1; sc < S; ++sc) {
+      const T* src = du.data() + sc * du_size;
+      T* dst = du.data();
+      at::parallel_for(0, du_size, 4096, [&](int64_t b, int64_t e) {
+        for (int64_t k = b; k < e; ++k) dst[k] += src[k];
+      });
     }
-  });
-  for (int64_t sc = 1; sc < S; ++sc) {
-    const T* src = du.data() + sc * du_size;
-    T* dst = du.data();
-    at::parallel_for(0, du_size, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t k = b; k < e; ++k) dst[k] += src[k];
+    // dg = G^T dU G, G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]
+    at::parallel_for(0, Cout * Cin, 64, [&](int64_t b, int64_t e) {
+      for (int64_t q = b; q < e; ++q) {
+        const int64_t o = q / Cin, i = q % Cin, rb = i / kMR, r = i % kMR, cb = o / kNR,
+                      j = o % kNR;
+        T dd[4][4], rr[3][4];
+        for (int xi = 0; xi < 16; ++xi)
+          dd[xi / 4][xi % 4] = du[(((xi * nrb + rb) * ncb + cb) * kMR + r) * kNR + j];
+        for (int c = 0; c < 4; ++c) {
+          rr[0][c] = dd[0][c] + T(0.5) * (dd[1][c] + dd[2][c]);
+          rr[1][c] = T(0.5) * (dd[1][c] - dd[2][c]);
+          rr[2][c] = T(0.5) * (dd[1][c] + dd[2][c]) + dd[3][c];
+        }
+        T* w = gw + ((grp * Cout + o) * Cin + i) * 9;
+        for (int k = 0; k < 3; ++k) {
+          w[k * 3 + 0] = rr[k][0] + T(0.5) * (rr[k][1] + rr[k][2]);
+          w[k * 3 + 1] = T(0.5) * (rr[k][1] - rr[k][2]);
+          w[k * 3 + 2] = T(0.5) * (rr[k][1] + rr[k][2]) + rr[k][3];
+        }
+      }
     });
   }
-  // dg = G^T dU G, G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]
-  at::parallel_for(0, Cout * Cin, 64, [&](int64_t b, int64_t e) {
-    for (int64_t q = b; q < e; ++q) {
-      const int64_t o = q / Cin, i = q % Cin, rb = i / kMR, r = i % kMR, cb = o / kNR, j = o % kNR;
-      T d[4][4], rr[3][4];
-      for (int xi = 0; xi < 16; ++xi)
-        d[xi / 4][xi % 4] = du[(((xi * nrb + rb) * ncb + cb) * kMR + r) * kNR + j];
-      for (int c = 0; c < 4; ++c) {
-        rr[0][c] = d[0][c] + T(0.5) * (d[1][c] + d[2][c]);
-        rr[1][c] = T(0.5) * (d[1][c] - d[2][c]);
-        rr[2][c] = T(0.5) * (d[1][c] + d[2][c]) + d[3][c];
-      }
-      T* w = gw + (o * Cin + i) * 9;
-      for (int k = 0; k < 3; ++k) {
-        w[k * 3 + 0] = rr[k][0] + T(0.5) * (rr[k][1] + rr[k][2]);
-        w[k * 3 + 1] = T(0.5) * (rr[k][1] - rr[k][2]);
-        w[k * 3 + 2] = T(0.5) * (rr[k][1] + rr[k][2]) + rr[k][3];
-      }
-    }
-  });
 }
 
 // ---------------------------------------------------------- data gradient
@@ -1995,10 +2068,10 @@ void run_forward(const ConvGeometry& g, const Tensor& x, bool cl, const Tensor& 
   else if (std::is_same<T, float>::value &&
            winograd_applies(g.N, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.G, g.C, g.OC, g.OH, g.OW)) {
     const T* wp = w.data_ptr<T>();
-    const int64_t C = g.C;
-    winograd_conv<T>(x, cl, g.C, g.OC, g.OH, g.OW, g.pt, g.pl,
+    const int64_t Cg = g.Cg();
+    winograd_conv<T>(x, cl, g.G, Cg, g.OCg(), g.OH, g.OW, g.dh, g.pt, g.pl,
                      [=](int64_t o, int64_t i, int64_t kh, int64_t kw) {
-                       return wp[((o * C + i) * 3 + kh) * 3 + kw];
+                       return wp[((o * Cg + i) * 3 + kh) * 3 + kw];
                      },
                      bias, y.data_ptr<T>());
   } else
@@ -2021,11 +2094,13 @@ void run_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const Tensor& w
   else if (std::is_same<T, float>::value &&
            winograd_applies(g.N, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.G, g.OC, g.C, g.H, g.W)) {
     // a convolution of gy with w'[c][oc][kh][kw] = w[oc][c][2 - kh][2 - kw]
+    // (per group; c of the whole layer, oc of the group), padding 2d - p
     const T* wp = w.data_ptr<T>();
-    const int64_t C = g.C;
-    winograd_conv<T>(gy, cl, g.OC, g.C, g.H, g.W, 2 - g.pt, 2 - g.pl,
+    const int64_t Cg = g.Cg(), OCg = g.OCg();
+    winograd_conv<T>(gy, cl, g.G, OCg, Cg, g.H, g.W, g.dh, 2 * g.dh - g.pt, 2 * g.dw - g.pl,
                      [=](int64_t c, int64_t oc, int64_t kh, int64_t kw) {
-                       return wp[((oc * C + c) * 3 + 2 - kh) * 3 + 2 - kw];
+                       const int64_t grp = c / Cg;
+                       return wp[(((grp * OCg + oc) * Cg + c % Cg) * 3 + 2 - kh) * 3 + 2 - kw];
                      },
                      bias, gx.data_ptr<T>());
   } else
@@ -2040,7 +2115,8 @@ void run_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl
     nchw_1x1_wgrad<T>(g, gy.data_ptr<T>(), x.data_ptr<T>(), gw.data_ptr<T>());
   else if (std::is_same<T, float>::value &&
            winograd_applies(g.N, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.G, g.C, g.OC, g.OH, g.OW))
-    winograd_wgrad<T>(x, gy, cl, g.C, g.OC, g.OH, g.OW, g.pt, g.pl, gw.data_ptr<T>());
+    winograd_wgrad<T>(x, gy, cl, g.G, g.Cg(), g.OCg(), g.OH, g.OW, g.dh, g.pt, g.pl,
+                      gw.data_ptr<T>());
   else
     conv_wgrad<T>(g, gy, x, cl, gw.data_ptr<T>());
 }
