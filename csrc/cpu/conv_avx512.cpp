@@ -63,14 +63,29 @@ inline void tile12_impl(const float* const* a, const int64_t* a_off, const float
       // r8-r15, rax, rdx and the registers that brought out (stashed in
       // xmm30 meanwhile) and the pointer array: with the step index and b,
       // 14 general registers, which operands alone could not get.
-      const float* ae[12];
-      for (int i = 0; i < 12; ++i) ae[i] = a[i] + a_off[t] + len;
-      const float* const* arr = ae;
+      // Steps four at a time with displacements (0, 4, 8, 12 bytes from each
+      // row pointer, 0-192 from b), the pointers advanced once per four
+      // steps: indexed addresses cost about 10 % in a loop of this shape
+      // (measured 140 against 150 GFLOP/s), the single steps of the tail
+      // (len % 4) stay as they were.
+      const float* ap[12];
+      for (int i = 0; i < 12; ++i) ap[i] = a[i] + a_off[t];
+      const float* const* arr = ap;
       float* op = out;
-      int64_t idx = -len;
+      int64_t n4 = len / 4;
+      const int64_t n1 = len % 4;
 #define CNNK_LD(I) "vmovups " #I "*64(%[op]), %%zmm" #I "\n\t"
 #define CNNK_ST(I) "vmovups %%zmm" #I ", " #I "*64(%[op])\n\t"
-#define CNNK_FMA(I, R) "vfmadd231ps (" R ",%[idx],4)%{1to16%}, %%zmm31, %%zmm" #I "\n\t"
+#define CNNK_F(I, R, D) "vfmadd231ps " #D "(" R ")%{1to16%}, %%zmm31, %%zmm" #I "\n\t"
+#define CNNK_STEP(D, BD)                                                               \
+  "vmovups " #BD "(%[bp]), %%zmm31\n\t"                                                 \
+  CNNK_F(0, "%%r8", D) CNNK_F(1, "%%r9", D) CNNK_F(2, "%%r10", D) CNNK_F(3, "%%r11", D) \
+  CNNK_F(4, "%%r12", D) CNNK_F(5, "%%r13", D) CNNK_F(6, "%%r14", D) CNNK_F(7, "%%r15", D) \
+  CNNK_F(8, "%%rax", D) CNNK_F(9, "%%rdx", D) CNNK_F(10, "%[op]", D) CNNK_F(11, "%[arr]", D)
+#define CNNK_ADV(B)                                                                       \
+  "add $" #B ", %%r8\n\tadd $" #B ", %%r9\n\tadd $" #B ", %%r10\n\tadd $" #B ", %%r11\n\t" \
+  "add $" #B ", %%r12\n\tadd $" #B ", %%r13\n\tadd $" #B ", %%r14\n\tadd $" #B ", %%r15\n\t" \
+  "add $" #B ", %%rax\n\tadd $" #B ", %%rdx\n\tadd $" #B ", %[op]\n\tadd $" #B ", %[arr]\n\t"
       asm volatile(
           CNNK_LD(0) CNNK_LD(1) CNNK_LD(2) CNNK_LD(3) CNNK_LD(4) CNNK_LD(5)
           CNNK_LD(6) CNNK_LD(7) CNNK_LD(8) CNNK_LD(9) CNNK_LD(10) CNNK_LD(11)
@@ -87,25 +102,38 @@ inline void tile12_impl(const float* const* a, const int64_t* a_off, const float
           "mov 72(%[arr]), %%rdx\n\t"
           "mov 80(%[arr]), %[op]\n\t"
           "mov 88(%[arr]), %[arr]\n\t"
+          "test %[n4], %[n4]\n\t"
+          "jz 2f\n\t"
           "1:\n\t"
-          "vmovups (%[bp]), %%zmm31\n\t"
-          "add $64, %[bp]\n\t"
-          CNNK_FMA(0, "%%r8") CNNK_FMA(1, "%%r9") CNNK_FMA(2, "%%r10") CNNK_FMA(3, "%%r11")
-          CNNK_FMA(4, "%%r12") CNNK_FMA(5, "%%r13") CNNK_FMA(6, "%%r14") CNNK_FMA(7, "%%r15")
-          CNNK_FMA(8, "%%rax") CNNK_FMA(9, "%%rdx") CNNK_FMA(10, "%[op]") CNNK_FMA(11, "%[arr]")
-          "inc %[idx]\n\t"
+          CNNK_STEP(0, 0) CNNK_STEP(4, 64) CNNK_STEP(8, 128) CNNK_STEP(12, 192)
+          "add $256, %[bp]\n\t"
+          CNNK_ADV(16)
+          "dec %[n4]\n\t"
           "jnz 1b\n\t"
+          "2:\n\t"
+          "mov %[n1], %[n4]\n\t"
+          "test %[n4], %[n4]\n\t"
+          "jz 4f\n\t"
+          "3:\n\t"
+          CNNK_STEP(0, 0)
+          "add $64, %[bp]\n\t"
+          CNNK_ADV(4)
+          "dec %[n4]\n\t"
+          "jnz 3b\n\t"
+          "4:\n\t"
           "vmovq %%xmm30, %[op]\n\t"
           CNNK_ST(0) CNNK_ST(1) CNNK_ST(2) CNNK_ST(3) CNNK_ST(4) CNNK_ST(5)
           CNNK_ST(6) CNNK_ST(7) CNNK_ST(8) CNNK_ST(9) CNNK_ST(10) CNNK_ST(11)
-          : [bp] "+r"(bp), [idx] "+r"(idx), [op] "+r"(op), [arr] "+r"(arr)
-          :
+          : [bp] "+r"(bp), [n4] "+r"(n4), [op] "+r"(op), [arr] "+r"(arr)
+          : [n1] "m"(n1)
           : "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rax", "rdx", "xmm0", "xmm1",
             "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
             "xmm30", "xmm31", "memory", "cc");
+#undef CNNK_F
+#undef CNNK_STEP
+#undef CNNK_ADV
 #undef CNNK_LD
 #undef CNNK_ST
-#undef CNNK_FMA
     } else {
       __m512 c[12];
       for (int i = 0; i < 12; ++i) c[i] = _mm512_loadu_ps(out + 16 * i);
