@@ -92,6 +92,14 @@ struct Kern {
     tile(a, ao, b, bo, nt, len, acs, ldb, out);
     tile(a + kMR, ao, b, bo, nt, len, acs, ldb, out + kMR * kNR);
   }
+  void tile12_add(const T* const* a, const int64_t* ao, const T* b, const int64_t* bo, int64_t nt,
+                  int64_t len, int64_t acs, int64_t ldb, T* out) const {
+    if constexpr (std::is_same<T, float>::value) {
+      if (avx512) return conv::avx512::tile12_add(a, ao, b, bo, nt, len, acs, ldb, out);
+    }
+    tile_add(a, ao, b, bo, nt, len, acs, ldb, out);
+    tile_add(a + kMR, ao, b, bo, nt, len, acs, ldb, out + kMR * kNR);
+  }
   void tile_add(const T* const* a, const int64_t* ao, const T* b, const int64_t* bo, int64_t nt,
                 int64_t len, int64_t acs, int64_t ldb, T* out) const {
     if constexpr (std::is_same<T, float>::value) {
@@ -1216,6 +1224,16 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
                 prefetch_line(xp.p + xo[k] + last);
               }
             }
+            if (K.avx512 && rb % 2 == 1) continue;  // ran with the block before
+            if (K.avx512 && rb + 1 < nrb) {
+              // two row blocks in one 12-row kernel (their tiles are adjacent in acc)
+              const T* ap12[2 * kMR];
+              for (int i = 0; i < 2 * kMR; ++i)
+                ap12[i] = Ap.data() + (rb + i / kMR) * kc * kMR + i % kMR;
+              K.tile12_add(ap12, &zero, Bp.data(), &zero, 1, n, kMR, kNR,
+                           acc.data() + ((ci - c_lo) * nrb + rb) * kMR * kNR);
+              continue;
+            }
             for (int i = 0; i < kMR; ++i) ap[i] = Ap.data() + rb * kc * kMR + i;
             K.tile_add(ap, &zero, Bp.data(), &zero, 1, n, kMR, kNR,
                        acc.data() + ((ci - c_lo) * nrb + rb) * kMR * kNR);
@@ -1917,7 +1935,7 @@ void nchw_gemm(int64_t M, int64_t K, int64_t N, int64_t HW, const T* A, int64_t 
       }
   at::parallel_for(0, N * npb, 1, [&](int64_t b, int64_t e) {
     std::vector<T> bp(kGemmBlocks * kc * kNR);
-    T out[kMR * kNR];
+    T out[2 * kMR * kNR];
     const T* a[kMR];
     const int64_t zero = 0, nsteps = kGemmBlocks * nrb;
     // Slice `step` of nsteps of the rows of the pack after (item, k0): this
@@ -1957,12 +1975,25 @@ void nchw_gemm(int64_t M, int64_t K, int64_t N, int64_t HW, const T* A, int64_t 
           for (int64_t rb = 0; rb < nrb; ++rb, ++step) {
             prefetch_pack(item, k0 + kc, step);
             for (int i = 0; i < kMR; ++i) a[i] = ap.data() + (rb * K + k0) * kMR + i;
-            Kn.tile(a, &zero, bp.data() + cb * kn * kNR, &zero, 1, kn, kMR, kNR, out);
+            // two row blocks at once on the AVX-512 path (the second's
+            // values at out + 96; its iteration only stores them)
+            const bool second = Kn.avx512 && rb % 2 == 1;
+            if (!second) {
+              if (Kn.avx512 && rb + 1 < nrb) {
+                const T* a12[2 * kMR];
+                for (int i = 0; i < 2 * kMR; ++i)
+                  a12[i] = ap.data() + ((rb + i / kMR) * K + k0) * kMR + i % kMR;
+                Kn.tile12(a12, &zero, bp.data() + cb * kn * kNR, &zero, 1, kn, kMR, kNR, out);
+              } else {
+                Kn.tile(a, &zero, bp.data() + cb * kn * kNR, &zero, 1, kn, kMR, kNR, out);
+              }
+            }
+            const T* ob = second ? out + kMR * kNR : out;
             const int64_t rows = std::min<int64_t>(kMR, M - rb * kMR);
             for (int64_t i = 0; i < rows; ++i) {
               const int64_t m = rb * kMR + i;
               T* dr = d + m * HW + c0;
-              const T* o = out + i * kNR;
+              const T* o = ob + i * kNR;
               if (k0 == 0) {
                 const T b0 = bias ? bias[m] : T(0);
                 for (int64_t j = 0; j < nc; ++j) dr[j] = o[j] + b0;

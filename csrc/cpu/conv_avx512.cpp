@@ -148,11 +148,84 @@ inline void tile12_impl(const float* const* a, const int64_t* a_off, const float
   }
 }
 
+// 12 rows from two packed 6-row panels (row i of panel q at pq + i, the
+// next step kMR values on: the weight gradient's and the 1x1 GEMM's packed
+// operand), ldb 16, one tap: out[12][16] += sum_k a[k] b[k]. Rows by
+// displacement from two pointers, four steps per loop turn.
+inline void panels12(const float* p0, const float* p1, const float* bp, int64_t len, float* out) {
+  int64_t n4 = len / 4;
+  const int64_t n1 = len % 4;
+#define CNNK_LD(I) "vmovups " #I "*64(%[op]), %%zmm" #I "\n\t"
+#define CNNK_ST(I) "vmovups %%zmm" #I ", " #I "*64(%[op])\n\t"
+#define CNNK_F(I, R, S, D) "vfmadd231ps " S #D "(%[" R "])%{1to16%}, %%zmm31, %%zmm" #I "\n\t"
+#define CNNK_STEP(S, BD)                                                                      \
+  "vmovups " #BD "(%[bp]), %%zmm31\n\t"                                                        \
+  CNNK_F(0, "p0", S, 0) CNNK_F(1, "p0", S, 4) CNNK_F(2, "p0", S, 8) CNNK_F(3, "p0", S, 12)     \
+  CNNK_F(4, "p0", S, 16) CNNK_F(5, "p0", S, 20) CNNK_F(6, "p1", S, 0) CNNK_F(7, "p1", S, 4)    \
+  CNNK_F(8, "p1", S, 8) CNNK_F(9, "p1", S, 12) CNNK_F(10, "p1", S, 16) CNNK_F(11, "p1", S, 20)
+  float* op = out;
+  asm volatile(
+      CNNK_LD(0) CNNK_LD(1) CNNK_LD(2) CNNK_LD(3) CNNK_LD(4) CNNK_LD(5)
+      CNNK_LD(6) CNNK_LD(7) CNNK_LD(8) CNNK_LD(9) CNNK_LD(10) CNNK_LD(11)
+      "test %[n4], %[n4]\n\t"
+      "jz 2f\n\t"
+      "1:\n\t"
+      CNNK_STEP("", 0) CNNK_STEP("24+", 64) CNNK_STEP("48+", 128) CNNK_STEP("72+", 192)
+      "add $256, %[bp]\n\t"
+      "add $96, %[p0]\n\t"
+      "add $96, %[p1]\n\t"
+      "dec %[n4]\n\t"
+      "jnz 1b\n\t"
+      "2:\n\t"
+      "mov %[n1], %[n4]\n\t"
+      "test %[n4], %[n4]\n\t"
+      "jz 4f\n\t"
+      "3:\n\t"
+      CNNK_STEP("", 0)
+      "add $64, %[bp]\n\t"
+      "add $24, %[p0]\n\t"
+      "add $24, %[p1]\n\t"
+      "dec %[n4]\n\t"
+      "jnz 3b\n\t"
+      "4:\n\t"
+      CNNK_ST(0) CNNK_ST(1) CNNK_ST(2) CNNK_ST(3) CNNK_ST(4) CNNK_ST(5)
+      CNNK_ST(6) CNNK_ST(7) CNNK_ST(8) CNNK_ST(9) CNNK_ST(10) CNNK_ST(11)
+      : [bp] "+r"(bp), [n4] "+r"(n4), [p0] "+r"(p0), [p1] "+r"(p1)
+      : [op] "r"(op), [n1] "m"(n1)
+      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm31", "memory", "cc");
+#undef CNNK_LD
+#undef CNNK_ST
+#undef CNNK_F
+#undef CNNK_STEP
+}
+
+// Whether rows a[0..5] and a[6..11] are two packed panels (see panels12).
+inline bool two_panels(const float* const* a, int64_t a_cs, int64_t ldb, int64_t ntaps) {
+  if (a_cs != 6 || ldb != 16 || ntaps != 1) return false;
+  for (int i = 1; i < 6; ++i)
+    if (a[i] != a[0] + i || a[6 + i] != a[6] + i) return false;
+  return true;
+}
+
 }  // namespace
 
 void tile12(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
             int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out) {
+  if (two_panels(a, a_cs, ldb, ntaps)) {
+    for (int i = 0; i < 12; ++i) _mm512_storeu_ps(out + 16 * i, _mm512_setzero_ps());
+    return panels12(a[0] + a_off[0], a[6] + a_off[0], b + b_off[0], len, out);
+  }
   tile12_impl(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
+}
+
+void tile12_add(const float* const* a, const int64_t* a_off, const float* b,
+                const int64_t* b_off, int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb,
+                float* out) {
+  if (two_panels(a, a_cs, ldb, ntaps))
+    return panels12(a[0] + a_off[0], a[6] + a_off[0], b + b_off[0], len, out);
+  tile_impl<true>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
+  tile_impl<true>(a + 6, a_off, b, b_off, ntaps, len, a_cs, ldb, out + 96);
 }
 
 void tile(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,

@@ -94,6 +94,10 @@ void tile_add(const float* const* a, const int64_t* a_off, const float* b, const
 // from a[0..5], then rows 6-11 from a[6..11]), bit for bit two calls of tile
 void tile12(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
             int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb, float* out);
+// ... added to out (bit for bit two calls of tile_add)
+void tile12_add(const float* const* a, const int64_t* a_off, const float* b,
+                const int64_t* b_off, int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb,
+                float* out);
 }  // namespace avx512
 
 }  // namespace conv
