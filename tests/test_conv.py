@@ -802,7 +802,7 @@ WINOGRAD_CASES = [
     ((4, 16, 26, 26), 20, 1, True, 1, 1),   # weight gradient: 2 tile chunks x 2 position groups
     ((8, 17, 30, 31), 18, 1, False, 1, 1),  # 4 tile chunks
     ((4, 64, 21, 23), 64, 1, True, 1, 4),   # groups (16 channels each)
-    ((3, 32, 25, 22), 48, 3, True, 3, 2),   # dilation 3 (9 phases, of 9 and 8 rows), groups
+    ((3, 32, 25, 26), 48, 3, True, 3, 2),   # dilation 3 (9 phases, of 9 and 8 rows), groups
     ((2, 32, 30, 31), 32, 2, False, 2, 1),  # dilation 2, odd width
 ]
 

@@ -430,12 +430,21 @@ void run_pixel_groups(const Kern<T>& K, int64_t N, int64_t G, const std::vector<
   // there would be under 8 items per thread). Runs cut at tiles, not at
   // items: AlexNet's 12x12 layers have 24 items of 16 tiles, and cut at
   // items the two threads' shares could differ by one.
+  // Few tiles and many column blocks (512-channel layers at 7x7: 65 tiles
+  // of 32 blocks, each block's weight panel 295 KB): the threads split the
+  // column blocks instead (CS column ranges), each running every tile
+  // against its own panels, which it then reads from L3 once per item of 16
+  // tiles instead of once per item of 4 (8x512x7x7 forward on two threads
+  // 10.9 -> 8.4 ms). Each output is still one tile's: the cut does not
+  // change results.
   const int64_t nthreads = at::get_num_threads(), total = G * ntl;
-  const int64_t tpi = std::max<int64_t>(1, std::min<int64_t>(kTilesPerItem, total / (8 * nthreads)));
+  const int64_t CS = (ncb >= 2 * nthreads && total < 64 * nthreads) ? nthreads : 1;
+  const int64_t nthr_t = std::max<int64_t>(1, nthreads / CS);
+  const int64_t tpi = std::max<int64_t>(1, std::min<int64_t>(kTilesPerItem, total / (8 * nthr_t)));
   auto tiles_cost_before = [&](int64_t t) {  // of tiles [0, t) of the G * ntl
     return (t / ntl) * gcum[ng] + cost_before(t % ntl);
   };
-  const int64_t nth = std::max<int64_t>(1, std::min<int64_t>(nthreads, ceil_div(total, tpi)));
+  const int64_t nth = std::max<int64_t>(1, std::min<int64_t>(nthr_t, ceil_div(total, tpi)));
   std::vector<int64_t> cut(nth + 1, total);
   for (int64_t k = 0; k < nth; ++k) {  // first tile whose cost before reaches k / nth
     int64_t lo = 0, hi = total;
@@ -446,7 +455,10 @@ void run_pixel_groups(const Kern<T>& K, int64_t N, int64_t G, const std::vector<
     }
     cut[k] = lo;
   }
-  at::parallel_for(0, nth, 1, [&](int64_t kb, int64_t ke) {
+  at::parallel_for(0, nth * CS, 1, [&](int64_t wb, int64_t we) {
+   for (int64_t w = wb; w < we; ++w) {
+    const int64_t kb = w % nth, ke = kb + 1, cs = w / nth;
+    const int64_t cb_lo = ncb * cs / CS, cb_hi = ncb * (cs + 1) / CS;
     T out[2 * kMR * kNR];
     const T* ap[kTilesPerItem][kMR];
     int64_t po[kTilesPerItem][kMR];
@@ -481,7 +493,7 @@ void run_pixel_groups(const Kern<T>& K, int64_t N, int64_t G, const std::vector<
           if (++ri == R) ri = 0, ++n;
         }
       }
-      for (int64_t cb = 0; cb < ncb; ++cb) {
+      for (int64_t cb = cb_lo; cb < cb_hi; ++cb) {
         const T* bw = wp + (grp * ncb + cb) * blk;
         for (int64_t j = 0; j < t1 - t0; ++j) {
           const PixelGroup& pg = groups[tg[j]];
@@ -505,6 +517,7 @@ void run_pixel_groups(const Kern<T>& K, int64_t N, int64_t G, const std::vector<
         }
       }
     }
+   }
   });
 }
 
@@ -625,22 +638,27 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
 // subtract inputs before the products): measured against float64, the same
 // order of error as the direct sum (tests/test_conv.py).
 //
-// Where it applies: at least 16 channels on both sides (shorter reductions
-// leave the GEMMs to the transforms), 4x4 outputs or more, and at least 256
-// tiles in the batch: every work item streams the whole of U (16 x Cin x Cout
-// values), which on two threads made 512-channel layers with 128 tiles
-// (7x7 at batch 8, 4x4 at batch 32) 1.3-1.5x slower than the direct
-// convolution, while 256 tiles of 128 channels (8x8 at batch 16) were within
-// 5 % of it. The choice depends on the shapes only (not on the thread count):
-// results are the same whatever the number of threads.
+// Where it applies: at least 16 channels per group on both sides (shorter
+// reductions leave the GEMMs to the transforms), outputs of 8x8 or more per
+// dilation phase, and at least 128 tiles in the batch. On small images the
+// direct convolution skips the taps that read padding (31 % of them at 4x4,
+// 18 % at 7x7) while the tiles compute theirs, and a last tile can hang
+// past the image: multiply-adds per output, direct over Winograd, are 1.56
+// at 4x4, 1.78 at 6x6, 1.41 at 7x7, 1.89 at 8x8, 2.04 at 14x14. Measured
+// (forward + both gradients, two threads, AVX-512), direct -> Winograd:
+// 32x512x4x4 37.4 -> 50.9 ms, 8x512x7x7 39.2 -> 51.5, 64x256x4x4 18.4 ->
+// 19.0, 16x128x6x6 3.5 -> 3.7, but 16x128x8x8 5.1 -> 4.9, 32x512x8x8 130 ->
+// 119, 8x512x14x14 106 -> 99, 32x256x8x8 33.8 -> 29.0. The choice depends on
+// the shapes only (not on the thread count): results are the same whatever
+// the number of threads.
 bool winograd_applies(int64_t N, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh,
                       int64_t dw, int64_t G, int64_t Cin, int64_t Cout, int64_t OH, int64_t OW) {
   // (dilation d: the outputs of each of the d x d phases form a plain 3x3
   // convolution over the inputs of that phase; Cin / Cout per group)
   const int64_t d = dh;
   return use_winograd() && KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == dw && d >= 1 &&
-         d <= 4 && Cin / G >= 16 && Cout / G >= 16 && OH >= 4 * d && OW >= 4 * d &&
-         N * G * ceil_div(OH, 2) * ceil_div(OW, 2) >= 256;
+         d <= 4 && Cin / G >= 16 && Cout / G >= 16 && OH >= 8 * d && OW >= 8 * d &&
+         N * G * ceil_div(OH, 2) * ceil_div(OW, 2) >= 128;
 }
 
 // The tiles of one call: for image n, phase (a, b) of the d x d dilation
@@ -719,8 +737,8 @@ void winograd_group(const Kern<T>& K, const Nhwc<T>& xp, const WinoTiles& tl, in
   // one set of L1). The cut does not change any result (each output is one
   // tile's; the GEMM rows are independent).
   const int64_t OCp = ncb * kNR, nth = at::get_num_threads();
-  const int64_t TB = std::min<int64_t>(
-      96, std::max<int64_t>(kMR, ceil_div(ceil_div(NT, 4 * nth), kMR) * kMR));
+  const int64_t per_thread = ceil_div(NT, 96 * nth);
+  const int64_t TB = std::max<int64_t>(kMR, ceil_div(ceil_div(NT, per_thread * nth), kMR) * kMR);
   const int64_t vs = TB * Cin + 16, ms = ncb * TB * kNR + 16;
   const int64_t nitems = ceil_div(NT, TB);
   const int64_t xsR = d * xp.sR, xsC = d * xp.sC;
