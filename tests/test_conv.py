@@ -909,3 +909,21 @@ def test_avx512_tile_pairs_match_single_tiles():
                                    rtol=1e-4, atol=1e-4)
     finally:
         cnnkernels.set_cpu_isa(old)
+
+
+@pytest.mark.parametrize("case", [
+    ((2, 32, 30, 30), 40, 7, 3, 2, 1),   # 49 unmerged taps: more than one chunk of 32
+    ((2, 32, 26, 26), 48, 11, 5, 1, 2),  # 11 merged taps of 176 steps, groups
+    ((2, 8, 40, 40), 16, 9, 4, 1, 1),    # 9 taps of 72 steps
+])
+def test_many_taps_cpu(cpu_isa, case):
+    """Layers with many kernel taps per tile (the AVX-512 12-row kernel keeps
+    its sums in registers across up to 32 taps at a time), all three
+    gradients against torch in float64."""
+    shape, oc, k, p, d, groups = case
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(shape, generator=gen)
+    w = torch.randn(oc, shape[1] // groups, k, k, generator=gen) / (k * (shape[1] // groups) ** 0.5)
+    _run(lambda x, w: CF.conv2d(x, w, None, 1, p, d, groups),
+         lambda x, w: F.conv2d(x, w, None, 1, p, d, groups), [x, w], "cpu", torch.float32,
+         "contiguous")
