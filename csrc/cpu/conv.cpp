@@ -727,8 +727,9 @@ void winograd_group(const Kern<T>& K, const Nhwc<T>& xp, const WinoTiles& tl, in
   std::vector<T> bpad(ncb * kNR, T(0));
   if (bias != nullptr) std::copy(bias, bias + Cout, bpad.begin());
 
-  // Tiles per work item: 96 (fewer when there would be under 4 items per
-  // thread). Measured on one thread at batch 8 (64ch 56x56, 128ch 28x28,
+  // Tiles per work item: up to 96, the items an equal number per thread
+  // (every item streams all of U: few large items beat many small ones on
+  // 512-channel layers). Measured on one thread at batch 8 (64ch 56x56, 128ch 28x28,
   // 256ch 14x14 forwards): 24 tiles 11.3 / 10.5 / 13.1 ms, 48 10.7 / 9.9 /
   // 12.8, 96 10.6 / 10.0 / 12.3 (V and M of an item then live in L2 and L3;
   // the U panel of each (xi, column block) is reused by 8 pairs of 6-tile
