@@ -21,6 +21,17 @@ namespace conv {
 namespace avx512 {
 namespace {
 
+// The 12 accumulators of the assembly loops below (zmm0-11) from and to the
+// 12 x 16 values at %[op].
+#define CNNK_LD(I) "vmovups " #I "*64(%[op]), %%zmm" #I "\n\t"
+#define CNNK_ST(I) "vmovups %%zmm" #I ", " #I "*64(%[op])\n\t"
+#define CNNK_LOAD12                                                              \
+  CNNK_LD(0) CNNK_LD(1) CNNK_LD(2) CNNK_LD(3) CNNK_LD(4) CNNK_LD(5) CNNK_LD(6)   \
+  CNNK_LD(7) CNNK_LD(8) CNNK_LD(9) CNNK_LD(10) CNNK_LD(11)
+#define CNNK_STORE12                                                             \
+  CNNK_ST(0) CNNK_ST(1) CNNK_ST(2) CNNK_ST(3) CNNK_ST(4) CNNK_ST(5) CNNK_ST(6)   \
+  CNNK_ST(7) CNNK_ST(8) CNNK_ST(9) CNNK_ST(10) CNNK_ST(11)
+
 template <bool Add>
 inline void tile_impl(const float* const* a, const int64_t* a_off, const float* b,
                       const int64_t* b_off, int64_t ntaps, int64_t len, int64_t a_cs,
@@ -89,8 +100,6 @@ inline void tile12_impl(const float* const* a, const int64_t* a_off, const float
       float* op = out;
       const float* bp = nullptr;
       int64_t n4 = 0;
-#define CNNK_LD(I) "vmovups " #I "*64(%[op]), %%zmm" #I "\n\t"
-#define CNNK_ST(I) "vmovups %%zmm" #I ", " #I "*64(%[op])\n\t"
 #define CNNK_F(I, R, D) "vfmadd231ps " #D "(" R ")%{1to16%}, %%zmm31, %%zmm" #I "\n\t"
 #define CNNK_STEP(D, BD)                                                               \
   "vmovups " #BD "(%[bp]), %%zmm31\n\t"                                                 \
@@ -102,8 +111,7 @@ inline void tile12_impl(const float* const* a, const int64_t* a_off, const float
   "add $" #B ", %%r12\n\tadd $" #B ", %%r13\n\tadd $" #B ", %%r14\n\tadd $" #B ", %%r15\n\t" \
   "add $" #B ", %%rax\n\tadd $" #B ", %%rdx\n\tadd $" #B ", %[op]\n\tadd $" #B ", %[arr]\n\t"
       asm volatile(
-          CNNK_LD(0) CNNK_LD(1) CNNK_LD(2) CNNK_LD(3) CNNK_LD(4) CNNK_LD(5)
-          CNNK_LD(6) CNNK_LD(7) CNNK_LD(8) CNNK_LD(9) CNNK_LD(10) CNNK_LD(11)
+          CNNK_LOAD12
           "vmovq %[op], %%xmm30\n\t"
           "vmovq %[arr], %%xmm29\n\t"
           "vmovq %[end], %%xmm28\n\t"
@@ -149,8 +157,7 @@ inline void tile12_impl(const float* const* a, const int64_t* a_off, const float
           "cmp %[bp], %[arr]\n\t"
           "jb 5b\n\t"
           "vmovq %%xmm30, %[op]\n\t"
-          CNNK_ST(0) CNNK_ST(1) CNNK_ST(2) CNNK_ST(3) CNNK_ST(4) CNNK_ST(5)
-          CNNK_ST(6) CNNK_ST(7) CNNK_ST(8) CNNK_ST(9) CNNK_ST(10) CNNK_ST(11)
+          CNNK_STORE12
           : [bp] "+r"(bp), [n4] "+r"(n4), [op] "+r"(op), [arr] "+r"(arr)
           : [end] "m"(end)
           : "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rax", "rdx", "xmm0", "xmm1",
@@ -159,8 +166,6 @@ inline void tile12_impl(const float* const* a, const int64_t* a_off, const float
 #undef CNNK_F
 #undef CNNK_STEP
 #undef CNNK_ADV
-#undef CNNK_LD
-#undef CNNK_ST
     }
     return;
   }
@@ -185,8 +190,6 @@ inline void tile12_impl(const float* const* a, const int64_t* a_off, const float
 inline void panels12(const float* p0, const float* p1, const float* bp, int64_t len, float* out) {
   int64_t n4 = len / 4;
   const int64_t n1 = len % 4;
-#define CNNK_LD(I) "vmovups " #I "*64(%[op]), %%zmm" #I "\n\t"
-#define CNNK_ST(I) "vmovups %%zmm" #I ", " #I "*64(%[op])\n\t"
 #define CNNK_F(I, R, S, D) "vfmadd231ps " S #D "(%[" R "])%{1to16%}, %%zmm31, %%zmm" #I "\n\t"
 #define CNNK_STEP(S, BD)                                                                      \
   "vmovups " #BD "(%[bp]), %%zmm31\n\t"                                                        \
@@ -195,8 +198,7 @@ inline void panels12(const float* p0, const float* p1, const float* bp, int64_t 
   CNNK_F(8, "p1", S, 8) CNNK_F(9, "p1", S, 12) CNNK_F(10, "p1", S, 16) CNNK_F(11, "p1", S, 20)
   float* op = out;
   asm volatile(
-      CNNK_LD(0) CNNK_LD(1) CNNK_LD(2) CNNK_LD(3) CNNK_LD(4) CNNK_LD(5)
-      CNNK_LD(6) CNNK_LD(7) CNNK_LD(8) CNNK_LD(9) CNNK_LD(10) CNNK_LD(11)
+      CNNK_LOAD12
       "test %[n4], %[n4]\n\t"
       "jz 2f\n\t"
       "1:\n\t"
@@ -218,14 +220,11 @@ inline void panels12(const float* p0, const float* p1, const float* bp, int64_t 
       "dec %[n4]\n\t"
       "jnz 3b\n\t"
       "4:\n\t"
-      CNNK_ST(0) CNNK_ST(1) CNNK_ST(2) CNNK_ST(3) CNNK_ST(4) CNNK_ST(5)
-      CNNK_ST(6) CNNK_ST(7) CNNK_ST(8) CNNK_ST(9) CNNK_ST(10) CNNK_ST(11)
+      CNNK_STORE12
       : [bp] "+r"(bp), [n4] "+r"(n4), [p0] "+r"(p0), [p1] "+r"(p1)
       : [op] "r"(op), [n1] "m"(n1)
       : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
         "xmm11", "xmm31", "memory", "cc");
-#undef CNNK_LD
-#undef CNNK_ST
 #undef CNNK_F
 #undef CNNK_STEP
 }
@@ -237,6 +236,11 @@ inline bool two_panels(const float* const* a, int64_t a_cs, int64_t ldb, int64_t
     if (a[i] != a[0] + i || a[6 + i] != a[6] + i) return false;
   return true;
 }
+
+#undef CNNK_LD
+#undef CNNK_ST
+#undef CNNK_LOAD12
+#undef CNNK_STORE12
 
 }  // namespace
 
