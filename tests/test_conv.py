@@ -911,6 +911,59 @@ def test_avx512_tile_pairs_match_single_tiles():
         cnnkernels.set_cpu_isa(old)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_avx512_wide_tiles_match_narrow(layout):
+    """The AVX-512 forward and data gradient run each 6-pixel tile against 2-4
+    column blocks of 16 channels at once (cnnkernels._C._set_wide_tile_blocks);
+    every block count must give the bits of the one-block kernels, on layers
+    whose channel counts leave 1-3 blocks over (80 = 4 + 1 blocks, 40 = 2.5),
+    with bias, through conv2d (forward and input gradient) and
+    conv_transpose2d with stride 2, and match torch in float64."""
+    import cnnkernels
+    if not cnnkernels._C._avx512_available():
+        pytest.skip("needs AVX-512F")
+    old_isa, old_wide = cnnkernels.cpu_isa(), cnnkernels._C._wide_tile_blocks()
+    old_wino = cnnkernels._C._winograd()
+    mf = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    gen = torch.Generator().manual_seed(11)
+    cases = [
+        (lambda x, w, b: CF.conv2d(x, w, b, 2, 3), lambda x, w, b: F.conv2d(x, w, b, 2, 3),
+         (3, 5, 23, 21), (80, 5, 7, 7), 80),
+        (lambda x, w, b: CF.conv2d(x, w, b, 1, 1), lambda x, w, b: F.conv2d(x, w, b, 1, 1),
+         (2, 40, 9, 11), (40, 40, 3, 3), 40),
+        (lambda x, w, b: CF.conv_transpose2d(x, w, b, 2, 1, 1),
+         lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1, 1), (2, 48, 7, 8), (48, 56, 3, 3), 56),
+    ]
+    try:
+        cnnkernels.set_cpu_isa("avx512")
+        cnnkernels._C._set_winograd(False)
+        for ours, ref, xs, ws, nb in cases:
+            x = torch.randn(xs, generator=gen).to(memory_format=mf)
+            w = torch.randn(ws, generator=gen) / (ws[1] * ws[2] * ws[3]) ** 0.5
+            b = torch.randn(nb, generator=gen)
+            gy = None
+            results = []
+            for wide in (1, 2, 3, 4):
+                cnnkernels._C._set_wide_tile_blocks(wide)
+                xx = x.detach().clone().requires_grad_()
+                y = ours(xx, w, b)
+                if gy is None:
+                    gy = torch.randn(y.shape, generator=gen).to(memory_format=mf)
+                y.backward(gy)
+                results.append((y.detach(), xx.grad))
+            for y, gx in results[1:]:
+                assert torch.equal(y, results[0][0]) and torch.equal(gx, results[0][1])
+            xd = x.double().requires_grad_()
+            yd = ref(xd, w.double(), b.double())
+            yd.backward(gy.double())
+            torch.testing.assert_close(results[0][0].double(), yd, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(results[0][1].double(), xd.grad, rtol=1e-4, atol=1e-4)
+    finally:
+        cnnkernels.set_cpu_isa(old_isa)
+        cnnkernels._C._set_wide_tile_blocks(old_wide)
+        cnnkernels._C._set_winograd(old_wino)
+
+
 @pytest.mark.parametrize("case", [
     ((2, 32, 30, 30), 40, 7, 3, 2, 1),   # 49 unmerged taps: more than one chunk of 32
     ((2, 32, 26, 26), 48, 11, 5, 1, 2),  # 11 merged taps of 176 steps, groups

@@ -100,6 +100,16 @@ struct Kern {
     tile_add(a, ao, b, bo, nt, len, acs, ldb, out);
     tile_add(a + kMR, ao, b, bo, nt, len, acs, ldb, out + kMR * kNR);
   }
+  // AVX-512 float32 only: one 6-row tile against nb blocks of 16 columns,
+  // blk values apart (a_cs 1, ldb 16), out[nb][6][16]
+  int wide = avx512 ? wide_tile_blocks() : 1;
+  void tile_wide(const T* const* a, const int64_t* ao, const T* b, const int64_t* bo, int64_t nt,
+                 int64_t len, int64_t blk, int nb, T* out) const {
+    if constexpr (std::is_same<T, float>::value) {
+      if (avx512) return conv::avx512::tile_wide(a, ao, b, bo, nt, len, blk, nb, out);
+    }
+    for (int q = 0; q < nb; ++q) tile(a, ao, b + q * blk, bo, nt, len, 1, kNR, out + q * kMR * kNR);
+  }
   void tile_add(const T* const* a, const int64_t* ao, const T* b, const int64_t* bo, int64_t nt,
                 int64_t len, int64_t acs, int64_t ldb, T* out) const {
     if constexpr (std::is_same<T, float>::value) {
@@ -318,7 +328,32 @@ template <typename T>
 struct PixelLayout {
   const T* a0;
   int64_t a_sN, a_sG, o_sN, o_sG;
+  const T* y;   // the output (prefetched for writing before each tile)
+  int64_t ocs;  // its channel stride (1: channels_last)
 };
+
+// Asks for the cache lines of a channels_last tile's outputs (pixels
+// po[0..rows), the channels [c0, c0 + nc) of every one) in the state for
+// writing, before the tile's reduction runs: its stores then find them in L1
+// instead of filling the store buffer with misses (2-8 % on most
+// channels_last layers of the benchmark in interleaved runs; for NCHW
+// outputs, two lines per channel, it gained nothing).
+inline void prefetch_write(const void* p) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  asm volatile("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 1, 3);
+#endif
+}
+template <typename T>
+void prefetch_tile_out(const PixelLayout<T>& L, int64_t c0, int64_t nc, int64_t rows,
+                       const int64_t* po) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const char* a = reinterpret_cast<const char*>(L.y + po[i] + c0);
+    const char* e = reinterpret_cast<const char*>(L.y + po[i] + c0 + nc);
+    for (a -= reinterpret_cast<uintptr_t>(a) & 63; a < e; a += 64) prefetch_write(a);
+  }
+}
 
 // Whether to group columns too, for a reduction of `len` steps per pixel.
 // Row groups are runs of whole rows; a column group's tile holds pixels of
@@ -358,6 +393,11 @@ template <typename T>
 inline void store_tile(T* __restrict dst, int64_t cs, int64_t ncols, int64_t rows,
                        const int64_t* __restrict off, const T* __restrict bv,
                        const T* __restrict v) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (cs != 1 && rows == kMR && off[5] == off[0] + 5 && off[4] == off[0] + 4 &&
+        off[3] == off[0] + 3 && off[2] == off[0] + 2 && off[1] == off[0] + 1 && use_avx512())
+      return conv::avx512::store_cols6(v, bv, dst + off[0], cs, ncols);
+  }
   if (cs == 1) {
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t j = 0; j < ncols; ++j) dst[off[i] + j] = v[i * kNR + j] + bv[j];
@@ -459,7 +499,7 @@ void run_pixel_groups(const Kern<T>& K, int64_t N, int64_t G, const std::vector<
    for (int64_t w = wb; w < we; ++w) {
     const int64_t kb = w % nth, ke = kb + 1, cs = w / nth;
     const int64_t cb_lo = ncb * cs / CS, cb_hi = ncb * (cs + 1) / CS;
-    T out[2 * kMR * kNR];
+    T out[2 * kMR * kNR], outw[4 * kMR * kNR];
     const T* ap[kTilesPerItem][kMR];
     int64_t po[kTilesPerItem][kMR];
     int64_t tg[kTilesPerItem], trows[kTilesPerItem];
@@ -493,8 +533,23 @@ void run_pixel_groups(const Kern<T>& K, int64_t N, int64_t G, const std::vector<
           if (++ri == R) ri = 0, ++n;
         }
       }
-      for (int64_t cb = cb_lo; cb < cb_hi; ++cb) {
+      for (int64_t cb = cb_lo, nbw = 1; cb < cb_hi; cb += nbw) {
         const T* bw = wp + (grp * ncb + cb) * blk;
+        nbw = std::min<int64_t>(K.wide, cb_hi - cb);
+        if (nbw >= 2) {  // each tile against nbw column blocks at once
+          for (int64_t j = 0; j < t1 - t0; ++j) {
+            const PixelGroup& pg = groups[tg[j]];
+            const int64_t ntaps = (int64_t)pg.a_off.size();
+            if (L.ocs == 1) prefetch_tile_out(L, cb * kNR, nbw * kNR, trows[j], po[j]);
+            if (ntaps > 0)
+              K.tile_wide(ap[j], pg.a_off.data(), bw, pg.b_off.data(), ntaps, pg.len, blk, (int)nbw,
+                          outw);
+            else
+              std::fill(outw, outw + nbw * kMR * kNR, T(0));
+            for (int q = 0; q < nbw; ++q) store(grp, cb + q, trows[j], po[j], outw + q * kMR * kNR);
+          }
+          continue;
+        }
         for (int64_t j = 0; j < t1 - t0; ++j) {
           const PixelGroup& pg = groups[tg[j]];
           const int64_t ntaps = (int64_t)pg.a_off.size();
@@ -605,7 +660,7 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
   const std::vector<T> bpad = padded_bias(bias, g.G, OCg, ncb);
   run_pixel_groups<T>(
       K, g.N, g.G, groups, ncb, wp.data(), blk,
-      PixelLayout<T>{xp.p, xp.sN, xp.sG, g.OC * P, cl ? OCg : OCg * P},
+      PixelLayout<T>{xp.p, xp.sN, xp.sG, g.OC * P, cl ? OCg : OCg * P, y, cl ? 1 : P},
       [&](int64_t grp, int64_t cb, int64_t rows, const int64_t* off, const T* v) {
         const int64_t ncols = std::min<int64_t>(kNR, OCg - cb * kNR), cs = cl ? 1 : P;
         store_tile(y + cb * kNR * cs, cs, ncols, rows, off, bpad.data() + (grp * ncb + cb) * kNR, v);
@@ -1046,7 +1101,8 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
   const std::vector<T> bpad = padded_bias(bias, g.G, Cg, ncb);
   run_pixel_groups<T>(
       K, g.N, g.G, groups, ncb, wp.data(), blk,
-      PixelLayout<T>{gp.p, gp.sN, gp.sG, g.C * g.H * g.W, cl ? Cg : Cg * g.H * g.W},
+      PixelLayout<T>{gp.p, gp.sN, gp.sG, g.C * g.H * g.W, cl ? Cg : Cg * g.H * g.W, gx,
+                     cl ? 1 : g.H * g.W},
       [&](int64_t grp, int64_t cb, int64_t rows, const int64_t* off, const T* v) {
         const int64_t ncols = std::min<int64_t>(kNR, Cg - cb * kNR), cs = cl ? 1 : g.H * g.W;
         store_tile(gx + cb * kNR * cs, cs, ncols, rows, off, bpad.data() + (grp * ncb + cb) * kNR, v);

@@ -229,6 +229,39 @@ inline void panels12(const float* p0, const float* p1, const float* bp, int64_t 
 #undef CNNK_STEP
 }
 
+// 6 rows x NB blocks, the accumulators in registers across all taps; each
+// element one FMA chain in step order (the bits of tile_impl).
+template <int NB>
+inline void tile_wide_impl(const float* const* a, const int64_t* a_off, const float* b,
+                           const int64_t* b_off, int64_t ntaps, int64_t len, int64_t blk,
+                           float* out) {
+  __m512 c[NB][6];
+  for (int q = 0; q < NB; ++q)
+    for (int i = 0; i < 6; ++i) c[q][i] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const float* a0 = a[0] + a_off[t];
+    const float* a1 = a[1] + a_off[t];
+    const float* a2 = a[2] + a_off[t];
+    const float* a3 = a[3] + a_off[t];
+    const float* a4 = a[4] + a_off[t];
+    const float* a5 = a[5] + a_off[t];
+    const float* bp = b + b_off[t];
+    for (int64_t k = 0; k < len; ++k, bp += 16) {
+      __m512 bv[NB];
+      for (int q = 0; q < NB; ++q) bv[q] = _mm512_loadu_ps(bp + q * blk);
+#define CNNK_ROW(I)                                                          \
+  {                                                                          \
+    const __m512 av = _mm512_set1_ps(a##I[k]);                               \
+    for (int q = 0; q < NB; ++q) c[q][I] = _mm512_fmadd_ps(av, bv[q], c[q][I]); \
+  }
+      CNNK_ROW(0) CNNK_ROW(1) CNNK_ROW(2) CNNK_ROW(3) CNNK_ROW(4) CNNK_ROW(5)
+#undef CNNK_ROW
+    }
+  }
+  for (int q = 0; q < NB; ++q)
+    for (int i = 0; i < 6; ++i) _mm512_storeu_ps(out + 96 * q + 16 * i, c[q][i]);
+}
+
 // Whether rows a[0..5] and a[6..11] are two packed panels (see panels12).
 inline bool two_panels(const float* const* a, int64_t a_cs, int64_t ldb, int64_t ntaps) {
   if (a_cs != 6 || ldb != 16 || ntaps != 1) return false;
@@ -260,6 +293,42 @@ void tile12_add(const float* const* a, const int64_t* a_off, const float* b,
     return panels12(a[0] + a_off[0], a[6] + a_off[0], b + b_off[0], len, out);
   tile_impl<true>(a, a_off, b, b_off, ntaps, len, a_cs, ldb, out);
   tile_impl<true>(a + 6, a_off, b, b_off, ntaps, len, a_cs, ldb, out + 96);
+}
+
+void store_cols6(const float* v, const float* bv, float* dst, int64_t cs, int64_t ncols) {
+  const __m512 b = _mm512_loadu_ps(bv);
+  const __m512 r0 = _mm512_add_ps(_mm512_loadu_ps(v), b);
+  const __m512 r1 = _mm512_add_ps(_mm512_loadu_ps(v + 16), b);
+  const __m512 r2 = _mm512_add_ps(_mm512_loadu_ps(v + 32), b);
+  const __m512 r3 = _mm512_add_ps(_mm512_loadu_ps(v + 48), b);
+  const __m512 r4 = _mm512_add_ps(_mm512_loadu_ps(v + 64), b);
+  const __m512 r5 = _mm512_add_ps(_mm512_loadu_ps(v + 80), b);
+  // per 128-bit lane L (columns 4L .. 4L + 3): u[k] holds rows 0-3 of
+  // column 4L + k, w[k] rows 4-5 in its low half
+  const __m512 t0 = _mm512_unpacklo_ps(r0, r1), t1 = _mm512_unpackhi_ps(r0, r1);
+  const __m512 t2 = _mm512_unpacklo_ps(r2, r3), t3 = _mm512_unpackhi_ps(r2, r3);
+  const __m512 t4 = _mm512_unpacklo_ps(r4, r5), t5 = _mm512_unpackhi_ps(r4, r5);
+  const __m512 u[4] = {_mm512_shuffle_ps(t0, t2, 0x44), _mm512_shuffle_ps(t0, t2, 0xEE),
+                       _mm512_shuffle_ps(t1, t3, 0x44), _mm512_shuffle_ps(t1, t3, 0xEE)};
+  const __m512 w[4] = {t4, _mm512_shuffle_ps(t4, t4, 0xEE), t5, _mm512_shuffle_ps(t5, t5, 0xEE)};
+  alignas(64) float uu[4][16], ww[4][16];
+  for (int k = 0; k < 4; ++k) _mm512_store_ps(uu[k], u[k]), _mm512_store_ps(ww[k], w[k]);
+  for (int64_t j = 0; j < ncols; ++j) {
+    const int L = (int)(j >> 2), k = (int)(j & 3);
+    float* d = dst + j * cs;
+    _mm_storeu_ps(d, _mm_load_ps(uu[k] + 4 * L));
+    _mm_storel_pi(reinterpret_cast<__m64*>(d + 4), _mm_load_ps(ww[k] + 4 * L));
+  }
+}
+
+void tile_wide(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
+               int64_t ntaps, int64_t len, int64_t blk, int nb, float* out) {
+  switch (nb) {
+    case 2: return tile_wide_impl<2>(a, a_off, b, b_off, ntaps, len, blk, out);
+    case 3: return tile_wide_impl<3>(a, a_off, b, b_off, ntaps, len, blk, out);
+    case 4: return tile_wide_impl<4>(a, a_off, b, b_off, ntaps, len, blk, out);
+    default: return tile_impl<false>(a, a_off, b, b_off, ntaps, len, 1, 16, out);
+  }
 }
 
 void tile(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,

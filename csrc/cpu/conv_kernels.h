@@ -98,6 +98,17 @@ void tile12(const float* const* a, const int64_t* a_off, const float* b, const i
 void tile12_add(const float* const* a, const int64_t* a_off, const float* b,
                 const int64_t* b_off, int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb,
                 float* out);
+// One 6-row tile against nb (2-4) consecutive 16-column blocks of a packed
+// panel (block q at b + q * blk, the same b_off), a_cs 1, ldb 16: out holds
+// nb tiles of 6 x 16 (block q at out + 96 q), bit for bit nb calls of tile.
+// Each broadcast of a serves nb FMAs (one load per 6 x nb / (6 + nb) FMAs
+// instead of one per 12 / 13 in tile12).
+void tile_wide(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
+               int64_t ntaps, int64_t len, int64_t blk, int nb, float* out);
+// A 6 x 16 tile of 6 consecutive pixels to planar (NCHW) output:
+// dst[j * cs + i] = v[i * 16 + j] + bv[j] for i < 6, j < ncols (<= 16); two
+// stores per channel (4 + 2 values) instead of six.
+void store_cols6(const float* v, const float* bv, float* dst, int64_t cs, int64_t ncols);
 }  // namespace avx512
 
 }  // namespace conv

@@ -39,7 +39,22 @@ std::atomic<bool>& winograd_flag() {
   return flag;
 }
 
+std::atomic<int>& wide_blocks() {
+  static std::atomic<int> v([] {
+    const char* env = std::getenv("CNNKERNELS_WIDE_TILES");
+    const int n = env != nullptr ? std::atoi(env) : 4;
+    return n < 1 ? 1 : n > 4 ? 4 : n;
+  }());
+  return v;
+}
+
 }  // namespace
+
+int wide_tile_blocks() { return wide_blocks().load(std::memory_order_relaxed); }
+void set_wide_tile_blocks(int n) {
+  TORCH_CHECK(n >= 1 && n <= 4, "cnnkernels: wide tile blocks must be in [1, 4], got ", n);
+  wide_blocks() = n;
+}
 
 bool use_winograd() { return winograd_flag().load(std::memory_order_relaxed); }
 void set_winograd(bool on) { winograd_flag() = on; }

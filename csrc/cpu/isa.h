@@ -26,6 +26,14 @@ std::string isa_name();
 bool use_winograd();
 void set_winograd(bool on);
 
+// How many 16-column blocks the AVX-512 forward and data-gradient tiles
+// span (1-4; 1: the 6- and 12-row tiles only). CNNKERNELS_WIDE_TILES at
+// import, cnnkernels._C._set_wide_tile_blocks at run time (results are the
+// same bits for every value: the tests compare them).
+int wide_tile_blocks();
+
+void set_wide_tile_blocks(int n);
+
 // Bytes of the last-level cache (sysconf; 0 when unknown), which some
 // kernels use to pick between a cache-resident and a streaming schedule.
 // set_llc_bytes overrides it (tests force both schedules); -1 restores it.
