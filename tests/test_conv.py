@@ -918,7 +918,9 @@ def test_avx512_wide_tiles_match_narrow(layout):
     every block count must give the bits of the one-block kernels, on layers
     whose channel counts leave 1-3 blocks over (80 = 4 + 1 blocks, 40 = 2.5),
     with bias, through conv2d (forward and input gradient) and
-    conv_transpose2d with stride 2, and match torch in float64."""
+    conv_transpose2d with stride 2, and match torch in float64. The weight
+    gradient's two-column-panel kernel (on when the count is 2 or more) is
+    checked the same way."""
     import cnnkernels
     if not cnnkernels._C._avx512_available():
         pytest.skip("needs AVX-512F")
@@ -946,18 +948,21 @@ def test_avx512_wide_tiles_match_narrow(layout):
             for wide in (1, 2, 3, 4):
                 cnnkernels._C._set_wide_tile_blocks(wide)
                 xx = x.detach().clone().requires_grad_()
-                y = ours(xx, w, b)
+                ww = w.detach().clone().requires_grad_()
+                y = ours(xx, ww, b)
                 if gy is None:
                     gy = torch.randn(y.shape, generator=gen).to(memory_format=mf)
                 y.backward(gy)
-                results.append((y.detach(), xx.grad))
-            for y, gx in results[1:]:
-                assert torch.equal(y, results[0][0]) and torch.equal(gx, results[0][1])
+                results.append((y.detach(), xx.grad, ww.grad))
+            for r in results[1:]:
+                for got, want in zip(r, results[0]):
+                    assert torch.equal(got, want)
             xd = x.double().requires_grad_()
-            yd = ref(xd, w.double(), b.double())
+            wd = w.double().requires_grad_()
+            yd = ref(xd, wd, b.double())
             yd.backward(gy.double())
-            torch.testing.assert_close(results[0][0].double(), yd, rtol=1e-4, atol=1e-4)
-            torch.testing.assert_close(results[0][1].double(), xd.grad, rtol=1e-4, atol=1e-4)
+            for got, want in zip(results[0], (yd, xd.grad, wd.grad)):
+                torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
     finally:
         cnnkernels.set_cpu_isa(old_isa)
         cnnkernels._C._set_wide_tile_blocks(old_wide)

@@ -1168,10 +1168,13 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   }
   const int64_t ncol = (int64_t)cols.size(), nrb = ceil_div(OCg, kMR);
   const int64_t P = g.N * g.OH * g.OW, wsize = g.OC * Cg * KK;
-  // chunk: the packed gradient panel (nrb x 6 x kc values) up to 256 KB of
-  // float32 (with tile_add, 128 KB / 256 steps -> 256 KB / 512 steps gave
-  // 2-5 %: AlexNet's 5x5 80 -> 77 ms, ResNet's 7x7 13.8 -> 13.0)
-  const int64_t kc = std::clamp<int64_t>(65536 / (nrb * kMR), 64, 512);
+  // chunk: the packed gradient panel (nrb x 6 x kc values) up to 128 KB of
+  // float32. On the old AVX2 machine 256 KB did 2-5 % better than 128 KB;
+  // with the AVX-512 kernel reading two 16-column panels at once (2 x kc x
+  // 64 B, beside two 6-row panels of kc x 24 B), 128 KB keeps them in the
+  // 48 KB L1 for 192+ channels: AlexNet's 5x5 weight gradient on one
+  // thread 70 -> 63 ms, 0-7 % on two threads (interleaved runs).
+  const int64_t kc = std::clamp<int64_t>((tune(0) ? tune(0) : 32768) / (nrb * kMR), 64, 512);
   // Splits of the pixel range (a count fixed by the shapes, never by the
   // thread count, so that the sums repeat bit for bit): enough for 8 work
   // items when there are few column blocks, and, with at most 32 column
@@ -1204,7 +1207,7 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   std::vector<T> partial((ksplit - 1) * wsize, T(0));
 
   at::parallel_for(0, g.G * ksplit * ncg, 1, [&](int64_t b, int64_t e) {
-    std::vector<T> Ap(nrb * kMR * kc), Bp(kc * kNR), acc;  // acc: [col][rb][6][16]
+    std::vector<T> Ap(nrb * kMR * kc), Bp(2 * kc * kNR), acc;  // acc: [col][rb][6][16]
     std::vector<int64_t> xo(kc), go(kc);
     const T* ap[kMR];
     const int64_t zero = 0;
@@ -1252,10 +1255,10 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
             }
           }
         }
-        for (int64_t ci = c_lo; ci < c_hi; ++ci) {
+        // input column block ci packed into bp ([k][16])
+        auto pack = [&](int64_t ci, T* __restrict bp) {
           const Col& cs = cols[ci];
           const Seg* sg = segs.data() + cs.seg0;
-          T* __restrict bp = Bp.data();
           if (cs.nseg == 1 && cs.ncols == kNR) {
             const int64_t o0 = sg[0].off;
             for (int64_t k = 0; k < n; ++k) std::memcpy(bp + k * kNR, xp.p + xo[k] + o0, kNR * sizeof(T));
@@ -1283,6 +1286,12 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
               for (int64_t j = cs.ncols; j < kNR; ++j) d[j] = T(0);
             }
           }
+        };
+        // AVX-512: two column blocks at a time (panels12x2: each broadcast
+        // of a gradient value serves both)
+        for (int64_t ci = c_lo, nc = 1; ci < c_hi; ci += nc) {
+          nc = K.avx512 && K.wide >= 2 && ci + 1 < c_hi ? 2 : 1;
+          for (int64_t q = 0; q < nc; ++q) pack(ci + q, Bp.data() + q * kc * kNR);
           for (int64_t rb = 0; rb < nrb; ++rb) {
             // Slice rb of the lines the next column block packs (its first
             // and last value per pixel): pixels are a channel row apart, 1 KB
@@ -1290,8 +1299,8 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
             // weight gradient, channels_last 1x1 256->64 at batch 8:
             // 12.9 -> 12.0 ms (NCHW 3x3 64ch 27.9 -> 27.3; 128ch 28x28 and
             // the 7x7 stem unchanged).
-            if (ci + 1 < c_hi) {
-              const Col& nx = cols[ci + 1];
+            for (int64_t q = 0; q < nc && ci + nc + q < c_hi; ++q) {
+              const Col& nx = cols[ci + nc + q];
               const Seg* ns = segs.data() + nx.seg0;
               const int64_t first = ns[0].off, last = ns[nx.nseg - 1].off + ns[nx.nseg - 1].len - 1;
               for (int64_t k = n * rb / nrb; k < n * (rb + 1) / nrb; ++k) {
@@ -1300,18 +1309,26 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
               }
             }
             if (K.avx512 && rb % 2 == 1) continue;  // ran with the block before
+            T* out0 = acc.data() + ((ci - c_lo) * nrb + rb) * kMR * kNR;
             if (K.avx512 && rb + 1 < nrb) {
               // two row blocks in one 12-row kernel (their tiles are adjacent in acc)
+              if (nc == 2) {
+                if constexpr (std::is_same<T, float>::value)
+                  conv::avx512::panels12x2(Ap.data() + rb * kc * kMR, Ap.data() + (rb + 1) * kc * kMR,
+                                           Bp.data(), Bp.data() + kc * kNR, n, out0,
+                                           out0 + nrb * kMR * kNR);
+                continue;
+              }
               const T* ap12[2 * kMR];
               for (int i = 0; i < 2 * kMR; ++i)
                 ap12[i] = Ap.data() + (rb + i / kMR) * kc * kMR + i % kMR;
-              K.tile12_add(ap12, &zero, Bp.data(), &zero, 1, n, kMR, kNR,
-                           acc.data() + ((ci - c_lo) * nrb + rb) * kMR * kNR);
+              K.tile12_add(ap12, &zero, Bp.data(), &zero, 1, n, kMR, kNR, out0);
               continue;
             }
             for (int i = 0; i < kMR; ++i) ap[i] = Ap.data() + rb * kc * kMR + i;
-            K.tile_add(ap, &zero, Bp.data(), &zero, 1, n, kMR, kNR,
-                       acc.data() + ((ci - c_lo) * nrb + rb) * kMR * kNR);
+            for (int64_t q = 0; q < nc; ++q)
+              K.tile_add(ap, &zero, Bp.data() + q * kc * kNR, &zero, 1, n, kMR, kNR,
+                         out0 + q * nrb * kMR * kNR);
           }
         }
       }

@@ -295,6 +295,28 @@ void tile12_add(const float* const* a, const int64_t* a_off, const float* b,
   tile_impl<true>(a + 6, a_off, b, b_off, ntaps, len, a_cs, ldb, out + 96);
 }
 
+void panels12x2(const float* p0, const float* p1, const float* b0, const float* b1, int64_t len,
+                float* out0, float* out1) {
+  __m512 c0[12], c1[12];
+  for (int i = 0; i < 12; ++i) c0[i] = _mm512_loadu_ps(out0 + 16 * i);
+  for (int i = 0; i < 12; ++i) c1[i] = _mm512_loadu_ps(out1 + 16 * i);
+  for (int64_t k = 0; k < len; ++k, p0 += 6, p1 += 6, b0 += 16, b1 += 16) {
+    const __m512 x0 = _mm512_loadu_ps(b0), x1 = _mm512_loadu_ps(b1);
+    for (int i = 0; i < 6; ++i) {
+      const __m512 av = _mm512_set1_ps(p0[i]);
+      c0[i] = _mm512_fmadd_ps(av, x0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(av, x1, c1[i]);
+    }
+    for (int i = 0; i < 6; ++i) {
+      const __m512 av = _mm512_set1_ps(p1[i]);
+      c0[6 + i] = _mm512_fmadd_ps(av, x0, c0[6 + i]);
+      c1[6 + i] = _mm512_fmadd_ps(av, x1, c1[6 + i]);
+    }
+  }
+  for (int i = 0; i < 12; ++i) _mm512_storeu_ps(out0 + 16 * i, c0[i]);
+  for (int i = 0; i < 12; ++i) _mm512_storeu_ps(out1 + 16 * i, c1[i]);
+}
+
 void store_cols6(const float* v, const float* bv, float* dst, int64_t cs, int64_t ncols) {
   const __m512 b = _mm512_loadu_ps(bv);
   const __m512 r0 = _mm512_add_ps(_mm512_loadu_ps(v), b);

@@ -105,6 +105,12 @@ void tile12_add(const float* const* a, const int64_t* a_off, const float* b,
 // instead of one per 12 / 13 in tile12).
 void tile_wide(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
                int64_t ntaps, int64_t len, int64_t blk, int nb, float* out);
+// Two packed 6-row panels (rows at p0 + i and p1 + i, 6 values a step)
+// against two 16-column panels b0, b1 (16 values a step), len steps:
+// out0[12][16] += rows x b0, out1[12][16] += rows x b1; bit for bit
+// panels12 (tile12_add) run once per column panel. 14 loads per 24 FMAs.
+void panels12x2(const float* p0, const float* p1, const float* b0, const float* b1, int64_t len,
+                float* out0, float* out1);
 // A 6 x 16 tile of 6 consecutive pixels to planar (NCHW) output:
 // dst[j * cs + i] = v[i * 16 + j] + bv[j] for i < 6, j < ncols (<= 16); two
 // stores per channel (4 + 2 values) instead of six.
