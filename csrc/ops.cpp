@@ -118,6 +118,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "how many 16-column blocks one AVX-512 convolution tile spans");
   m.def("_set_wide_tile_blocks", &cnnkernels::cpu::set_wide_tile_blocks,
         "set how many 16-column blocks one AVX-512 convolution tile spans (1-4; for tests)");
+  m.def("_force_winograd", &cnnkernels::cpu::force_winograd_for_tests,
+        "run Winograd wherever the shape allows, past the size rules (for tests; "
+        "_set_winograd undoes it)");
   m.def("_avx2_available", &cnnkernels::cpu::avx2_available,
         "whether this processor has AVX2 and FMA");
   m.def("_avx512_available", &cnnkernels::cpu::avx512_available,

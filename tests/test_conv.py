@@ -788,9 +788,9 @@ def test_padding_taps_skipped_cpu(cpu_isa, case, layout):
 
 # ---------------------------------------------------------------- Winograd
 # (N, C, H, W), OC, padding, bias, dilation, groups: 3x3 unit-stride
-# float32 layers with at least 16 channels per group on both sides and 256
-# or more 2x2 output tiles run as Winograd F(2x2, 3x3) (forward, data
-# gradient and weight gradient; conv_transpose2d's too): odd sizes (last
+# float32 layers with at least 16 channels per group on both sides, run as
+# Winograd F(2x2, 3x3) past the size rules (forward, data gradient and
+# weight gradient; conv_transpose2d's too): odd sizes (last
 # tiles cut), channel counts off the 6- and 16-wide blocks, padding 0-3,
 # dilation (each phase of outputs a plain 3x3 convolution), groups.
 WINOGRAD_CASES = [
@@ -847,7 +847,7 @@ def test_winograd_cpu(cpu_isa, case, layout, transposed):
     try:
         _C._set_winograd(False)
         direct = _winograd_run(x, w, b, p, d, groups, transposed)
-        _C._set_winograd(True)
+        _C._force_winograd()  # past the size rules (test_winograd_size_rules)
         wino = _on_threads(lambda: _winograd_run(x, w, b, p, d, groups, transposed))
     finally:
         _C._set_winograd(True)
@@ -867,6 +867,39 @@ def test_winograd_cpu(cpu_isa, case, layout, transposed):
         assert not torch.equal(wino[0][k], direct[k]), name
     assert wino[0][0].is_contiguous(
         memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_winograd_size_rules(layout):
+    """Where the rules pick Winograd (conv.cpp, winograd_applies): forward and
+    data gradient from 512 tiles with 32+ channels per group (64+ for
+    channels_last), weight gradient from 1024 tiles. A pass that ran direct
+    gives the bits of the run with Winograd off; one that ran Winograd
+    does not."""
+    from cnnkernels import _C
+    gen = torch.Generator().manual_seed(6)
+    # shape, groups, which of (output, grad_input, grad_weight) run Winograd
+    cl = layout == "channels_last"
+    cases = [
+        ((8, 32, 16, 16), 1, (not cl, not cl, False)),  # 512 tiles: not the weight gradient
+        ((16, 32, 16, 16), 1, (not cl, not cl, True)),  # 1024 tiles
+        ((16, 64, 16, 16), 2, (not cl, not cl, True)),  # 32 channels per group
+        ((16, 64, 16, 16), 1, (True, True, True)),
+        ((4, 64, 16, 16), 1, (False, False, False)),    # 256 tiles
+        ((16, 64, 16, 16), 4, (False, False, True)),    # 16 channels per group
+    ]
+    for shape, groups, expect in cases:
+        x = _layout(torch.randn(shape, generator=gen), layout)
+        w = torch.randn(shape[1], shape[1] // groups, 3, 3, generator=gen) / (3 * shape[1] ** 0.5)
+        try:
+            _C._set_winograd(False)
+            direct = _winograd_run(x, w, None, 1, 1, groups)
+            _C._set_winograd(True)
+            auto = _winograd_run(x, w, None, 1, 1, groups)
+        finally:
+            _C._set_winograd(True)
+        got = tuple(not torch.equal(a, b) for a, b in zip(auto, direct))
+        assert got == expect, (shape, groups, got)
 
 
 def test_winograd_not_for_few_tiles_or_float64():

@@ -693,27 +693,40 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
 // subtract inputs before the products): measured against float64, the same
 // order of error as the direct sum (tests/test_conv.py).
 //
-// Where it applies: at least 16 channels per group on both sides (shorter
-// reductions leave the GEMMs to the transforms), outputs of 8x8 or more per
-// dilation phase, and at least 128 tiles in the batch. On small images the
-// direct convolution skips the taps that read padding (31 % of them at 4x4,
-// 18 % at 7x7) while the tiles compute theirs, and a last tile can hang
-// past the image: multiply-adds per output, direct over Winograd, are 1.56
-// at 4x4, 1.78 at 6x6, 1.41 at 7x7, 1.89 at 8x8, 2.04 at 14x14. Measured
-// (forward + both gradients, two threads, AVX-512), direct -> Winograd:
-// 32x512x4x4 37.4 -> 50.9 ms, 8x512x7x7 39.2 -> 51.5, 64x256x4x4 18.4 ->
-// 19.0, 16x128x6x6 3.5 -> 3.7, but 16x128x8x8 5.1 -> 4.9, 32x512x8x8 130 ->
-// 119, 8x512x14x14 106 -> 99, 32x256x8x8 33.8 -> 29.0. The choice depends on
-// the shapes only (not on the thread count): results are the same whatever
-// the number of threads.
-bool winograd_applies(int64_t N, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh,
-                      int64_t dw, int64_t G, int64_t Cin, int64_t Cout, int64_t OH, int64_t OW) {
+// Where it applies: outputs of 8x8 or more per dilation phase and, per
+// group, at least 16 channels on both sides (shorter reductions leave the
+// GEMMs to the transforms). On small images the direct convolution skips
+// the taps that read padding (31 % of them at 4x4, 18 % at 7x7) while the
+// tiles compute theirs, and a last tile can hang past the image:
+// multiply-adds per output, direct over Winograd, are 1.56 at 4x4, 1.78 at
+// 6x6, 1.41 at 7x7, 1.89 at 8x8, 2.04 at 14x14. Beyond that, the tile count
+// N x ceil(OH / 2) x ceil(OW / 2) (the GEMMs' row count, per group) decides,
+// measured against the direct path with its wide AVX-512 tiles (two
+// threads, interleaved, ms Winograd / direct):
+//   forward and data gradient: 512+ tiles (16x128x8x8, 256 tiles: 1.72 /
+//   1.36; 8x256x14x14, 392: 7.7 / 7.3; 32x512x8x8, 512: 35.3 / 37.9;
+//   16x256x14x14, 784: 13.0 / 13.8; 32x256x16x16: 28.3 / 37.1), and 32+
+//   channels per group (64+ for channels_last, whose direct path reads the
+//   input in place: 128 channels in 4 groups at 56x56, channels_last, 10.6 /
+//   8.9, NCHW 8.8 / 9.7; 64 channels in 4 groups, NCHW 3.8 / 3.1);
+//   weight gradient: 1024+ tiles (8x512x14x14, 392: 46.2 / 39.7;
+//   16x256x14x14, 784: 17.5 / 17.4; 8x128x28x28, 1568: 8.8 / 10.3;
+//   32x256x16x16: 40.4 / 46.8).
+// The choice depends on the shapes and the memory format only (not on the
+// thread count): results are the same whatever the number of threads.
+enum class WinoPass { kForward, kWeight };
+bool winograd_applies(const ConvGeometry& g, WinoPass pass, bool cl) {
   // (dilation d: the outputs of each of the d x d phases form a plain 3x3
-  // convolution over the inputs of that phase; Cin / Cout per group)
-  const int64_t d = dh;
-  return use_winograd() && KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == dw && d >= 1 &&
-         d <= 4 && Cin / G >= 16 && Cout / G >= 16 && OH >= 8 * d && OW >= 8 * d &&
-         N * G * ceil_div(OH, 2) * ceil_div(OW, 2) >= 128;
+  // convolution over the inputs of that phase)
+  const int64_t d = g.dh;
+  if (!(use_winograd() && g.KH == 3 && g.KW == 3 && g.sh == 1 && g.sw == 1 && g.dh == g.dw &&
+        d >= 1 && d <= 4 && g.OH >= 8 * d && g.OW >= 8 * d))
+    return false;
+  const int64_t cmin = std::min(g.Cg(), g.OCg());
+  const int64_t tiles = g.N * ceil_div(g.OH, 2) * ceil_div(g.OW, 2);
+  if (force_winograd()) return cmin >= 16;
+  if (pass == WinoPass::kWeight) return cmin >= 16 && tiles >= 1024;
+  return cmin >= (cl ? 64 : 32) && tiles >= 512;
 }
 
 // The tiles of one call: for image n, phase (a, b) of the d x d dilation
@@ -2208,7 +2221,7 @@ void run_forward(const ConvGeometry& g, const Tensor& x, bool cl, const Tensor& 
     nchw_gemm<T>(g.OC, g.C, g.N, g.H * g.W, w.data_ptr<T>(), g.C, 1, x.data_ptr<T>(), bias,
                  y.data_ptr<T>());
   else if (std::is_same<T, float>::value &&
-           winograd_applies(g.N, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.G, g.C, g.OC, g.OH, g.OW)) {
+           winograd_applies(g, WinoPass::kForward, cl)) {
     const T* wp = w.data_ptr<T>();
     const int64_t Cg = g.Cg();
     winograd_conv<T>(x, cl, g.G, Cg, g.OCg(), g.OH, g.OW, g.dh, g.pt, g.pl,
@@ -2234,7 +2247,7 @@ void run_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const Tensor& w
   else if (dgrad_as_rows(g, w.data_ptr<T>(), cl, t, wf))
     rows_forward<T>(t, gy.data_ptr<T>(), cl, wf.data(), bias, gx.data_ptr<T>());
   else if (std::is_same<T, float>::value &&
-           winograd_applies(g.N, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.G, g.OC, g.C, g.H, g.W)) {
+           winograd_applies(g, WinoPass::kForward, cl)) {
     // a convolution of gy with w'[c][oc][kh][kw] = w[oc][c][2 - kh][2 - kw]
     // (per group; c of the whole layer, oc of the group), padding 2d - p
     const T* wp = w.data_ptr<T>();
@@ -2256,7 +2269,7 @@ void run_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl
   else if (nchw_1x1(g, cl))
     nchw_1x1_wgrad<T>(g, gy.data_ptr<T>(), x.data_ptr<T>(), gw.data_ptr<T>());
   else if (std::is_same<T, float>::value &&
-           winograd_applies(g.N, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.G, g.C, g.OC, g.OH, g.OW))
+           winograd_applies(g, WinoPass::kWeight, cl))
     winograd_wgrad<T>(x, gy, cl, g.G, g.Cg(), g.OCg(), g.OH, g.OW, g.dh, g.pt, g.pl,
                       gw.data_ptr<T>());
   else

@@ -31,12 +31,13 @@ std::atomic<int>& isa_level() {
   return level;
 }
 
-std::atomic<bool>& winograd_flag() {
-  static std::atomic<bool> flag([] {
+// 0: off, 1: where the size rules pick it, 2: wherever it can run
+std::atomic<int>& winograd_mode() {
+  static std::atomic<int> mode([] {
     const char* env = std::getenv("CNNKERNELS_WINOGRAD");
-    return !(env != nullptr && std::strcmp(env, "0") == 0);
+    return env != nullptr && std::strcmp(env, "0") == 0 ? 0 : 1;
   }());
-  return flag;
+  return mode;
 }
 
 std::atomic<int>& wide_blocks() {
@@ -59,8 +60,10 @@ void set_wide_tile_blocks(int n) {
   wide_blocks() = n;
 }
 
-bool use_winograd() { return winograd_flag().load(std::memory_order_relaxed); }
-void set_winograd(bool on) { winograd_flag() = on; }
+bool use_winograd() { return winograd_mode().load(std::memory_order_relaxed) >= 1; }
+bool force_winograd() { return winograd_mode().load(std::memory_order_relaxed) == 2; }
+void set_winograd(bool on) { winograd_mode() = on ? 1 : 0; }
+void force_winograd_for_tests() { winograd_mode() = 2; }
 
 bool avx2_available() {
 #if defined(__x86_64__) || defined(__i386__)

@@ -25,6 +25,11 @@ std::string isa_name();
 // cnnkernels._C._set_winograd at run time (the tests run both).
 bool use_winograd();
 void set_winograd(bool on);
+// Winograd wherever the layer's shape allows it, past the size rules that
+// pick the faster algorithm (so that small test layers run it); undone by
+// set_winograd.
+bool force_winograd();
+void force_winograd_for_tests();
 
 // How many 16-column blocks the AVX-512 forward and data-gradient tiles
 // span (1-4; 1: the 6- and 12-row tiles only). CNNKERNELS_WIDE_TILES at
