@@ -213,6 +213,24 @@ def test_max_unpool2d_parity(setup, layout, cfg, explicit_size):
     assert_exact(ya.grad.cpu(), yb.grad)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_max_unpool2d_backward_gather_cpu(layout):
+    """The backward gathers grad_output[n, c, indices[n, c, q]] row by row (a
+    plane, or a pixel's channels): exact against torch's gather on a batch
+    of several images and channels, and an index past the plane is an
+    error naming the op."""
+    x = make_input((3, 5, 10, 12), layout, torch.float32, "cpu")
+    _, idx = F.max_pool2d(x, 2, return_indices=True)
+    g = make_input((3, 5, 10, 12), layout, torch.float32, "cpu", seed=1)
+    got = torch.ops.cnnkernels.max_unpool2d_backward(g, idx)
+    want = g.contiguous().flatten(2).gather(2, idx.contiguous().flatten(2)).view(idx.shape)
+    assert torch.equal(got, want)
+    bad = idx.clone()
+    bad[2, 4, 1, 1] = 10 * 12
+    with pytest.raises(RuntimeError, match="max_unpool2d_backward: found an invalid index 120"):
+        torch.ops.cnnkernels.max_unpool2d_backward(g, bad)
+
+
 @pytest.mark.parametrize("setup", COMBOS, indirect=True)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_empty_batch(setup, layout):
