@@ -950,8 +950,9 @@ def test_avx512_wide_tiles_match_narrow(layout):
     column blocks of 16 channels at once (cnnkernels._C._set_wide_tile_blocks);
     every block count must give the bits of the one-block kernels, on layers
     whose channel counts leave 1-3 blocks over (80 = 4 + 1 blocks, 40 = 2.5),
-    with bias, through conv2d (forward and input gradient) and
-    conv_transpose2d with stride 2, and match torch in float64. The weight
+    with bias, through conv2d (forward and input gradient; 7x7 stride 2, 3x3
+    and 1x1) and conv_transpose2d with stride 2, and match torch in float64.
+    The weight
     gradient's two-column-panel kernel (on when the count is 2 or more) is
     checked the same way."""
     import cnnkernels
@@ -968,6 +969,9 @@ def test_avx512_wide_tiles_match_narrow(layout):
          (2, 40, 9, 11), (40, 40, 3, 3), 40),
         (lambda x, w, b: CF.conv_transpose2d(x, w, b, 2, 1, 1),
          lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1, 1), (2, 48, 7, 8), (48, 56, 3, 3), 56),
+        # 1x1 (NCHW: a GEMM over 7 16-pixel blocks, 6-7 row blocks, chunks of 256)
+        (lambda x, w, b: CF.conv2d(x, w, b), lambda x, w, b: F.conv2d(x, w, b),
+         (2, 300, 9, 11), (36, 300, 1, 1), 36),
     ]
     try:
         cnnkernels.set_cpu_isa("avx512")

@@ -2059,7 +2059,7 @@ void nchw_gemm(int64_t M, int64_t K, int64_t N, int64_t HW, const T* A, int64_t 
       }
   at::parallel_for(0, N * npb, 1, [&](int64_t b, int64_t e) {
     std::vector<T> bp(kGemmBlocks * kc * kNR);
-    T out[2 * kMR * kNR];
+    T out[4 * kMR * kNR];
     const T* a[kMR];
     const int64_t zero = 0, nsteps = kGemmBlocks * nrb;
     // Slice `step` of nsteps of the rows of the pack after (item, k0): this
@@ -2093,36 +2093,54 @@ void nchw_gemm(int64_t M, int64_t K, int64_t N, int64_t HW, const T* A, int64_t 
             }
           }
         }
-        int64_t step = 0;
-        for (int64_t cb = 0; cb < nb; ++cb) {
+        // a 6 x 16 tile's values into the output (rows rb, column block cb)
+        auto store = [&](int64_t cb, int64_t rb, const T* ob) {
           const int64_t c0 = cb * kNR, nc = std::min<int64_t>(kNR, np - c0);
-          for (int64_t rb = 0; rb < nrb; ++rb, ++step) {
-            prefetch_pack(item, k0 + kc, step);
-            for (int i = 0; i < kMR; ++i) a[i] = ap.data() + (rb * K + k0) * kMR + i;
-            // two row blocks at once on the AVX-512 path (the second's
-            // values at out + 96; its iteration only stores them)
-            const bool second = Kn.avx512 && rb % 2 == 1;
-            if (!second) {
-              if (Kn.avx512 && rb + 1 < nrb) {
-                const T* a12[2 * kMR];
-                for (int i = 0; i < 2 * kMR; ++i)
-                  a12[i] = ap.data() + ((rb + i / kMR) * K + k0) * kMR + i % kMR;
-                Kn.tile12(a12, &zero, bp.data() + cb * kn * kNR, &zero, 1, kn, kMR, kNR, out);
-              } else {
-                Kn.tile(a, &zero, bp.data() + cb * kn * kNR, &zero, 1, kn, kMR, kNR, out);
-              }
+          const int64_t rows = std::min<int64_t>(kMR, M - rb * kMR);
+          for (int64_t i = 0; i < rows; ++i) {
+            const int64_t m = rb * kMR + i;
+            T* dr = d + m * HW + c0;
+            const T* o = ob + i * kNR;
+            if (k0 == 0) {
+              const T b0 = bias ? bias[m] : T(0);
+              for (int64_t j = 0; j < nc; ++j) dr[j] = o[j] + b0;
+            } else {
+              for (int64_t j = 0; j < nc; ++j) dr[j] += o[j];
             }
-            const T* ob = second ? out + kMR * kNR : out;
-            const int64_t rows = std::min<int64_t>(kMR, M - rb * kMR);
-            for (int64_t i = 0; i < rows; ++i) {
-              const int64_t m = rb * kMR + i;
-              T* dr = d + m * HW + c0;
-              const T* o = ob + i * kNR;
-              if (k0 == 0) {
-                const T b0 = bias ? bias[m] : T(0);
-                for (int64_t j = 0; j < nc; ++j) dr[j] = o[j] + b0;
+          }
+        };
+        // AVX-512: two row blocks (12 rows) against two column blocks at a
+        // time where both exist (panels12x2: 14 loads per 24 FMAs), else two
+        // row blocks against one (tile12), else single tiles
+        int64_t step = 0;
+        for (int64_t cb = 0, ncw = 1; cb < nb; cb += ncw) {
+          ncw = Kn.avx512 && Kn.wide >= 2 && cb + 1 < nb ? 2 : 1;
+          const T* b0 = bp.data() + cb * kn * kNR;
+          for (int64_t rb = 0, nrw = 1; rb < nrb; rb += nrw) {
+            nrw = Kn.avx512 && rb + 1 < nrb ? 2 : 1;
+            for (int64_t q = 0; q < ncw * nrw; ++q) prefetch_pack(item, k0 + kc, step++);
+            const T* p0 = ap.data() + (rb * K + k0) * kMR;
+            if (nrw == 2 && ncw == 2) {
+              if constexpr (std::is_same<T, float>::value) {
+                std::fill(out, out + 4 * kMR * kNR, T(0));
+                conv::avx512::panels12x2(p0, p0 + K * kMR, b0, b0 + kn * kNR, kn, out,
+                                         out + 2 * kMR * kNR);
+                for (int q = 0; q < 4; ++q) store(cb + q / 2, rb + q % 2, out + q * kMR * kNR);
+              }
+              continue;
+            }
+            for (int64_t cq = cb; cq < cb + ncw; ++cq) {
+              const T* bq = bp.data() + cq * kn * kNR;
+              if (nrw == 2) {
+                const T* a12[2 * kMR];
+                for (int i = 0; i < 2 * kMR; ++i) a12[i] = p0 + (i / kMR) * K * kMR + i % kMR;
+                Kn.tile12(a12, &zero, bq, &zero, 1, kn, kMR, kNR, out);
+                store(cq, rb, out);
+                store(cq, rb + 1, out + kMR * kNR);
               } else {
-                for (int64_t j = 0; j < nc; ++j) dr[j] += o[j];
+                for (int i = 0; i < kMR; ++i) a[i] = p0 + i;
+                Kn.tile(a, &zero, bq, &zero, 1, kn, kMR, kNR, out);
+                store(cq, rb, out);
               }
             }
           }
