@@ -113,7 +113,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether 3x3 unit-stride float32 CPU convolutions may run as Winograd F(2x2, 3x3)");
   m.def("_set_winograd", &cnnkernels::cpu::set_winograd,
         "allow (True) or forbid (False) the Winograd convolution path (for tests)");
-  m.def("_set_tune", &cnnkernels::cpu::set_tune, "tmp");
   m.def("_wide_tile_blocks", &cnnkernels::cpu::wide_tile_blocks,
         "how many 16-column blocks one AVX-512 convolution tile spans");
   m.def("_set_wide_tile_blocks", &cnnkernels::cpu::set_wide_tile_blocks,

@@ -1187,7 +1187,7 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   // 64 B, beside two 6-row panels of kc x 24 B), 128 KB keeps them in the
   // 48 KB L1 for 192+ channels: AlexNet's 5x5 weight gradient on one
   // thread 70 -> 63 ms, 0-7 % on two threads (interleaved runs).
-  const int64_t kc = std::clamp<int64_t>((tune(0) ? tune(0) : 32768) / (nrb * kMR), 64, 512);
+  const int64_t kc = std::clamp<int64_t>(32768 / (nrb * kMR), 64, 512);
   // Splits of the pixel range (a count fixed by the shapes, never by the
   // thread count, so that the sums repeat bit for bit): enough for 8 work
   // items when there are few column blocks, and, with at most 32 column

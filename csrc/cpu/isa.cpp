@@ -51,9 +51,6 @@ std::atomic<int>& wide_blocks() {
 
 }  // namespace
 
-static std::atomic<int64_t> g_tune[8] = {};
-int64_t tune(int i) { return g_tune[i].load(std::memory_order_relaxed); }
-void set_tune(int i, int64_t v) { g_tune[i] = v; }
 int wide_tile_blocks() { return wide_blocks().load(std::memory_order_relaxed); }
 void set_wide_tile_blocks(int n) {
   TORCH_CHECK(n >= 1 && n <= 4, "cnnkernels: wide tile blocks must be in [1, 4], got ", n);

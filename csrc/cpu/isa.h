@@ -36,8 +36,6 @@ void force_winograd_for_tests();
 // import, cnnkernels._C._set_wide_tile_blocks at run time (results are the
 // same bits for every value: the tests compare them).
 int wide_tile_blocks();
-int64_t tune(int i);
-void set_tune(int i, int64_t v);
 
 void set_wide_tile_blocks(int n);
 
