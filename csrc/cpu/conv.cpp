@@ -338,20 +338,13 @@ struct PixelLayout {
 // instead of filling the store buffer with misses (2-8 % on most
 // channels_last layers of the benchmark in interleaved runs; for NCHW
 // outputs, two lines per channel, it gained nothing).
-inline void prefetch_write(const void* p) {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  asm volatile("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
-#else
-  __builtin_prefetch(p, 1, 3);
-#endif
-}
 template <typename T>
 void prefetch_tile_out(const PixelLayout<T>& L, int64_t c0, int64_t nc, int64_t rows,
                        const int64_t* po) {
   for (int64_t i = 0; i < rows; ++i) {
     const char* a = reinterpret_cast<const char*>(L.y + po[i] + c0);
     const char* e = reinterpret_cast<const char*>(L.y + po[i] + c0 + nc);
-    for (a -= reinterpret_cast<uintptr_t>(a) & 63; a < e; a += 64) prefetch_write(a);
+    for (a -= reinterpret_cast<uintptr_t>(a) & 63; a < e; a += 64) prefetch_line(a, true);
   }
 }
 

@@ -57,11 +57,15 @@ constexpr int64_t kStreamBytes = int64_t(8) << 20;
 // no effect on results). Inline assembly on x86: GCC 12 left out every
 // __builtin_prefetch of nchw_gemm's prefetch loop (no prefetch instruction
 // in conv.o), while the same call in a small file compiled to prefetcht0.
-inline void prefetch_line(const void* p) {
+// write: the line in the state for writing (prefetchw), for stores to come.
+inline void prefetch_line(const void* p, bool write = false) {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+  if (write)
+    asm volatile("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
+  else
+    asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
 #else
-  __builtin_prefetch(p, 0, 3);
+  write ? __builtin_prefetch(p, 1, 3) : __builtin_prefetch(p, 0, 3);
 #endif
 }
 
