@@ -949,7 +949,8 @@ def test_avx512_wide_tiles_match_narrow(layout):
     """The AVX-512 forward and data gradient run each 6-pixel tile against 2-4
     column blocks of 16 channels at once (cnnkernels._C._set_wide_tile_blocks);
     every block count must give the bits of the one-block kernels, on layers
-    whose channel counts leave 1-3 blocks over (80 = 4 + 1 blocks, 40 = 2.5),
+    whose channel counts leave 1-3 blocks over (80 = 4 + 1 blocks, 40 = 2.5,
+    96 = 3 + 3),
     with bias, through conv2d (forward and input gradient; 7x7 stride 2, 3x3
     and 1x1) and conv_transpose2d with stride 2, and match torch in float64.
     The weight
@@ -969,6 +970,9 @@ def test_avx512_wide_tiles_match_narrow(layout):
          (2, 40, 9, 11), (40, 40, 3, 3), 40),
         (lambda x, w, b: CF.conv_transpose2d(x, w, b, 2, 1, 1),
          lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1, 1), (2, 48, 7, 8), (48, 56, 3, 3), 56),
+        # 96 channels: two passes of 3 blocks
+        (lambda x, w, b: CF.conv2d(x, w, b, 1, 1), lambda x, w, b: F.conv2d(x, w, b, 1, 1),
+         (2, 8, 9, 10), (96, 8, 3, 3), 96),
         # 1x1 (NCHW: a GEMM over 7 16-pixel blocks, 6-7 row blocks, chunks of 256)
         (lambda x, w, b: CF.conv2d(x, w, b), lambda x, w, b: F.conv2d(x, w, b),
          (2, 300, 9, 11), (36, 300, 1, 1), 36),
