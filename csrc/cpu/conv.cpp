@@ -100,8 +100,9 @@ struct Kern {
     tile_add(a, ao, b, bo, nt, len, acs, ldb, out);
     tile_add(a + kMR, ao, b, bo, nt, len, acs, ldb, out + kMR * kNR);
   }
-  // AVX-512 float32 only: one 6-row tile against nb blocks of 16 columns,
-  // blk values apart (a_cs 1, ldb 16), out[nb][6][16]
+  // one 6-row tile against nb blocks of 16 columns, blk values apart (a_cs
+  // 1, ldb 16), out[nb][6][16]: one pass on the AVX-512 float32 path (the
+  // only one that asks for nb > 1: `wide` is 1 elsewhere), else nb tiles
   int wide = avx512 ? wide_tile_blocks() : 1;
   void tile_wide(const T* const* a, const int64_t* ao, const T* b, const int64_t* bo, int64_t nt,
                  int64_t len, int64_t blk, int nb, T* out) const {
@@ -704,8 +705,8 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
 //   forward and data gradient: 512+ tiles (16x128x8x8, 256 tiles: 1.72 /
 //   1.36; 8x256x14x14, 392: 7.7 / 7.3; 32x512x8x8, 512: 35.3 / 37.9;
 //   16x256x14x14, 784: 13.0 / 13.8; 32x256x16x16: 28.3 / 37.1), and 32+
-//   channels per group (64+ for channels_last, whose direct path reads the
-//   input in place: 128 channels in 4 groups at 56x56, channels_last, 10.6 /
+//   channels per group (64+ for channels_last, whose direct path needs no
+//   NCHW transposes: 128 channels in 4 groups at 56x56, channels_last, 10.6 /
 //   8.9, NCHW 8.8 / 9.7; 64 channels in 4 groups, NCHW 3.8 / 3.1);
 //   weight gradient: 1024+ tiles (8x512x14x14, 392: 46.2 / 39.7;
 //   16x256x14x14, 784: 17.5 / 17.4; 8x128x28x28, 1568: 8.8 / 10.3;
