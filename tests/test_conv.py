@@ -950,18 +950,15 @@ def test_avx512_wide_tiles_match_narrow(layout):
     column blocks of 16 channels at once (cnnkernels._C._set_wide_tile_blocks);
     every block count must give the bits of the one-block kernels, on layers
     whose channel counts leave 1-3 blocks over (80 = 4 + 1 blocks, 40 = 2.5,
-    96 = 3 + 3),
-    with bias, through conv2d (forward and input gradient; 7x7 stride 2, 3x3
-    and 1x1) and conv_transpose2d with stride 2, and match torch in float64.
-    The weight
-    gradient's two-column-panel kernel (on when the count is 2 or more) is
-    checked the same way."""
+    96 = 3 + 3), with bias, through conv2d (forward and input gradient; 7x7
+    stride 2, 3x3 and 1x1) and conv_transpose2d with stride 2, and match
+    torch in float64. The weight gradient's two-column-panel kernel (on when
+    the count is 2 or more) is checked the same way."""
     import cnnkernels
     if not cnnkernels._C._avx512_available():
         pytest.skip("needs AVX-512F")
     old_isa, old_wide = cnnkernels.cpu_isa(), cnnkernels._C._wide_tile_blocks()
     old_wino = cnnkernels._C._winograd()
-    mf = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     gen = torch.Generator().manual_seed(11)
     cases = [
         (lambda x, w, b: CF.conv2d(x, w, b, 2, 3), lambda x, w, b: F.conv2d(x, w, b, 2, 3),
@@ -981,7 +978,7 @@ def test_avx512_wide_tiles_match_narrow(layout):
         cnnkernels.set_cpu_isa("avx512")
         cnnkernels._C._set_winograd(False)
         for ours, ref, xs, ws, nb in cases:
-            x = torch.randn(xs, generator=gen).to(memory_format=mf)
+            x = _layout(torch.randn(xs, generator=gen), layout)
             w = torch.randn(ws, generator=gen) / (ws[1] * ws[2] * ws[3]) ** 0.5
             b = torch.randn(nb, generator=gen)
             gy = None
@@ -992,7 +989,7 @@ def test_avx512_wide_tiles_match_narrow(layout):
                 ww = w.detach().clone().requires_grad_()
                 y = ours(xx, ww, b)
                 if gy is None:
-                    gy = torch.randn(y.shape, generator=gen).to(memory_format=mf)
+                    gy = _layout(torch.randn(y.shape, generator=gen), layout)
                 y.backward(gy)
                 results.append((y.detach(), xx.grad, ww.grad))
             for r in results[1:]:

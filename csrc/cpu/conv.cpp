@@ -977,11 +977,13 @@ void winograd_wgrad(const Tensor& x, const Tensor& gy, bool cl, int64_t G, int64
         }
       }
     });
-    for (int64_t sc = 1; sc < S; ++sc) {
-      const T* src = du.data() + sc * du_size;
+    if (S > 1) {  // the chunks' dU added in order, one pass over the elements
       T* dst = du.data();
       at::parallel_for(0, du_size, 4096, [&](int64_t b, int64_t e) {
-        for (int64_t k = b; k < e; ++k) dst[k] += src[k];
+        for (int64_t sc = 1; sc < S; ++sc) {
+          const T* src = du.data() + sc * du_size;
+          for (int64_t k = b; k < e; ++k) dst[k] += src[k];
+        }
       });
     }
     // dg = G^T dU G, G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]

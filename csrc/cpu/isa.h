@@ -36,7 +36,6 @@ void force_winograd_for_tests();
 // import, cnnkernels._C._set_wide_tile_blocks at run time (results are the
 // same bits for every value: the tests compare them).
 int wide_tile_blocks();
-
 void set_wide_tile_blocks(int n);
 
 // Bytes of the last-level cache (sysconf; 0 when unknown), which some
