@@ -117,6 +117,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "how many 16-column blocks one AVX-512 convolution tile spans");
   m.def("_set_wide_tile_blocks", &cnnkernels::cpu::set_wide_tile_blocks,
         "set how many 16-column blocks one AVX-512 convolution tile spans (1-4; for tests)");
+  m.def("_wgrad_oc", &cnnkernels::cpu::use_wgrad_oc,
+        "whether the AVX-512 float32 weight gradient runs along output channels");
+  m.def("_set_wgrad_oc", &cnnkernels::cpu::set_wgrad_oc,
+        "run the AVX-512 float32 weight gradient along output channels (True) or through "
+        "packed GEMM panels (False; for tests)");
   m.def("_force_winograd", &cnnkernels::cpu::force_winograd_for_tests,
         "run Winograd wherever the shape allows, past the size rules (for tests; "
         "_set_winograd undoes it)");

@@ -111,6 +111,20 @@ struct Kern {
     }
     for (int q = 0; q < nb; ++q) tile(a, ao, b + q * blk, bo, nt, len, 1, kNR, out + q * kMR * kNR);
   }
+  // 6 columns against nb blocks of 16 output channels, 16 values apart, added
+  // to out[nb][6][16] (the weight gradient along output channels); one pass
+  // on the AVX-512 float32 path, else nb tile_add calls
+  void tile_wide_acc(const T* const* a, const int64_t* ao, const T* b, const int64_t* bo,
+                     int64_t nt, int64_t len, int64_t acs, int64_t ldb, int nb, bool add,
+                     T* out) const {
+    if constexpr (std::is_same<T, float>::value) {
+      if (avx512)
+        return conv::avx512::tile_wide_acc(a, ao, b, bo, nt, len, acs, ldb, nb, add, out);
+    }
+    for (int q = 0; q < nb; ++q)
+      add ? tile_add(a, ao, b + q * kNR, bo, nt, len, acs, ldb, out + q * kMR * kNR)
+          : tile(a, ao, b + q * kNR, bo, nt, len, acs, ldb, out + q * kMR * kNR);
+  }
   void tile_add(const T* const* a, const int64_t* ao, const T* b, const int64_t* bo, int64_t nt,
                 int64_t len, int64_t acs, int64_t ldb, T* out) const {
     if constexpr (std::is_same<T, float>::value) {
@@ -1135,9 +1149,155 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
 // Work items: (group, reduction split, column range). Each output value is
 // summed by one item per split, the splits (a fixed count that depends on
 // the shapes only) are added in order: results repeat bit for bit.
+// The end of a weight gradient computed as rows [oc][(kh, kw, c)] (the
+// columns in the input's order) in gw and the other pixel splits' sums in
+// partial (ksplit - 1 of gw's size): the splits added in order, per element,
+// then each row permuted to gw's [c][kh][kw].
+template <typename T>
+void finish_wgrad(const ConvGeometry& g, T* gw, const std::vector<T>& partial, int64_t ksplit) {
+  const int64_t Cg = g.Cg(), KK = g.KH * g.KW, wsize = g.OC * Cg * KK;
+  if (ksplit > 1) {
+    at::parallel_for(0, wsize, 16384, [&](int64_t b, int64_t e) {
+      for (int64_t s2 = 1; s2 < ksplit; ++s2) {
+        const T* src = partial.data() + (s2 - 1) * wsize;
+        for (int64_t i = b; i < e; ++i) gw[i] += src[i];
+      }
+    });
+  }
+  if (KK > 1) {
+    at::parallel_for(0, g.OC, 8, [&](int64_t b, int64_t e) {
+      std::vector<T> row(Cg * KK);
+      for (int64_t oc = b; oc < e; ++oc) {
+        T* wr = gw + oc * Cg * KK;
+        std::memcpy(row.data(), wr, Cg * KK * sizeof(T));
+        for (int64_t t = 0; t < KK; ++t)  // column (t, c) of the row to c * KK + t
+          for (int64_t c = 0; c < Cg; ++c) wr[c * KK + t] = row[t * Cg + c];
+      }
+    });
+  }
+}
+
+// The weight gradient vectorised along output channels (AVX-512 float32,
+// output channels per group a multiple of 16):
+//   gw[oc][(kh, kw, c)] = sum over output pixels of gy[pixel][oc] * x[pixel's (kh, kw) input][c]
+// with grad_output in NHWC (read in place when channels_last, else one
+// transposed copy) as the 16-wide operand, and the input's zero-bordered NHWC
+// window as the broadcast one, read in place: tile_wide_acc's 6 columns are
+// 6 consecutive (kh, kw, c) of the window, each stepping sw pixels along an
+// output row, against up to 4 blocks of 16 output channels (10 loads per 24
+// FMAs; the GEMM-shaped path below packs both operands and loads 14 per 24).
+// Taps: output rows (n, oh), OW steps each, in chunks of rows holding about
+// 256 KB of grad_output (which stay in L2 while every column tile of the work
+// item reads them). Each value sums its pixels in row order within a pixel
+// split; the splits (a count fixed by the shapes) are added in order:
+// results repeat bit for bit whatever the number of threads, which only cut
+// the column tiles.
+template <typename T>
+void conv_wgrad_oc(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl, T* gw) {
+  const Kern<T> K;
+  const int64_t Cg = g.Cg(), OCg = g.OCg(), KK = g.KH * g.KW;
+  const int64_t R = (g.OH - 1) * g.sh + (g.KH - 1) * g.dh + 1;
+  const int64_t Cn = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1;
+  Tensor xbuf;
+  const Nhwc<T> xp = nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, false, xbuf, g.G);
+  const T* gyp = gy.data_ptr<T>();
+  const int64_t ncolumns = Cg * KK, nct = ceil_div(ncolumns, kMR), nob = OCg / kNR;
+  std::vector<int64_t> coff(nct * kMR);  // column q = (kh, kw, c): its offset in the window
+  for (int64_t q = 0; q < nct * kMR; ++q) {
+    const int64_t qq = std::min(q, ncolumns - 1);  // (a short last tile repeats its last column)
+    const int64_t t = qq / Cg, c = qq % Cg;
+    coff[q] = (t / g.KW) * g.dh * xp.sR + (t % g.KW) * g.dw * xp.sC + c;
+  }
+  // blocks of 16 output channels in groups of up to 4 (6 as 3 + 3, as the
+  // forward's wide tiles): {first block, blocks}
+  std::vector<std::array<int64_t, 2>> ogs;
+  for (int64_t ob = 0, nb = 1; ob < nob; ob += nb) {
+    const int64_t rem = nob - ob;
+    nb = rem >= 6 && rem % 4 == 2 ? 3 : std::min<int64_t>(4, rem);
+    ogs.push_back({ob, nb});
+  }
+  const int64_t nrows = g.N * g.OH, wsize = g.OC * ncolumns;
+  const int64_t crow = std::clamp<int64_t>(128 / std::max<int64_t>(1, g.OW), 1, std::max<int64_t>(1, nrows));
+  // Work items: pixel splits (a count fixed by the shapes) x column ranges
+  // (one per thread). Every column range packs the grad_output of its pixels
+  // again, every split but the first adds a copy of the gradient to sum at the
+  // end: splits where grad_output is large beside the gradient (first
+  // layers: a 7x7 stem's 25.7 MB against 38 KB), column ranges elsewhere
+  // (NiN's 5x5: 11 MB against 2.5 MB).
+  const int64_t ksplit = std::clamp<int64_t>(
+      std::min(gy.numel() / std::max<int64_t>(1, 4 * wsize), ceil_div(nrows, crow)), 1, 8);
+  const int64_t ncr = std::clamp<int64_t>(ceil_div(at::get_num_threads(), g.G * ksplit), 1, nct);
+  std::vector<T> partial((ksplit - 1) * wsize);  // (every value written below)
+  float zero16[kNR];  // -0: x + (-0) is x, zeros' signs included
+  std::fill(zero16, zero16 + kNR, -0.0f);
+  at::parallel_for(0, g.G * ksplit * ncr, 1, [&](int64_t b, int64_t e) {
+    // acc: per channel group (ob, nb), per column tile, nb x [6][16]; gpk: the
+    // chunk's grad_output per channel group, [pixel][nb * 16]
+    const ScratchBuf<T> acc(kWinoSlot, (ceil_div(nct, ncr) + 1) * nob * kMR * kNR);
+    std::vector<T> gpk(crow * g.OW * OCg);
+    std::vector<int64_t> aoff(crow), boff(crow);
+    const T* ap[kMR];
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t grp = item / (ksplit * ncr), sp = (item / ncr) % ksplit, cr = item % ncr;
+      const int64_t c_lo = nct * cr / ncr, c_hi = nct * (cr + 1) / ncr, nci = c_hi - c_lo;
+      const int64_t r_lo = nrows * sp / ksplit, r_hi = nrows * (sp + 1) / ksplit;
+      T* dst = sp == 0 ? gw : partial.data() + (sp - 1) * wsize;
+      const T* xb = xp.p + grp * xp.sG;
+      if (r_lo == r_hi) std::fill(acc.data(), acc.data() + nci * nob * kMR * kNR, T(0));  // (no pixels)
+      for (int64_t r0 = r_lo; r0 < r_hi; r0 += crow) {
+        const int64_t nt = std::min(crow, r_hi - r0), npix = nt * g.OW;
+        for (int64_t t = 0; t < nt; ++t) {
+          const int64_t n = (r0 + t) / g.OH, oh = (r0 + t) % g.OH;
+          aoff[t] = n * xp.sN + oh * g.sh * xp.sR;
+          for (const auto& og : ogs) {  // the row's pixels into each group's panel
+            const int64_t w = og[1] * kNR, oc0 = grp * OCg + og[0] * kNR;
+            T* d = gpk.data() + og[0] * kNR * npix + t * g.OW * w;
+            if (cl) {
+              const T* src = gyp + ((n * g.OH + oh) * g.OW) * g.OC + oc0;
+              for (int64_t ow = 0; ow < g.OW; ++ow)
+                std::memcpy(d + ow * w, src + ow * g.OC, w * sizeof(T));
+            } else {  // from the planes (no transposed copy of the whole gradient)
+              K.transpose(gyp + (n * g.OC + oc0) * g.OH * g.OW + oh * g.OW, g.OH * g.OW, w, g.OW,
+                          d, w);
+            }
+          }
+        }
+        for (const auto& og : ogs) {
+          const int64_t w = og[1] * kNR;
+          for (int64_t t = 0; t < nt; ++t) boff[t] = t * g.OW * w;
+          const T* panel = gpk.data() + og[0] * kNR * npix;
+          T* accg = acc.data() + og[0] * nci * kMR * kNR;
+          for (int64_t ct = c_lo; ct < c_hi; ++ct) {
+            for (int i = 0; i < kMR; ++i) ap[i] = xb + coff[ct * kMR + i];
+            K.tile_wide_acc(ap, aoff.data(), panel, boff.data(), nt, g.OW, g.sw * xp.sC, w,
+                            (int)og[1], r0 > r_lo, accg + (ct - c_lo) * og[1] * kMR * kNR);
+          }
+        }
+      }
+      for (const auto& og : ogs)  // into rows [oc][column]
+        for (int64_t ct = c_lo; ct < c_hi; ++ct)
+          for (int64_t q = 0; q < og[1]; ++q) {
+            const T* tv = acc.data() + (og[0] * nci + (ct - c_lo) * og[1] + q) * kMR * kNR;
+            T* wr = dst + (grp * OCg + (og[0] + q) * kNR) * ncolumns + ct * kMR;
+            if constexpr (std::is_same<T, float>::value) {
+              if (ct * kMR + kMR <= ncolumns) {  // 2 stores a row (4 + 2 values)
+                conv::avx512::store_cols6(tv, zero16, wr, ncolumns, kNR);
+                continue;
+              }
+            }
+            for (int64_t j = 0; j < kNR; ++j)
+              for (int64_t i = 0; i < kMR && ct * kMR + i < ncolumns; ++i)
+                wr[j * ncolumns + i] = tv[i * kNR + j];
+          }
+    }
+  });
+  finish_wgrad(g, gw, partial, ksplit);
+}
+
 template <typename T>
 void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl, T* gw) {
   const Kern<T> K;
+  if (K.avx512 && g.OCg() % kNR == 0 && use_wgrad_oc()) return conv_wgrad_oc<T>(g, gy, x, cl, gw);
   const int64_t Cg = g.Cg(), OCg = g.OCg(), KK = g.KH * g.KW;
   const int64_t R = (g.OH - 1) * g.sh + (g.KH - 1) * g.dh + 1;
   const int64_t Cn = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1;
@@ -1151,13 +1311,10 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
   // in gw's [c][kh][kw]. A block takes 16 consecutive columns, gathered as
   // runs of consecutive offsets (a block may span two kernel rows, so a
   // 3-channel 11x11 kernel needs 23 blocks, not 33).
-  std::vector<int64_t> src_off, dst_idx;
+  std::vector<int64_t> src_off;
   for (int64_t kh = 0; kh < g.KH; ++kh)
     for (int64_t kw = 0; kw < g.KW; ++kw)
-      for (int64_t c = 0; c < Cg; ++c) {
-        src_off.push_back(kh * g.dh * xp.sR + kw * g.dw * xp.sC + c);
-        dst_idx.push_back(c * KK + kh * g.KW + kw);
-      }
+      for (int64_t c = 0; c < Cg; ++c) src_off.push_back(kh * g.dh * xp.sR + kw * g.dw * xp.sC + c);
   struct Seg {
     int64_t pos, off, len;  // columns [pos, pos + len) of a block read from off..off + len
   };
@@ -1369,24 +1526,7 @@ void conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool c
       }
     }
   });
-  if (ksplit > 1) {  // the splits in order, per element (parallel over elements)
-    at::parallel_for(0, wsize, 16384, [&](int64_t b, int64_t e) {
-      for (int64_t s2 = 1; s2 < ksplit; ++s2) {
-        const T* src = partial.data() + (s2 - 1) * wsize;
-        for (int64_t i = b; i < e; ++i) gw[i] += src[i];
-      }
-    });
-  }
-  if (KK > 1) {  // rows from the columns' order to [c][kh][kw]
-    at::parallel_for(0, g.OC, 8, [&](int64_t b, int64_t e) {
-      std::vector<T> row(Cg * KK);
-      for (int64_t oc = b; oc < e; ++oc) {
-        T* wr = gw + oc * Cg * KK;
-        std::memcpy(row.data(), wr, Cg * KK * sizeof(T));
-        for (int64_t q = 0; q < Cg * KK; ++q) wr[dst_idx[q]] = row[q];
-      }
-    });
-  }
+  finish_wgrad(g, gw, partial, ksplit);
 }
 
 // ---------------------------------------------------------- bias gradient

@@ -105,6 +105,15 @@ void tile12_add(const float* const* a, const int64_t* a_off, const float* b,
 // instead of one per 12 / 13 in tile12).
 void tile_wide(const float* const* a, const int64_t* a_off, const float* b, const int64_t* b_off,
                int64_t ntaps, int64_t len, int64_t blk, int nb, float* out);
+// The weight gradient vectorised along output channels: 6 columns a[0..5]
+// (broadcast, a_cs apart a step) against nb (1-4) consecutive blocks of 16
+// output channels at b (block q at b + 16 q, ldb apart a step), added to
+// out[nb][6][16] (add; else written): out[q][i][j] (+)= sum_t sum_k a[i][a_off[t] + k a_cs] *
+// b[b_off[t] + k ldb + 16 q + j], each element one FMA chain in (t, k) order
+// (starting from out's value, or from zero).
+void tile_wide_acc(const float* const* a, const int64_t* a_off, const float* b,
+                   const int64_t* b_off, int64_t ntaps, int64_t len, int64_t a_cs, int64_t ldb,
+                   int nb, bool add, float* out);
 // Two packed 6-row panels (rows at p0 + i and p1 + i, 6 values a step)
 // against two 16-column panels b0, b1 (16 values a step), len steps:
 // out0[12][16] += rows x b0, out1[12][16] += rows x b1; bit for bit

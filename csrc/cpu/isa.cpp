@@ -49,6 +49,14 @@ std::atomic<int>& wide_blocks() {
   return v;
 }
 
+std::atomic<bool>& wgrad_oc_mode() {
+  static std::atomic<bool> v([] {
+    const char* env = std::getenv("CNNKERNELS_WGRAD_OC");
+    return env == nullptr || std::string(env) != "0";
+  }());
+  return v;
+}
+
 }  // namespace
 
 int wide_tile_blocks() { return wide_blocks().load(std::memory_order_relaxed); }
@@ -56,6 +64,9 @@ void set_wide_tile_blocks(int n) {
   TORCH_CHECK(n >= 1 && n <= 4, "cnnkernels: wide tile blocks must be in [1, 4], got ", n);
   wide_blocks() = n;
 }
+
+bool use_wgrad_oc() { return wgrad_oc_mode().load(std::memory_order_relaxed); }
+void set_wgrad_oc(bool on) { wgrad_oc_mode() = on; }
 
 bool use_winograd() { return winograd_mode().load(std::memory_order_relaxed) >= 1; }
 bool force_winograd() { return winograd_mode().load(std::memory_order_relaxed) == 2; }

@@ -31,6 +31,13 @@ void set_winograd(bool on);
 bool force_winograd();
 void force_winograd_for_tests();
 
+// Whether the AVX-512 float32 weight gradient runs along output channels
+// (conv_wgrad_oc in conv.cpp) where it applies, rather than through the packed
+// GEMM panels. On by default; CNNKERNELS_WGRAD_OC=0 at import,
+// cnnkernels._C._set_wgrad_oc at run time (the tests compare the two).
+bool use_wgrad_oc();
+void set_wgrad_oc(bool on);
+
 // How many 16-column blocks the AVX-512 forward and data-gradient tiles
 // span (1-4; 1: the 6- and 12-row tiles only). CNNKERNELS_WIDE_TILES at
 // import, cnnkernels._C._set_wide_tile_blocks at run time (results are the
