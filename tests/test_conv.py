@@ -945,6 +945,51 @@ def test_avx512_tile_pairs_match_single_tiles():
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", [
+    # (x shape, out channels, kernel, stride, padding, dilation, groups)
+    ((2, 8, 10, 12), 16, (3, 3), 1, 1, 1, 1),      # one block of 16 output channels
+    ((4, 3, 40, 40), 32, (7, 7), 2, 3, 1, 1),      # a stem: pixel splits (large grad_output)
+    ((2, 10, 9, 9), 96, (5, 5), 1, 2, 1, 1),       # 96 = 3 + 3 blocks; 250 columns: a short tile
+    ((2, 8, 9, 9), 32, (3, 3), 1, 2, 2, 2),        # groups of 16 output channels, dilation
+    ((2, 5, 11, 13), 48, (3, 5), (2, 1), (0, 2), 1, 1),  # stride, uneven padding, 3 blocks
+    ((2, 20, 7, 7), 64, (1, 1), 1, 0, 1, 1),       # 1x1 (channels_last: this path)
+    ((0, 8, 6, 6), 16, (3, 3), 1, 1, 1, 1),        # empty batch: zeros
+])
+def test_wgrad_along_output_channels_cpu(case, layout):
+    """The AVX-512 float32 weight gradient runs along output channels where
+    they come in blocks of 16 (cnnkernels._C._set_wgrad_oc; off: the packed
+    GEMM panels). Both against torch in float64, and the new path bit for bit
+    the same on 1, 2 and 3 threads."""
+    import cnnkernels
+    if not cnnkernels._C._avx512_available():
+        pytest.skip("needs AVX-512F")
+    shape, oc, (kh, kw), s, p, d, grp = case
+    gen = torch.Generator().manual_seed(21)
+    x = _layout(torch.randn(shape, generator=gen, dtype=torch.float64), layout)
+    w = torch.randn(oc, shape[1] // grp, kh, kw, generator=gen, dtype=torch.float64)
+    gy = _layout(torch.randn(F.conv2d(x, w, None, s, p, d, grp).shape, generator=gen,
+                             dtype=torch.float64), layout)
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+    args = (pair(s), pair(p), pair(d), grp, [False, True, False])
+    ref = torch.ops.aten.convolution_backward(gy, x, w, None, args[0], args[1], args[2], False,
+                                              [0, 0], grp, args[4])[1]
+    old_isa, old_mode = cnnkernels.cpu_isa(), cnnkernels._C._wgrad_oc()
+    wgrad = lambda: torch.ops.cnnkernels.conv2d_backward(  # noqa: E731
+        gy.float(), x.float(), w.float(), *args)[1]
+    try:
+        cnnkernels.set_cpu_isa("avx512")
+        for mode in (True, False):
+            cnnkernels._C._set_wgrad_oc(mode)
+            runs = _on_threads(wgrad)
+            torch.testing.assert_close(runs[0].double(), ref, rtol=1e-4, atol=1e-4)
+            for other in runs[1:]:
+                assert torch.equal(runs[0], other)
+    finally:
+        cnnkernels.set_cpu_isa(old_isa)
+        cnnkernels._C._set_wgrad_oc(old_mode)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_avx512_wide_tiles_match_narrow(layout):
     """The AVX-512 forward and data gradient run each 6-pixel tile against 2-4
     column blocks of 16 channels at once (cnnkernels._C._set_wide_tile_blocks);
