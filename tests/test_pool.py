@@ -409,11 +409,13 @@ def test_max_pool2d_backward_k3s2p1_bitwise_cpu(isa, shape, kind):
 
 @pytest.mark.parametrize("isa", CPU_ISAS)
 @pytest.mark.parametrize("shape", [(2, 3, 16, 16), (1, 2, 17, 18), (2, 2, 9, 34), (1, 1, 2, 16),
-                                   (1, 1, 1, 16), (2, 3, 15, 32)])
+                                   (1, 1, 1, 16), (2, 3, 15, 32), (1, 2, 12, 56), (2, 1, 7, 170)])
 @pytest.mark.parametrize("kind", ["randn", "ties", "nan", "ninf"])
 def test_max_pool2d_k3s2p1_forward_cpu(isa, shape, kind):
     """3x3 / stride 2 / padding 1 NCHW max_pool2d forward (its own AVX2
-    kernel when W is even and OW >= 8): values and indices equal torch's,
+    kernel when W is even and OW >= 8, AVX-512 when OW >= 16; blocks of 8 or
+    16 columns, four at a time, so OW = 28 and 85 leave partial groups and an
+    overlapping last block): values and indices equal torch's,
     with ties (first maximum in window order), NaNs (the last NaN wins),
     windows of -inf only (the first valid position), one-row and two-row
     inputs, and a last block that overlaps its neighbour; with and without

@@ -218,6 +218,10 @@ void max_pool_run(const Tensor& x, const Pool2dGeometry& g, const Tensor& out,
         else
           max_pool_nhwc_generic(in, o, oi, q0, q1, p);
       });
+    } else if (fast && use_avx512() && avx2_nchw_ok(p) && is_k3s2p1(p) && p.OW >= 16) {
+      at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
+        avx512::max_pool2d_nchw_k3s2p1((const float*)in, (float*)o, oi, p0, p1, p);
+      });
     } else if (fast && avx2_nchw_ok(p)) {
       const Tables t(p, true);
       at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {

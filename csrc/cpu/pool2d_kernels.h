@@ -109,5 +109,12 @@ void stream_copy(void* dst, const void* src, int64_t bytes);
 void store_fence();
 
 }  // namespace avx2
+
+// AVX-512F (pool2d_avx512.cpp): the 3x3 / stride 2 / padding 1 NCHW max pool
+// forward (is_k3s2p1 and OW >= 16), indices when ind is not null.
+namespace avx512 {
+void max_pool2d_nchw_k3s2p1(const float* in, float* out, int64_t* ind, int64_t p0, int64_t p1,
+                            const PoolPlan& p);
+}  // namespace avx512
 }  // namespace cpu
 }  // namespace cnnkernels

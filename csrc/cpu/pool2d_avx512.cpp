@@ -1,0 +1,120 @@
+// AVX-512 build of the NCHW float32 max pool with 3x3 windows, stride 2 and
+// padding 1 (ResNet's stem pool), picked at run time by pool2d.cpp on
+// processors with AVX-512F when OW >= 16. Nothing from torch is included
+// under the target (see pool2d_kernels.h).
+//
+// The same plan as the AVX2 kernel (pool2d_avx2.cpp, max_k3s2p1_impl), 16
+// output columns a register: per input row, two loads and two two-source
+// permutes give the window's middle (even) and right (odd) input columns,
+// two more loads one column to the left its left column (the first block's
+// padding lane masked: no access there, -inf in it). Each tap is two
+// compares into a mask (v > m, or v is NaN: torch's rule, the first maximum
+// and the last NaN win) and two masked moves, where AVX2 needs a compare, an
+// unordered compare, an or and two variable blends on 8 lanes: about a third
+// of the instructions per output, and four blocks' chains in flight.
+#include <cstdint>
+
+#include "pool2d_kernels.h"
+
+#pragma GCC target("avx512f,avx2,fma")
+// GCC 12's 256-bit extracts and widening moves pass an undefined source
+// under a full mask, which -Wmaybe-uninitialized reports at every use: a
+// false positive of the header (as in conv_avx512.cpp).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <immintrin.h>
+
+namespace cnnkernels {
+namespace cpu {
+namespace avx512 {
+namespace {
+
+template <bool Idx>
+void k3s2p1_impl(const float* in, float* out, int64_t* ind, int64_t p0, int64_t p1,
+                 const PoolPlan& p) {
+  const int64_t H = p.H, W = p.W, OH = p.OH, OW = p.OW;
+  const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512i two_j = _mm512_add_epi32(even, _mm512_setzero_si512());  // 2 j per lane
+  constexpr int NB = 4;
+  const int64_t nblk = (OW + 15) / 16;  // starts 16 i, the last at OW - 16
+  auto start = [&](int64_t i) { return i == nblk - 1 ? OW - 16 : 16 * i; };
+  for (int64_t plane = p0; plane < p1; ++plane) {
+    const float* src = in + plane * H * W;
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      const int64_t top = 2 * oh - 1;  // input row of kh = 0
+      const int64_t kh0 = oh == 0 ? 1 : 0, kh1 = top + 2 < H ? 3 : 2;
+      float* orow = out + (plane * OH + oh) * OW;
+      int64_t* irow = Idx ? ind + (plane * OH + oh) * OW : nullptr;
+      for (int64_t i = 0; i < nblk; i += NB) {
+        const int nb = (int)(nblk - i < NB ? nblk - i : NB);
+        int64_t ows[NB];
+        __m512 m[NB];
+        __m512i mi[NB];
+        for (int b = 0; b < NB; ++b) {
+          ows[b] = b < nb ? start(i + b) : 0;
+          m[b] = ninf;
+          // the first valid position: row max(top, 0), column max(2 (ow + j) - 1, 0)
+          mi[b] = _mm512_set1_epi32((int32_t)(kh0 * W));
+        }
+        const bool first = i == 0;
+        if (first) mi[0] = _mm512_mask_add_epi32(mi[0], 1, mi[0], _mm512_set1_epi32(1));
+        for (int64_t kh = kh0; kh < kh1; ++kh) {
+          const __m512i offs[3] = {_mm512_set1_epi32((int32_t)(kh * W)),
+                                   _mm512_set1_epi32((int32_t)(kh * W + 1)),
+                                   _mm512_set1_epi32((int32_t)(kh * W + 2))};
+          __m512 v[NB][3];
+#pragma GCC unroll 4
+          for (int b = 0; b < NB; ++b) {
+            if (b >= nb) break;
+            const float* row = src + (top + kh) * W + 2 * ows[b];
+            const __m512 a = _mm512_loadu_ps(row), c = _mm512_loadu_ps(row + 16);
+            const __m512 la = b == 0 && first ? _mm512_mask_loadu_ps(ninf, 0xFFFE, row - 1)
+                                              : _mm512_loadu_ps(row - 1);
+            const __m512 lc = _mm512_loadu_ps(row + 15);
+            v[b][0] = _mm512_permutex2var_ps(la, even, lc);
+            v[b][1] = _mm512_permutex2var_ps(a, even, c);
+            v[b][2] = _mm512_permutex2var_ps(a, odd, c);
+          }
+#pragma GCC unroll 3
+          for (int kw = 0; kw < 3; ++kw) {
+#pragma GCC unroll 4
+            for (int b = 0; b < NB; ++b) {
+              if (b >= nb) break;
+              const __mmask16 take = _mm512_cmp_ps_mask(v[b][kw], m[b], _CMP_GT_OQ) |
+                                     _mm512_cmp_ps_mask(v[b][kw], v[b][kw], _CMP_UNORD_Q);
+              m[b] = _mm512_mask_mov_ps(m[b], take, v[b][kw]);
+              if (Idx) mi[b] = _mm512_mask_mov_epi32(mi[b], take, offs[kw]);
+            }
+          }
+        }
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; ++b) {
+          if (b >= nb) break;
+          _mm512_storeu_ps(orow + ows[b], m[b]);
+          if (Idx) {
+            const __m512i corner =
+                _mm512_add_epi32(_mm512_set1_epi32((int32_t)(top * W + 2 * ows[b] - 1)), two_j);
+            const __m512i idx = _mm512_add_epi32(mi[b], corner);
+            _mm512_storeu_si512(irow + ows[b], _mm512_cvtepi32_epi64(_mm512_castsi512_si256(idx)));
+            _mm512_storeu_si512(irow + ows[b] + 8,
+                                _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(idx, 1)));
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void max_pool2d_nchw_k3s2p1(const float* in, float* out, int64_t* ind, int64_t p0, int64_t p1,
+                            const PoolPlan& p) {
+  ind ? k3s2p1_impl<true>(in, out, ind, p0, p1, p) : k3s2p1_impl<false>(in, out, ind, p0, p1, p);
+}
+
+}  // namespace avx512
+}  // namespace cpu
+}  // namespace cnnkernels
