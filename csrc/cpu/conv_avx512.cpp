@@ -381,6 +381,14 @@ void panels12x2(const float* p0, const float* p1, const float* b0, const float* 
   for (int i = 0; i < 12; ++i) _mm512_storeu_ps(out1 + 16 * i, c1[i]);
 }
 
+void store_rows(const float* v, const float* bv, float* dst, const int64_t* off, int64_t rows,
+                int64_t ncols) {
+  const __mmask16 m = (__mmask16)((1u << ncols) - 1u);
+  const __m512 b = _mm512_maskz_loadu_ps(m, bv);
+  for (int64_t i = 0; i < rows; ++i)
+    _mm512_mask_storeu_ps(dst + off[i], m, _mm512_add_ps(_mm512_loadu_ps(v + 16 * i), b));
+}
+
 void store_cols6(const float* v, const float* bv, float* dst, int64_t cs, int64_t ncols) {
   const __m512 b = _mm512_loadu_ps(bv);
   const __m512 r0 = _mm512_add_ps(_mm512_loadu_ps(v), b);

@@ -120,6 +120,10 @@ void tile_wide_acc(const float* const* a, const int64_t* a_off, const float* b,
 // panels12 (tile12_add) run once per column panel. 14 loads per 24 FMAs.
 void panels12x2(const float* p0, const float* p1, const float* b0, const float* b1, int64_t len,
                 float* out0, float* out1);
+// A tile of rows (<= 6) pixels x ncols (<= 16) channels to channels_last
+// output: dst[off[i] + j] = v[i * 16 + j] + bv[j] (one masked store a pixel).
+void store_rows(const float* v, const float* bv, float* dst, const int64_t* off, int64_t rows,
+                int64_t ncols);
 // A 6 x 16 tile of 6 consecutive pixels to planar (NCHW) output:
 // dst[j * cs + i] = v[i * 16 + j] + bv[j] for i < 6, j < ncols (<= 16); two
 // stores per channel (4 + 2 values) instead of six.
