@@ -958,8 +958,9 @@ def test_avx512_tile_pairs_match_single_tiles():
 def test_wgrad_along_output_channels_cpu(case, layout):
     """The AVX-512 float32 weight gradient runs along output channels where
     they come in blocks of 16 (cnnkernels._C._set_wgrad_oc; off: the packed
-    GEMM panels). Both against torch in float64, and the new path bit for bit
-    the same on 1, 2 and 3 threads."""
+    GEMM panels), summing the bias gradient on the way. Both against torch in
+    float64 (weight and bias gradients), and bit for bit the same on 1, 2 and
+    3 threads."""
     import cnnkernels
     if not cnnkernels._C._avx512_available():
         pytest.skip("needs AVX-512F")
@@ -970,20 +971,21 @@ def test_wgrad_along_output_channels_cpu(case, layout):
     gy = _layout(torch.randn(F.conv2d(x, w, None, s, p, d, grp).shape, generator=gen,
                              dtype=torch.float64), layout)
     pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
-    args = (pair(s), pair(p), pair(d), grp, [False, True, False])
-    ref = torch.ops.aten.convolution_backward(gy, x, w, None, args[0], args[1], args[2], False,
-                                              [0, 0], grp, args[4])[1]
+    args = (pair(s), pair(p), pair(d), grp, [False, True, True])
+    ref = torch.ops.aten.convolution_backward(gy, x, w, [oc], args[0], args[1], args[2], False,
+                                              [0, 0], grp, args[4])[1:]
     old_isa, old_mode = cnnkernels.cpu_isa(), cnnkernels._C._wgrad_oc()
     wgrad = lambda: torch.ops.cnnkernels.conv2d_backward(  # noqa: E731
-        gy.float(), x.float(), w.float(), *args)[1]
+        gy.float(), x.float(), w.float(), *args)[1:]
     try:
         cnnkernels.set_cpu_isa("avx512")
         for mode in (True, False):
             cnnkernels._C._set_wgrad_oc(mode)
             runs = _on_threads(wgrad)
-            torch.testing.assert_close(runs[0].double(), ref, rtol=1e-4, atol=1e-4)
+            for got, want in zip(runs[0], ref):
+                torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
             for other in runs[1:]:
-                assert torch.equal(runs[0], other)
+                assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
     finally:
         cnnkernels.set_cpu_isa(old_isa)
         cnnkernels._C._set_wgrad_oc(old_mode)
