@@ -953,6 +953,8 @@ def test_avx512_tile_pairs_match_single_tiles():
     ((2, 8, 9, 9), 32, (3, 3), 1, 2, 2, 2),        # groups of 16 output channels, dilation
     ((2, 5, 11, 13), 48, (3, 5), (2, 1), (0, 2), 1, 1),  # stride, uneven padding, 3 blocks
     ((2, 20, 7, 7), 64, (1, 1), 1, 0, 1, 1),       # 1x1 (channels_last: this path)
+    ((8, 4, 24, 24), 16, (1, 1), 1, 0, 1, 1),      # 1x1, pixel splits (channels_last in place)
+    ((2, 6, 8, 9), 80, (3, 3), 1, 1, 1, 1),        # 5 blocks: 4 + 1
     ((0, 8, 6, 6), 16, (3, 3), 1, 1, 1, 1),        # empty batch: zeros
 ])
 def test_wgrad_along_output_channels_cpu(case, layout):
@@ -1000,7 +1002,9 @@ def test_avx512_wide_tiles_match_narrow(layout):
     96 = 3 + 3), with bias, through conv2d (forward and input gradient; 7x7
     stride 2, 3x3 and 1x1) and conv_transpose2d with stride 2, and match
     torch in float64. The weight gradient's two-column-panel kernel (on when
-    the count is 2 or more) is checked the same way."""
+    the count is 2 or more) is checked the same way on the 40- and
+    36-channel layers (the others, 16-channel blocks, run along output
+    channels: test_wgrad_along_output_channels_cpu)."""
     import cnnkernels
     if not cnnkernels._C._avx512_available():
         pytest.skip("needs AVX-512F")

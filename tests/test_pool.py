@@ -409,7 +409,8 @@ def test_max_pool2d_backward_k3s2p1_bitwise_cpu(isa, shape, kind):
 
 @pytest.mark.parametrize("isa", CPU_ISAS)
 @pytest.mark.parametrize("shape", [(2, 3, 16, 16), (1, 2, 17, 18), (2, 2, 9, 34), (1, 1, 2, 16),
-                                   (1, 1, 1, 16), (2, 3, 15, 32), (1, 2, 12, 56), (2, 1, 7, 170)])
+                                   (1, 1, 1, 16), (2, 3, 15, 32), (1, 2, 12, 56), (2, 1, 7, 170),
+                                   (1, 1, 1, 32), (1, 1, 2, 32)])
 @pytest.mark.parametrize("kind", ["randn", "ties", "nan", "ninf"])
 def test_max_pool2d_k3s2p1_forward_cpu(isa, shape, kind):
     """3x3 / stride 2 / padding 1 NCHW max_pool2d forward (its own AVX2

@@ -112,7 +112,8 @@ struct Kern {
     for (int q = 0; q < nb; ++q) tile(a, ao, b + q * blk, bo, nt, len, 1, kNR, out + q * kMR * kNR);
   }
   // 6 columns against nb blocks of 16 output channels, 16 values apart, added
-  // to out[nb][6][16] (the weight gradient along output channels); one pass
+  // to out[nb][6][16] (written when !add; the weight gradient along output
+  // channels); one pass
   // on the AVX-512 float32 path, else nb tile_add calls
   void tile_wide_acc(const T* const* a, const int64_t* ao, const T* b, const int64_t* bo,
                      int64_t nt, int64_t len, int64_t acs, int64_t ldb, int nb, bool add,
@@ -1185,18 +1186,19 @@ void finish_wgrad(const ConvGeometry& g, T* gw, const std::vector<T>& partial, i
 // The weight gradient vectorised along output channels (AVX-512 float32,
 // output channels per group a multiple of 16):
 //   gw[oc][(kh, kw, c)] = sum over output pixels of gy[pixel][oc] * x[pixel's (kh, kw) input][c]
-// with grad_output in NHWC (read in place when channels_last, else one
-// transposed copy) as the 16-wide operand, and the input's zero-bordered NHWC
-// window as the broadcast one, read in place: tile_wide_acc's 6 columns are
-// 6 consecutive (kh, kw, c) of the window, each stepping sw pixels along an
-// output row, against up to 4 blocks of 16 output channels (10 loads per 24
-// FMAs; the GEMM-shaped path below packs both operands and loads 14 per 24).
-// Taps: output rows (n, oh), OW steps each, in chunks of rows holding about
-// 256 KB of grad_output (which stay in L2 while every column tile of the work
-// item reads them). Each value sums its pixels in row order within a pixel
-// split; the splits (a count fixed by the shapes) are added in order:
-// results repeat bit for bit whatever the number of threads, which only cut
-// the column tiles.
+// with grad_output as the 16-wide operand, packed per chunk of output rows
+// into [pixel][up to 64 channels] panels (copied from channels_last,
+// transposed from the NCHW planes: never a whole transposed copy), and the
+// input's zero-bordered NHWC window as the broadcast one, read in place:
+// tile_wide_acc's 6 columns are 6 consecutive (kh, kw, c) of the window, each
+// stepping sw pixels along an output row, against up to 4 blocks of 16
+// output channels (10 loads per 24 FMAs; the GEMM-shaped path below packs
+// both operands and loads 14 per 24). Taps: output rows (n, oh), OW steps
+// each, in chunks of about 128 pixels (a 32 KB panel per 4 blocks, kept in
+// L1 while every column tile of the work item reads it). Each value sums
+// its pixels in row order within a pixel split; the splits (a count fixed
+// by the shapes) are added in order: results repeat bit for bit whatever
+// the number of threads, which only cut the column tiles.
 template <typename T>
 void conv_wgrad_oc(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl, T* gw,
                    T* gb) {
@@ -1237,7 +1239,8 @@ void conv_wgrad_oc(const ConvGeometry& g, const Tensor& gy, const Tensor& x, boo
   // (NiN's 5x5: 11 MB against 2.5 MB).
   const int64_t ksplit = std::clamp<int64_t>(
       std::min(gy.numel() / std::max<int64_t>(1, 4 * wsize), ceil_div(nrows, crow)), 1, 8);
-  const int64_t ncr = std::clamp<int64_t>(ceil_div(at::get_num_threads(), g.G * ksplit), 1, nct);
+  const int64_t ncr = std::clamp<int64_t>(ceil_div(at::get_num_threads(), g.G * ksplit), 1,
+                                          std::max<int64_t>(1, nct));  // (nct 0: no input channels)
   std::vector<T> partial((ksplit - 1) * wsize);  // (every value written below)
   // the bias gradient (gb not null): per pixel split, the sums of the packed
   // panels of its first column range, per chunk in float, across chunks in

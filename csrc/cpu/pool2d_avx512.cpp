@@ -37,7 +37,7 @@ void k3s2p1_impl(const float* in, float* out, int64_t* ind, int64_t p0, int64_t 
   const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  const __m512i two_j = _mm512_add_epi32(even, _mm512_setzero_si512());  // 2 j per lane
+  const __m512i two_j = even;  // 2 j per lane
   constexpr int NB = 4;
   const int64_t nblk = (OW + 15) / 16;  // starts 16 i, the last at OW - 16
   auto start = [&](int64_t i) { return i == nblk - 1 ? OW - 16 : 16 * i; };
