@@ -617,7 +617,17 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
   const int64_t R = (g.OH - 1) * g.sh + (g.KH - 1) * g.dh + 1;
   const int64_t Cn = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1;
   Tensor xbuf;
-  const Nhwc<T> xp = nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, false, xbuf, g.G);
+  // channels_last with one group, where columns are grouped by their taps
+  // too (group_columns below): no pixel group reads a padding row or column,
+  // so the input is read in place through a window origin (-pt, -pl) outside
+  // it (never dereferenced there) instead of a zero-bordered copy (3x3
+  // stride 2 64->128 at 56x56, batch 8: 3.7-3.8 -> 3.2-3.4 ms; NiN's 5x5
+  // 43.4-43.6 -> 41.4-42.5; dilation 2 and 512 channels at 7x7 within 2 %)
+  const bool in_place = cl && g.G == 1 && group_columns(KK * Cg);
+  const Nhwc<T> xp =
+      in_place ? Nhwc<T>{x.data_ptr<T>() - (g.pt * g.W + g.pl) * g.C, g.H * g.W * g.C, g.W * g.C,
+                         g.C, Cg}
+               : nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, false, xbuf, g.G);
 
   // weights packed as [G][column block][kh][kw][c][16 output channels]
   const int64_t ncb = ceil_div(OCg, kNR), blk = KK * Cg * kNR;
