@@ -213,7 +213,9 @@ void max_pool_run(const Tensor& x, const Pool2dGeometry& g, const Tensor& out,
     if (nhwc) {
       const bool fast_nhwc = fast && p.H * p.W < (int64_t(1) << 31);
       at::parallel_for(0, g.N * g.OH * g.OW, 16, [&](int64_t q0, int64_t q1) {
-        if (fast_nhwc)
+        if (fast_nhwc && use_avx512())
+          avx512::max_pool2d_nhwc((const float*)in, (float*)o, oi, q0, q1, p);
+        else if (fast_nhwc)
           avx2::max_pool2d_nhwc((const float*)in, (float*)o, oi, q0, q1, p);
         else
           max_pool_nhwc_generic(in, o, oi, q0, q1, p);

@@ -115,6 +115,10 @@ void store_fence();
 namespace avx512 {
 void max_pool2d_nchw_k3s2p1(const float* in, float* out, int64_t* ind, int64_t p0, int64_t p1,
                             const PoolPlan& p);
+// ... and the channels_last max pool forward (any geometry; output pixels
+// [q0, q1), 64 channels a register block), as avx2::max_pool2d_nhwc.
+void max_pool2d_nhwc(const float* in, float* out, int64_t* ind, int64_t q0, int64_t q1,
+                     const PoolPlan& p);
 }  // namespace avx512
 }  // namespace cpu
 }  // namespace cnnkernels
