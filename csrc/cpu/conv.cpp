@@ -113,8 +113,7 @@ struct Kern {
   }
   // 6 columns against nb blocks of 16 output channels, 16 values apart, added
   // to out[nb][6][16] (written when !add; the weight gradient along output
-  // channels); one pass
-  // on the AVX-512 float32 path, else nb tile_add calls
+  // channels): one pass on the AVX-512 float32 path, else nb tile(_add) calls
   void tile_wide_acc(const T* const* a, const int64_t* ao, const T* b, const int64_t* bo,
                      int64_t nt, int64_t len, int64_t acs, int64_t ldb, int nb, bool add,
                      T* out) const {
@@ -203,7 +202,9 @@ struct Nhwc {
 // Rows [r0, r0 + R) x cols [c0, c0 + Cn) of an (N, C, H, W) activation `t`
 // (contiguous NCHW, or channels_last when cl) in NHWC order, zero outside the
 // image. A channels_last tensor that covers the window is read in place
-// (unless `copy`); otherwise the window is copied (see below; plus kNR
+// (unless `copy`), and so is one with one group whose caller reads only the
+// pixels inside the image (`inside_only`: the window's origin may then lie
+// outside the tensor, its border never dereferenced); otherwise the window is copied (see below; plus kNR
 // elements of slack, so that a 16-wide read past the last channel stays
 // inside the allocation). With G > 1 groups the copy is group-major,
 // [G][N][R][Cn][C / G]: a pixel's channels of one group are then contiguous
@@ -272,11 +273,13 @@ struct ScratchBuf {
 
 template <typename T>
 Nhwc<T> nhwc_window(const Tensor& t, bool cl, int64_t r0, int64_t R, int64_t c0, int64_t Cn,
-                    bool copy, Tensor& buf, int64_t G = 1, int slot = kWindowSlot) {
+                    bool copy, Tensor& buf, int64_t G = 1, int slot = kWindowSlot,
+                    bool inside_only = false) {
   const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3), Cg = C / G;
   const T* src = t.data_ptr<T>();
   const Kern<T> K;
-  if (G == 1 && cl && !copy && r0 >= 0 && c0 >= 0 && r0 + R <= H && c0 + Cn <= W) {
+  if (G == 1 && cl && !copy &&
+      (inside_only || (r0 >= 0 && c0 >= 0 && r0 + R <= H && c0 + Cn <= W))) {
     return {src + (r0 * W + c0) * C, H * W * C, W * C, C, Cg};
   }
   const int64_t gsz = N * R * Cn * Cg;  // one group's elements
@@ -624,11 +627,8 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
   // stride 2 64->128 at 56x56, batch 8: 3.7-3.8 -> 3.2-3.4 ms; NiN's 5x5
   // 43.4-43.6 -> 41.4-42.5; 512 channels at 7x7 within 2 %; dilation 2 1-2 %
   // slower, so dilated layers keep the copy)
-  const bool in_place = cl && g.G == 1 && g.dh == 1 && g.dw == 1 && group_columns(KK * Cg);
-  const Nhwc<T> xp =
-      in_place ? Nhwc<T>{x.data_ptr<T>() - (g.pt * g.W + g.pl) * g.C, g.H * g.W * g.C, g.W * g.C,
-                         g.C, Cg}
-               : nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, false, xbuf, g.G);
+  const Nhwc<T> xp = nhwc_window<T>(x, cl, -g.pt, R, -g.pl, Cn, false, xbuf, g.G, kWindowSlot,
+                                    g.dh == 1 && g.dw == 1 && group_columns(KK * Cg));
 
   // weights packed as [G][column block][kh][kw][c][16 output channels]
   const int64_t ncb = ceil_div(OCg, kNR), blk = KK * Cg * kNR;
@@ -1061,13 +1061,9 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
   // 4.1-4.2 -> 3.7; conv_transpose2d stride 2 3x3 4.2-4.3 -> 3.7, 4x4 6.4-6.5
   // -> 5.8-5.9, 2x2 2.0 -> 1.8-1.9; 1x1 256->64 4-5 %; NiN's 5x5 2-4 %.
   // Dilated layers keep the copy (1-2 % slower in place, forward too).
-  const bool in_place = cl && g.G == 1 && g.dh == 1 && g.dw == 1 && group_columns(KK * OCg);
   const Nhwc<T> gp =
-      in_place
-          ? Nhwc<T>{gy.data_ptr<T>() + (oh_lo * g.OW + ow_lo) * g.OC, g.OH * g.OW * g.OC,
-                    g.OW * g.OC, g.OC, OCg}
-          : nhwc_window<T>(gy, cl, oh_lo, oh_hi - oh_lo + 1, ow_lo, ow_hi - ow_lo + 1, false,
-                           gbuf, g.G);
+      nhwc_window<T>(gy, cl, oh_lo, oh_hi - oh_lo + 1, ow_lo, ow_hi - ow_lo + 1, false, gbuf,
+                     g.G, kWindowSlot, g.dh == 1 && g.dw == 1 && group_columns(KK * OCg));
 
   // transposed weights packed as [G][column block][kh][kw][oc][16 input channels].
   // With unit stride and dilation along the width, the kw taps of a kernel
@@ -1166,16 +1162,6 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
 
 // -------------------------------------------------------- weight gradient
 
-// The product gw[oc][(kh, kw, c)] = sum over output pixels p of
-// gy[p][oc] * x[p + tap][c], reduced in chunks of kc pixels. Per chunk the
-// gradient rows are packed into 6-wide panels ([rb][k][6], all of them, kept
-// in L2) and, one column block at a time, the input columns into a 16-wide
-// panel ([k][16], kept in L1); the micro-kernel then runs every 6-row block
-// against that panel with unit-stride reads. Packing both sides avoids the
-// strided, cache-set-conflicting reads of the unpacked operands.
-// Work items: (group, reduction split, column range). Each output value is
-// summed by one item per split, the splits (a fixed count that depends on
-// the shapes only) are added in order: results repeat bit for bit.
 // The end of a weight gradient computed as rows [oc][(kh, kw, c)] (the
 // columns in the input's order) in gw and the other pixel splits' sums in
 // partial (ksplit - 1 of gw's size): the splits added in order, per element,
@@ -1352,6 +1338,17 @@ void conv_wgrad_oc(const ConvGeometry& g, const Tensor& gy, const Tensor& x, boo
     }
 }
 
+// The weight gradient through packed GEMM panels (where conv_wgrad_oc does
+// not apply): the product gw[oc][(kh, kw, c)] = sum over output pixels p of
+// gy[p][oc] * x[p + tap][c], reduced in chunks of kc pixels. Per chunk the
+// gradient rows are packed into 6-wide panels ([rb][k][6], all of them, kept
+// in L2) and, one column block at a time, the input columns into a 16-wide
+// panel ([k][16], kept in L1); the micro-kernel then runs every 6-row block
+// against that panel with unit-stride reads. Packing both sides avoids the
+// strided, cache-set-conflicting reads of the unpacked operands.
+// Work items: (group, reduction split, column range). Each output value is
+// summed by one item per split, the splits (a fixed count that depends on
+// the shapes only) are added in order: results repeat bit for bit.
 template <typename T>
 bool conv_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl, T* gw,
                 T* gb = nullptr) {
