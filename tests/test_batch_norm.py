@@ -325,6 +325,43 @@ def test_batch_norm_cpu_schedules_agree(dtype):
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_batch_norm_large_input_both_store_paths_cpu(layout):
+    """An input over 8 MB: with a last-level cache small against it (llc 0)
+    the input gradient is written with non-temporal stores, with a large one
+    with plain stores; training forward and backward of BatchNormReLU2d
+    against torch, and the two paths bit for bit."""
+    g = torch.Generator().manual_seed(9)
+    x = _layout(torch.randn(4, 16, 192, 176, generator=g) * 3 - 1, layout).requires_grad_()
+    gy = _layout(torch.randn(x.shape, generator=g), layout)
+    assert x.numel() * 4 > (8 << 20)
+    results = []
+    try:
+        for llc in (0, 1 << 40):
+            cnnkernels._C._set_llc_bytes(llc)
+            m = cnn.BatchNormReLU2d(16)
+            y = m(x)
+            results.append((y, *torch.autograd.grad(y, (x, m.weight, m.bias), gy)))
+    finally:
+        cnnkernels._C._set_llc_bytes(-1)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    ref = torch.nn.BatchNorm2d(16)
+    z = ref(x)
+    y = torch.relu(z)
+    want = (y, *torch.autograd.grad(y, (x, ref.weight, ref.bias), gy))
+    torch.testing.assert_close(results[0][0], want[0], **_tol(torch.float32, "out"))
+    # over 2 M elements, a z within rounding of 0 can fall on the other side
+    # of the ReLU in torch's BatchNorm: such elements (and their channels'
+    # weight and bias gradients) are left out
+    near = z.detach().abs() < 1e-5
+    clear = ~near.any(dim=(0, 2, 3))
+    torch.testing.assert_close(results[0][1][~near], want[1][~near], **_tol(torch.float32, "grad"))
+    for a, b in zip(results[0][2:], want[2:]):
+        torch.testing.assert_close(a[clear], b[clear], **_tol(torch.float32, "grad"))
+    assert clear.sum() >= 4
+
+
 def test_batch_norm_gradcheck_float64():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 4, 3, 5, generator=g, dtype=torch.float64).requires_grad_()

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cnnkernels
 import cnnkernels.functional as CF
 import cnnkernels.nn as cnn
 from conftest import DEVICES, HAS_CUDA, dtypes_for
@@ -569,21 +570,28 @@ def test_cuda_depthwise_strips(case, layout):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_channels_last_large_output_cpu(cpu_isa, stride):
+@pytest.mark.parametrize("llc", [0, 1 << 40], ids=["stream", "cached"])
+def test_depthwise_channels_last_large_output_cpu(cpu_isa, stride, llc):
     """Outputs over 8 MB take the non-temporal-store path of the channels_last
-    depthwise kernels (forward and stride-1 data gradient)."""
+    depthwise kernels (forward and stride-1 data gradient) where the
+    last-level cache is small against them (llc 0), plain stores where it is
+    large."""
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 128, 96, 96, generator=g).contiguous(
         memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(128, 1, 3, 3, generator=g).requires_grad_()
     b = torch.randn(128, generator=g).requires_grad_()
-    y = CF.conv2d(x, w, b, stride, 1, 1, 128)
-    r = F.conv2d(x, w, b, stride, 1, 1, 128)
-    assert y.numel() * 4 > (8 << 20) or stride == 2
-    torch.testing.assert_close(y, r, rtol=1e-5, atol=1e-4)
-    gy = torch.randn(r.shape, generator=g).contiguous(memory_format=torch.channels_last)
-    for a, e in zip(torch.autograd.grad(y, (x, w, b), gy), torch.autograd.grad(r, (x, w, b), gy)):
-        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-3)
+    cnnkernels._C._set_llc_bytes(llc)
+    try:
+        y = CF.conv2d(x, w, b, stride, 1, 1, 128)
+        r = F.conv2d(x, w, b, stride, 1, 1, 128)
+        assert y.numel() * 4 > (8 << 20) or stride == 2
+        torch.testing.assert_close(y, r, rtol=1e-5, atol=1e-4)
+        gy = torch.randn(r.shape, generator=g).contiguous(memory_format=torch.channels_last)
+        for a, e in zip(torch.autograd.grad(y, (x, w, b), gy), torch.autograd.grad(r, (x, w, b), gy)):
+            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-3)
+    finally:
+        cnnkernels._C._set_llc_bytes(-1)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -266,13 +266,16 @@ def test_large_plane_and_many_blocks(setup):
 
 @pytest.mark.parametrize("isa", CPU_ISAS)
 @pytest.mark.parametrize("shape", [(8, 32, 64, 64), (48, 64, 27, 27)])
-def test_scatter_over_stream_threshold_cpu(isa, shape):
+@pytest.mark.parametrize("llc", [0, 1 << 40], ids=["stream", "cached"])
+def test_scatter_over_stream_threshold_cpu(isa, shape, llc):
     """max_pool2d backward through the general scatter and max_unpool2d
-    forward with outputs over 8 MB (planes of whole cache lines are built in
-    a buffer and streamed out; 27x27 planes are scattered in place): torch's
-    results bit for bit."""
+    forward with outputs over 8 MB (with a last-level cache small against
+    them, planes of whole cache lines are built in a buffer and streamed
+    out; 27x27 planes are scattered in place): torch's results bit for
+    bit."""
     old = cnnkernels.cpu_isa()
     cnnkernels.set_cpu_isa(isa)
+    cnnkernels._C._set_llc_bytes(llc)
     try:
         x = torch.randn(shape, generator=torch.Generator().manual_seed(7))
         y, i = F.max_pool2d(x, 3, 2, 0, return_indices=True)
@@ -284,6 +287,7 @@ def test_scatter_over_stream_threshold_cpu(isa, shape):
         assert torch.equal(CF.max_unpool2d(y, i, 3, 2, 0, output_size=shape[2:]),
                            F.max_unpool2d(y, i, 3, 2, 0, output_size=shape[2:]))
     finally:
+        cnnkernels._C._set_llc_bytes(-1)
         cnnkernels.set_cpu_isa(old)
 
 

@@ -300,7 +300,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cpu(
       beta[c] = b ? b[c] : T(0);
     }
     Channel<T> ch{mean, scale.data(), beta.data(), k2.data(), k3.data(), int(activation),
-                  T(negative_slope), x.nbytes() > bn::kBnStreamBytes};
+                  T(negative_slope), stream_stores(x.nbytes())};
     const T* xp = x.data_ptr<T>();
     const T* gp = gy.data_ptr<T>();
     T* gxp = mask[0] ? gx.data_ptr<T>() : nullptr;
@@ -399,7 +399,7 @@ Tensor batch_norm_backward_elemt_cpu(const Tensor& grad_output, const Tensor& in
       k3[c] = T(double(invstd[c]) * double(sgxh[c]) / double(count));
     }
     const Channel<T> ch{mean, scale.data(), beta.data(), k2.data(), k3.data(), int(activation),
-                        T(negative_slope), x.nbytes() > bn::kBnStreamBytes};
+                        T(negative_slope), stream_stores(x.nbytes())};
     const T* xp = x.data_ptr<T>();
     const T* gp = gy.data_ptr<T>();
     T* gxp = gx.data_ptr<T>();

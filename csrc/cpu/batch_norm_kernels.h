@@ -49,12 +49,10 @@ struct Channel {
   int act;
   T slope;
   // write the elementwise outputs with non-temporal stores (outputs larger
-  // than the caches: saves reading every output line before writing it)
+  // than the caches, stream_stores in isa.h: saves reading every output
+  // line before writing it)
   bool stream = false;
 };
-
-// Outputs above this many bytes are streamed.
-constexpr int64_t kBnStreamBytes = int64_t(8) << 20;
 
 #define CNNK_BN_DECLARE(T)                                                                    \
   void stats_planar(const T* x, int64_t S, int64_t p0, int64_t p1, Moments* out);             \

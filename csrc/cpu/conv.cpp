@@ -1865,7 +1865,7 @@ void dw_forward(const ConvGeometry& g, const T* x, bool cl, const T* w, const T*
     int64_t lo, hi;
     interior_cols(g, lo, hi);
     const int64_t C = g.C;
-    const bool stream = g.N * g.OH * g.OW * C * int64_t(sizeof(T)) > kStreamBytes;
+    const bool stream = stream_stores(g.N * g.OH * g.OW * C * int64_t(sizeof(T)));
     at::parallel_for(0, g.N * g.OH, 1, [&](int64_t b, int64_t e) {
       std::vector<int64_t> xoff(KK);
       std::vector<const T*> wp(KK);
@@ -2073,7 +2073,7 @@ void dw_dgrad(const ConvGeometry& g, const T* gy, bool cl, const T* w, const T* 
     for (int64_t kw = 0; kw < g.KW; ++kw)
       lo = std::max(lo, kw * g.dw - g.pl), hi = std::min(hi, g.OW - g.pl + kw * g.dw);
     if (hi < lo) hi = lo;
-    const bool stream = g.N * g.H * g.W * C * int64_t(sizeof(T)) > kStreamBytes;
+    const bool stream = stream_stores(g.N * g.H * g.W * C * int64_t(sizeof(T)));
     at::parallel_for(0, g.N * g.H, 1, [&](int64_t b, int64_t e) {
       std::vector<int64_t> xoff(KK);
       std::vector<const T*> wp(KK);

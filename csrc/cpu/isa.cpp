@@ -128,6 +128,8 @@ int64_t llc_bytes() {
   return detected;
 }
 
+bool stream_stores(int64_t bytes) { return bytes > kStreamBytes && bytes > llc_bytes() / 4; }
+
 void set_llc_bytes(int64_t bytes) { llc_override() = bytes < 0 ? -1 : bytes; }
 
 }  // namespace cpu

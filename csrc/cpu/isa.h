@@ -51,13 +51,25 @@ void set_wide_tile_blocks(int n);
 int64_t llc_bytes();
 void set_llc_bytes(int64_t bytes);
 
-// Outputs larger than this are written with non-temporal stores (channels_last
-// depthwise, the NCHW pooling scatters; not the NCHW output-row kernels,
-// where streaming measured 8-12 % slower at 12.8-51 MB): they would not stay in the caches anyway, and streaming them
-// saves the read-for-ownership of every line (measured: channels_last
-// 8x128x56x56 depthwise forward 2.3 -> 1.05 ms on 2 threads; 2 images,
-// 1.6 MB, unchanged).
+// Outputs larger than this may be written with non-temporal stores (channels_last
+// depthwise, the NCHW pooling scatters, batch-norm backward; not the NCHW
+// output-row kernels, where streaming measured 8-12 % slower at 12.8-51 MB):
+// they would not stay in the caches anyway, and streaming them saves the
+// read-for-ownership of every line (measured on a Zen 3 VM with a 32 MB L3:
+// channels_last 8x128x56x56 depthwise forward 2.3 -> 1.05 ms on 2 threads;
+// 2 images, 1.6 MB, unchanged).
 constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+// Whether an output of `bytes` is to be streamed: over kStreamBytes and
+// over a quarter of the last-level cache (the Zen 3 rule above, where a
+// quarter of the L3 is 8 MB). Where the LLC is far larger than the working
+// set, the output stays in it for its reader, and streaming sends it to
+// memory instead: on an Intel Xeon VM whose sysconf reports a 480 MB L3,
+// interleaved in one process, channels_last 8x128x56x56 depthwise forward
+// ran 2.26-2.31 ms streamed against 1.80-1.87 with plain stores, batch-norm
+// backward at 16x64x56x56 1.87-1.89 against 1.66-1.81, max_unpool2d to
+// 16x64x56x56 1.38-1.43 against 1.39-1.47.
+bool stream_stores(int64_t bytes);
 
 // Software prefetch of the cache line holding p into L1 (a hint: no fault,
 // no effect on results). Inline assembly on x86: GCC 12 left out every

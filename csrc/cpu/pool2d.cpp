@@ -328,7 +328,7 @@ void scatter_planes(const T* src, const int64_t* idx, T* dst, int64_t N, int64_t
     // (AlexNet's 16x192x27x27 max pool backward: 0.87-0.97 ms streamed,
     // 0.57-0.61 in place; 56x56 planes, 196 lines each, gain).
     const int64_t plane_bytes = dst_plane * int64_t(sizeof(T));
-    const bool stream = use_avx2() && N * C * plane_bytes >= kStreamBytes &&
+    const bool stream = use_avx2() && stream_stores(N * C * plane_bytes) &&
                         plane_bytes <= (int64_t(256) << 10) && plane_bytes % 64 == 0 &&
                         reinterpret_cast<uintptr_t>(dst) % 64 == 0;
     at::parallel_for(0, N * C, 1, [&](int64_t p0, int64_t p1) {
