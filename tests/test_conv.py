@@ -641,6 +641,45 @@ def test_few_output_channels_rows_cpu(cpu_isa, case, layout):
         assert torch.equal(runs[0], other)
 
 
+@pytest.mark.parametrize("case", [
+    # (conv_transpose2d input shape, out channels, (kh, kw), stride, padding, output_padding, groups)
+    ((3, 128, 9, 11), 24, (3, 3), 2, 1, 1, 1),       # 3x3 stride 2, a partial column block
+    ((2, 128, 7, 6), 40, (4, 4), 2, 1, 0, 2),        # 4x4 stride 2, groups 2
+    ((2, 176, 5, 7), 8, (3, 3), (2, 3), (0, 1), (1, 2), 1),  # stride 2 x 3
+    ((5, 128, 48, 48), 64, (3, 3), 2, 1, 1, 1),      # images over several staging blocks
+])
+def test_strided_dgrad_staged_nchw_cpu(cpu_isa, case):
+    """NCHW data gradients with stride phases and long reductions (taps x
+    grad_output channels >= 256 per phase) are computed into a channels_last
+    staging copy, a block of images at a time, and transposed into the
+    planes: conv_transpose2d's forward (with bias) and conv2d's data
+    gradient against torch, the same bits as channels_last and on 1, 2 and 3
+    threads."""
+    shape, oc, (kh, kw), s, p, op, grp = case
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(shape, generator=gen)
+    w = torch.randn(shape[1], oc // grp, kh, kw, generator=gen)
+    b = torch.randn(oc, generator=gen)
+    big = shape[0] == 5
+    dt = torch.float32 if big else torch.float64
+    ref = F.conv_transpose2d(x.to(dt), w.to(dt), b.to(dt), s, p, op, grp)
+    runs = _on_threads(lambda: CF.conv_transpose2d(x, w, b, s, p, op, grp))
+    torch.testing.assert_close(runs[0].to(dt), ref, rtol=1e-4, atol=1e-3 if big else 1e-4)
+    for other in runs[1:]:
+        assert torch.equal(runs[0], other)
+    cl = CF.conv_transpose2d(x.contiguous(memory_format=torch.channels_last), w, b, s, p, op, grp)
+    assert torch.equal(runs[0], cl)
+    if big:
+        return
+    # the same geometry as conv2d's data gradient (grad_output: x)
+    gx = torch.ops.cnnkernels.conv2d_backward(
+        x, torch.empty(ref.shape), w, [s, s] if isinstance(s, int) else list(s),
+        [p, p] if isinstance(p, int) else list(p), [1, 1], grp, [True, False, False])[0]
+    y = torch.zeros(ref.shape, dtype=torch.float64, requires_grad=True)
+    want = torch.autograd.grad(F.conv2d(y, w.double(), None, s, p, 1, grp), y, x.double())[0]
+    torch.testing.assert_close(gx.double(), want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("case", [
     # (input shape, out channels, (kh, kw), stride, padding, dilation, groups)
