@@ -145,6 +145,59 @@ def test_modules_are_drop_in():
     torch.testing.assert_close(xr.grad, xt.grad)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_grad_calls_match_recorded_calls(device):
+    """Where autograd records nothing (no input needs a gradient, or grad mode
+    is off), the functions call the ops directly instead of through their
+    autograd.Function: the same values as the recorded call (and torch's),
+    no grad_fn, and the same running-statistics update."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 12, 10, generator=g).to(device)
+    w = torch.randn(6, 8, 3, 3, generator=g).to(device)
+    wt = torch.randn(8, 6, 3, 3, generator=g).to(device)
+    b = torch.randn(6, generator=g).to(device)
+    bw, bb = torch.rand(8, generator=g).to(device) + 0.5, torch.randn(8, generator=g).to(device)
+    y, i = F.max_pool2d(x, 2, return_indices=True)
+    calls = [
+        (lambda x: CF.conv2d(x, w, b, 1, 1), lambda x: F.conv2d(x, w, b, 1, 1)),
+        (lambda x: CF.conv_transpose2d(x, wt, b, 2, 1, 1), lambda x: F.conv_transpose2d(x, wt, b, 2, 1, 1)),
+        (lambda x: CF.conv1d(x[:, :, 0], w[..., 0], b), lambda x: F.conv1d(x[:, :, 0], w[..., 0], b)),
+        (lambda x: CF.avg_pool2d(x, 3, 2, 1), lambda x: F.avg_pool2d(x, 3, 2, 1)),
+        (lambda x: CF.max_unpool2d(x[..., ::2, ::2].contiguous(), i, 2),
+         lambda x: F.max_unpool2d(x[..., ::2, ::2].contiguous(), i, 2)),
+        (lambda x: CF.batch_norm(x, None, None, bw, bb, True, activation="relu"),
+         lambda x: F.relu(F.batch_norm(x, None, None, bw, bb, True))),
+    ]
+    for ours, ref in calls:
+        recorded = ours(x.clone().requires_grad_())
+        assert recorded.grad_fn is not None
+        with torch.no_grad():
+            direct_nograd = ours(x.clone().requires_grad_())
+        direct = ours(x)
+        for d in (direct, direct_nograd):
+            assert d.grad_fn is None
+            assert torch.equal(d, recorded.detach())
+        torch.testing.assert_close(direct, ref(x), rtol=1e-4, atol=1e-4)
+    # running statistics, eval and training, through both paths
+    stats = []
+    for rec in (True, False):
+        rm, rv = torch.zeros(8, device=device), torch.ones(8, device=device)
+        xi = x.clone().requires_grad_(rec)
+        yt = CF.batch_norm(xi, rm, rv, bw, bb, True, 0.2)
+        ye = CF.batch_norm(xi, rm, rv, bw, bb, False)
+        stats.append((yt.detach(), ye.detach(), rm, rv))
+    for a, e in zip(*stats):
+        assert torch.equal(a, e)
+    # dropout: the same draws for the same generator state
+    outs = []
+    for rec in (True, False):
+        torch.manual_seed(11)
+        outs.append(CF.dropout(x.clone().requires_grad_(rec), 0.3).detach())
+        outs.append(CF.dropout2d(x.clone().requires_grad_(rec), 0.3).detach())
+    assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
+    assert (outs[0] == 0).any() and (outs[0] != 0).any()
+
+
 def test_single_openmp_runtime():
     """The extension uses torch's own OpenMP runtime: one libgomp/libiomp in
     the process, so torch.set_num_threads governs our kernels too."""
