@@ -54,6 +54,8 @@ _ops = torch.ops.cnnkernels
 
 def _int_list(v, name, op):
     """An int, or a sequence of ints, as a list (C++ checks the length)."""
+    if type(v) is int:
+        return [v]
     if isinstance(v, bool):
         raise TypeError(f"{op}: {name} must be an int or a tuple of ints, but got {v!r}")
     if isinstance(v, int) or isinstance(v, torch.SymInt):
@@ -80,8 +82,9 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 def _autocast(lower, *tensors):
     """The tensors as the autocast rule above casts them (unchanged outside
     autocast). lower: the op runs in the autocast dtype on CUDA (conv)."""
-    dev = tensors[0].device.type
-    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
+    t0 = tensors[0]  # (is_cpu / is_cuda: cheaper than device.type, on every call)
+    dev = "cpu" if t0.is_cpu else "cuda" if t0.is_cuda else None
+    if dev is None or not torch.is_autocast_enabled(dev):
         return tensors
     if dev == "cpu":
         return tuple(t.float() if t is not None and t.dtype in _LOW_PRECISION else t
@@ -99,7 +102,12 @@ def _needs_grad(*tensors):
     through its autograd.Function: the same result, without the Function's
     Python bookkeeping, which after a large parallel op (caches cold) cost
     20-50 us a call, 10-15 % of a 0.4 ms pool."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def max_pool2d(
