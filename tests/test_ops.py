@@ -196,6 +196,17 @@ def test_no_grad_calls_match_recorded_calls(device):
         outs.append(CF.dropout2d(x.clone().requires_grad_(rec), 0.3).detach())
     assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
     assert (outs[0] == 0).any() and (outs[0] != 0).any()
+    # only a parameter needs a gradient: recorded
+    wg = w.clone().requires_grad_()
+    y = CF.conv2d(x, wg, b, 1, 1)
+    assert y.grad_fn is not None
+    (gw,) = torch.autograd.grad(y.sum(), wg)
+    torch.testing.assert_close(gw, torch.autograd.grad(F.conv2d(x, wg, b, 1, 1).sum(), wg)[0],
+                               rtol=1e-4, atol=1e-3)
+    # forward-mode AD still goes through the Function (which has no jvp: an
+    # error, never a silently dropped tangent)
+    with pytest.raises(Exception, match="jvp"):
+        torch.func.jvp(lambda t: CF.avg_pool2d(t, 2), (x,), (torch.ones_like(x),))
 
 
 def test_single_openmp_runtime():

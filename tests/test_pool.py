@@ -265,7 +265,7 @@ def test_large_plane_and_many_blocks(setup):
 
 
 @pytest.mark.parametrize("isa", CPU_ISAS)
-@pytest.mark.parametrize("shape", [(8, 32, 64, 64), (48, 64, 27, 27)])
+@pytest.mark.parametrize("shape", [(18, 32, 64, 64), (48, 64, 27, 27)])
 @pytest.mark.parametrize("llc", [0, 1 << 40], ids=["stream", "cached"])
 def test_scatter_over_stream_threshold_cpu(isa, shape, llc):
     """max_pool2d backward through the general scatter and max_unpool2d
@@ -278,6 +278,7 @@ def test_scatter_over_stream_threshold_cpu(isa, shape, llc):
     cnnkernels._C._set_llc_bytes(llc)
     try:
         x = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+        assert x.numel() * 4 > (8 << 20)
         y, i = F.max_pool2d(x, 3, 2, 0, return_indices=True)
         g = torch.randn(y.shape, generator=torch.Generator().manual_seed(8))
         args = ([3, 3], [2, 2], [0, 0], [1, 1], False)

@@ -1105,7 +1105,7 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
   // data gradient 128->64 at 56x56 6.22 / 4.97. With 128 steps a phase
   // (2x2 stride 2) staging was 10-15 % slower: the transposes cost more
   // than the short tiles' scattered stores.
-  const bool stage = !cl && (g.sh > 1 || g.sw > 1) && KK * OCg >= 256 * g.sh * g.sw;
+  const bool stage = !cl && (g.sh > 1 || g.sw > 1) && KK * OCg >= 256 * g.sh * g.sw && g.C > 0;
   const bool ocl = cl || stage;  // outputs pixel-major
   std::vector<PixelGroup> groups;
   // the taps of one axis reaching phase r at grid index t: (k, v / s) pairs,
@@ -1180,10 +1180,11 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
     run(0, g.N, gx);
     return;
   }
-  // a block of images at a time, about 2 MB of staging per thread, so that
-  // the transposes read it from the caches
+  // a block of images at a time, about 2 MB of staging per thread (at most
+  // the kept scratch's 32 MB), so that the transposes read it from the caches
   const int64_t img = HW * g.C * int64_t(sizeof(T));
-  const int64_t nbk = std::clamp<int64_t>(at::get_num_threads() * ((int64_t(2) << 20) / img), 1, g.N);
+  const int64_t nbk = std::clamp<int64_t>(
+      std::min(at::get_num_threads() * ((int64_t(2) << 20) / img), kScratchCacheBytes / img), 1, g.N);
   const ScratchBuf<T> sbuf(kStageSlot, nbk * HW * g.C);
   constexpr int64_t kRun = 256;  // pixels a transpose
   const int64_t runs = ceil_div(HW, kRun);
