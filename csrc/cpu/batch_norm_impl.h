@@ -230,8 +230,15 @@ void norm_planar_t(const T* x, T* y, int64_t S, int64_t C, int64_t p0, int64_t p
     const T m = ch.mean[c], a = ch.scale[c], b = ch.beta[c], sl = ch.slope;
     const T* xp = x + p * S;
     write_chunked(y + p * S, S, ch.stream, [&](T* yp, int64_t i0, int64_t i1) {
+      // the constants as locals: write_chunked is not inlined, and through
+      // the captured references every vector step reloaded them (yp might
+      // alias them). 16x64x56x56, against torch.relu / torch.add of the
+      // same bytes in one process: eval 1.135 -> 1.07-1.08x relu's time,
+      // backward (grad_input_planar_t) 1.52 -> 1.28-1.41x add's
+      const T mm = m, aa = a, bb = b, ss = sl;
+      const T* __restrict xq = xp;
 #pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) yp[i - i0] = act_fwd<ACT>((xp[i] - m) * a + b, sl);
+      for (int64_t i = i0; i < i1; ++i) yp[i - i0] = act_fwd<ACT>((xq[i] - mm) * aa + bb, ss);
     });
   }
   if (ch.stream) stream_fence();
@@ -328,11 +335,14 @@ void grad_input_planar_t(const T* gy, const T* x, T* gx, int64_t S, int64_t C, i
     const T* xp = x + p * S;
     const T* gp = gy + p * S;
     write_chunked(gx + p * S, S, ch.stream, [&](T* op, int64_t i0, int64_t i1) {
+      const T mm = m, aa = a, bb = b, kk2 = k2, kk3 = k3, ss = sl;  // (see norm_planar_t)
+      const T* __restrict xq = xp;
+      const T* __restrict gq = gp;
 #pragma omp simd
       for (int64_t i = i0; i < i1; ++i) {
-        const T d = xp[i] - m;
-        const T gz = act_bwd<ACT>(d * a + b, gp[i], sl);
-        op[i - i0] = a * (gz - k2 - d * k3);
+        const T d = xq[i] - mm;
+        const T gz = act_bwd<ACT>(d * aa + bb, gq[i], ss);
+        op[i - i0] = aa * (gz - kk2 - d * kk3);
       }
     });
   }
