@@ -979,7 +979,6 @@ def test_avx512_tile_pairs_match_single_tiles():
     up depends on how the work is cut (thread count), so both kernels must
     give the same bits: 1, 2 and 3 threads agree on a layer with many pixel
     groups (direct path: 5x5, stride 1, 7x7 images)."""
-    import cnnkernels
     if not cnnkernels._C._avx512_available():
         pytest.skip("needs AVX-512F")
     old = cnnkernels.cpu_isa()
@@ -1016,7 +1015,6 @@ def test_wgrad_along_output_channels_cpu(case, layout):
     GEMM panels), summing the bias gradient on the way. Both against torch in
     float64 (weight and bias gradients), and bit for bit the same on 1, 2 and
     3 threads."""
-    import cnnkernels
     if not cnnkernels._C._avx512_available():
         pytest.skip("the output-channel weight gradient exists only on AVX-512F processors")
     shape, oc, (kh, kw), s, p, d, grp = case
@@ -1058,7 +1056,6 @@ def test_avx512_wide_tiles_match_narrow(layout):
     the count is 2 or more) is checked the same way on the 40- and
     36-channel layers (the others, 16-channel blocks, run along output
     channels: test_wgrad_along_output_channels_cpu)."""
-    import cnnkernels
     if not cnnkernels._C._avx512_available():
         pytest.skip("needs AVX-512F")
     old_isa, old_wide = cnnkernels.cpu_isa(), cnnkernels._C._wide_tile_blocks()
