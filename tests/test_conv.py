@@ -852,6 +852,7 @@ WINOGRAD_CASES = [
     ((2, 40, 26, 27), 24, 0, True, 1, 1),
     ((4, 24, 22, 17), 20, 2, True, 1, 1),
     ((1, 64, 40, 33), 70, 1, True, 1, 1),
+    ((2, 24, 17, 18), 96, 1, True, 1, 1),   # 6 column blocks: wide tiles of 3 + 3
     ((4, 16, 26, 26), 20, 1, True, 1, 1),   # weight gradient: 2 tile chunks x 2 position groups
     ((8, 17, 30, 31), 18, 1, False, 1, 1),  # 4 tile chunks
     ((4, 64, 21, 23), 64, 1, True, 1, 4),   # groups (16 channels each)
@@ -924,22 +925,25 @@ def test_winograd_cpu(cpu_isa, case, layout, transposed):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_winograd_size_rules(layout):
-    """Where the rules pick Winograd (conv.cpp, winograd_applies): forward and
-    data gradient from 512 tiles with 32+ channels per group (64+ for
-    channels_last), weight gradient from 1024 tiles. A pass that ran direct
-    gives the bits of the run with Winograd off; one that ran Winograd
-    does not."""
+    """Where the rules pick Winograd (conv.cpp, winograd_applies), in either
+    layout: forward and data gradient from 512 tiles with 32+ channels per
+    group, weight gradient from 1024 tiles with over 32 channels per group
+    on both sides; both from 384 tiles for outputs of 12x12 or more. A pass that ran direct gives the bits of the run with
+    Winograd off; one that ran Winograd does not."""
     from cnnkernels import _C
     gen = torch.Generator().manual_seed(6)
     # shape, groups, which of (output, grad_input, grad_weight) run Winograd
-    cl = layout == "channels_last"
     cases = [
-        ((8, 32, 16, 16), 1, (not cl, not cl, False)),  # 512 tiles: not the weight gradient
-        ((16, 32, 16, 16), 1, (not cl, not cl, True)),  # 1024 tiles
-        ((16, 64, 16, 16), 2, (not cl, not cl, True)),  # 32 channels per group
+        ((8, 32, 16, 16), 1, (True, True, False)),    # 512 tiles: not the weight gradient
+        ((16, 32, 16, 16), 1, (True, True, False)),   # 1024 tiles, 32 channels
+        ((16, 48, 16, 16), 1, (True, True, True)),    # 48 channels
+        ((16, 64, 16, 16), 2, (True, True, False)),   # 32 channels per group
+        ((16, 96, 16, 16), 2, (True, True, True)),    # 48 channels per group
         ((16, 64, 16, 16), 1, (True, True, True)),
-        ((4, 64, 16, 16), 1, (False, False, False)),    # 256 tiles
-        ((16, 64, 16, 16), 4, (False, False, True)),    # 16 channels per group
+        ((4, 64, 16, 16), 1, (False, False, False)),  # 256 tiles
+        ((8, 64, 14, 14), 1, (True, True, True)),     # 392 tiles, 14x14 outputs
+        ((32, 64, 8, 8), 1, (True, True, False)),     # 512 tiles, 8x8 outputs
+        ((16, 64, 16, 16), 4, (False, False, False)), # 16 channels per group
     ]
     for shape, groups, expect in cases:
         x = _layout(torch.randn(shape, generator=gen), layout)

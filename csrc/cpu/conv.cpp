@@ -435,6 +435,15 @@ inline void store_tile(T* __restrict dst, int64_t cs, int64_t ncols, int64_t row
 
 constexpr int64_t kTilesPerItem = 16;
 
+// How many 16-column blocks a wide tile takes next, of rem left, with up to
+// `wide` a pass: where four would leave two (96 channels: 4 + 2), three and
+// three (NiN's 5x5 data gradient into 96 channels 52.4-54.7 -> 50.2-51.4 ms;
+// 4 + 1 against 3 + 2, and 4 + 4 + 4 + 1 against 4 + 3 + 3 + 3, measured no
+// better).
+inline int64_t wide_step(int64_t rem, int64_t wide) {
+  return wide == 4 && rem >= 6 && rem % 4 == 2 ? 3 : std::min(wide, rem);
+}
+
 // Runs every group's tiles against every 16-column block of the packed
 // panel wp ([G][column block][...], blk values per block):
 //   L                             where pixels read and write (see PixelGroup),
@@ -553,12 +562,7 @@ void run_pixel_groups(const Kern<T>& K, int64_t N, int64_t G, const std::vector<
       }
       for (int64_t cb = cb_lo, nbw = 1; cb < cb_hi; cb += nbw) {
         const T* bw = wp + (grp * ncb + cb) * blk;
-        // up to K.wide blocks a pass; where four would leave two (96
-        // channels: 4 + 2), three and three (NiN's 5x5 data gradient into 96
-        // channels 52.4-54.7 -> 50.2-51.4 ms; 4 + 1 against 3 + 2, and 4 +
-        // 4 + 4 + 1 against 4 + 3 + 3 + 3, measured no better)
-        const int64_t rem = cb_hi - cb;
-        nbw = K.wide == 4 && rem >= 6 && rem % 4 == 2 ? 3 : std::min<int64_t>(K.wide, rem);
+        nbw = wide_step(cb_hi - cb, K.wide);  // up to K.wide blocks a pass
         if (nbw >= 2) {  // each tile against nbw column blocks at once
           for (int64_t j = 0; j < t1 - t0; ++j) {
             const PixelGroup& pg = groups[tg[j]];
@@ -714,10 +718,11 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
 // U is packed as [xi][16-column block][i][16] (kept scratch); the tiles of
 // all images, in (n, th, tw) order, are cut into work items of TB tiles
 // (a multiple of 6, the micro-kernel's rows), each with its own
-// V [xi][tile][i] and M [xi][column block][tile][16] in per-thread kept
-// scratch, sized to stay in L2 (about 384 KB together). The GEMMs run on the
-// 6 x 16 micro-kernel (the U panel of one (xi, column block) is reused by
-// every 6-tile row block of the item). Each output is computed by one item in
+// V [xi][tile][i] and M [xi][6-tile block][column block][6][16] in
+// per-thread kept scratch, sized to stay in L2 (about 384 KB together). The
+// GEMMs run on the wide 6-row tiles, against up to 4 column blocks at once
+// (the U panels of one xi and those blocks are reused by every 6-tile block
+// of the item). Each output is computed by one item in
 // a fixed order: results repeat bit for bit whatever the thread count.
 //
 // Rounding differs from the direct convolution's (the transforms add and
@@ -737,16 +742,28 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
 //   forward and data gradient: 512+ tiles (16x128x8x8, 256 tiles: 1.72 /
 //   1.36; 8x256x14x14, 392: 7.7 / 7.3; 32x512x8x8, 512: 35.3 / 37.9;
 //   16x256x14x14, 784: 13.0 / 13.8; 32x256x16x16: 28.3 / 37.1), and 32+
-//   channels per group (64+ for channels_last, whose direct path needs no
-//   NCHW transposes: 128 channels in 4 groups at 56x56, channels_last, 10.6 /
-//   8.9, NCHW 8.8 / 9.7; 64 channels in 4 groups, NCHW 3.8 / 3.1);
+//   channels per group (64 channels in 4 groups at 56x56, NCHW 3.2 / 3.0;
+//   channels_last, whose direct path needs no NCHW transposes, asked for
+//   64+ until the GEMMs ran on wide tiles: 128 channels in 4 groups, 10.6 /
+//   8.9 then, 7.6 / 8.3 since; 8x32->32 at 56x56 1.7 / 1.9);
 //   weight gradient: 1024+ tiles (8x512x14x14, 392: 46.2 / 39.7;
 //   16x256x14x14, 784: 17.5 / 17.4; 8x128x28x28, 1568: 8.8 / 10.3;
-//   32x256x16x16: 40.4 / 46.8).
-// The choice depends on the shapes and the memory format only (not on the
+//   32x256x16x16: 40.4 / 46.8), and over 32 channels per group on both
+//   sides (with its GEMMs on wide tiles: 16x32->32 at 56x56 4.6 / 4.1,
+//   32->64 at 28x28 2.0 / 2.0, 128 channels in 4 groups at 56x56 9.9 / 9.0,
+//   8x40->40 at 56x56 3.5 / 4.7, 16x48->48 7.4 / 8.5).
+// With the wide-tile GEMMs both passes also win from 384 tiles where the
+// output is 12x12 or more (forward: 8x512x14x14, 392 tiles, 22.7 / 26.2,
+// 8x256x14x14 6.2 / 6.5; weight gradient: AlexNet's 12x12 layers at batch
+// 16, 576 tiles, 256->384 14.6 / 17.6, 384->384 19.8 / 28.2, 384->256 15.1
+// / 19.8; 16x256x14x14 12.3 / 17.2; 8x512x14x14 31.6 / 33.4), but not
+// on smaller outputs, where the direct path skips the padding taps
+// (forward 12x256x10x10, 300 tiles, 5.2 / 4.9; weight gradient
+// 32x128x8x8, 512 tiles, 3.6 / 3.1, 16x256x8x8 5.6 / 5.7).
+// The choice depends on the shapes only (not on the memory format or the
 // thread count): results are the same whatever the number of threads.
 enum class WinoPass { kForward, kWeight };
-bool winograd_applies(const ConvGeometry& g, WinoPass pass, bool cl) {
+bool winograd_applies(const ConvGeometry& g, WinoPass pass) {
   // (dilation d: the outputs of each of the d x d phases form a plain 3x3
   // convolution over the inputs of that phase)
   const int64_t d = g.dh;
@@ -756,8 +773,10 @@ bool winograd_applies(const ConvGeometry& g, WinoPass pass, bool cl) {
   const int64_t cmin = std::min(g.Cg(), g.OCg());
   const int64_t tiles = g.N * ceil_div(g.OH, 2) * ceil_div(g.OW, 2);
   if (force_winograd()) return cmin >= 16;
-  if (pass == WinoPass::kWeight) return cmin >= 16 && tiles >= 1024;
-  return cmin >= (cl ? 64 : 32) && tiles >= 512;
+  // (from 384 tiles where each phase's output is 12x12 or more)
+  const bool mid = tiles >= 384 && g.OH >= 12 * d && g.OW >= 12 * d;
+  if (pass == WinoPass::kWeight) return cmin > 32 && (tiles >= 1024 || mid);
+  return cmin >= 32 && (tiles >= 512 || mid);
 }
 
 // The tiles of one call: for image n, phase (a, b) of the d x d dilation
@@ -857,17 +876,14 @@ void winograd_group(const Kern<T>& K, const Nhwc<T>& xp, const WinoTiles& tl, in
         K.wino_in(xp.p + n * xp.sN + oh0 * xp.sR + ow0 * xp.sC, xsR, xsC, Cin, V + t * Cin, vs);
       }
       for (int64_t xi = 0; xi < 16; ++xi)
-        for (int64_t cb = 0; cb < ncb; ++cb) {
+        for (int64_t cb = 0, nbw = 1; cb < ncb; cb += nbw) {
+          nbw = wide_step(ncb - cb, K.wide);
           const T* bp = u.data() + (xi * ncb + cb) * Cin * kNR;
-          T* mp = M + xi * ms + cb * TB * kNR;
-          for (int64_t r0 = 0; r0 < nt; r0 += 2 * kMR) {
-            const T* a[2 * kMR];
-            for (int64_t i = 0; i < 2 * kMR; ++i)
-              a[i] = V + xi * vs + std::min(r0 + i, nt - 1) * Cin;
-            if (r0 + kMR < nt)
-              K.tile12(a, &zero, bp, &zero, 1, Cin, 1, kNR, mp + r0 * kNR);
-            else
-              K.tile(a, &zero, bp, &zero, 1, Cin, 1, kNR, mp + r0 * kNR);
+          for (int64_t r0 = 0; r0 < nt; r0 += kMR) {
+            const T* a[kMR];
+            for (int64_t i = 0; i < kMR; ++i) a[i] = V + xi * vs + std::min(r0 + i, nt - 1) * Cin;
+            K.tile_wide(a, &zero, bp, &zero, 1, Cin, Cin * kNR, (int)nbw,
+                        M + xi * ms + (r0 / kMR * ncb + cb) * kMR * kNR);
           }
         }
       // outputs, one run of tiles of one tile row at a time: transformed into
@@ -883,8 +899,8 @@ void winograd_group(const Kern<T>& K, const Nhwc<T>& xp, const WinoTiles& tl, in
         }
         for (int64_t k = 0; k < run; ++k)
           for (int64_t cb = 0; cb < ncb; ++cb)
-            K.wino_out(M + (cb * TB + t + k) * kNR, ms, bpad.data() + cb * kNR,
-                       stage + 2 * k * OCp + cb * kNR, sr, OCp);
+            K.wino_out(M + (((t + k) / kMR * ncb + cb) * kMR + (t + k) % kMR) * kNR, ms,
+                       bpad.data() + cb * kNR, stage + 2 * k * OCp + cb * kNR, sr, OCp);
         const int64_t ncol = std::min(2 * run, ceil_div(OW - ow0, d));
         for (int64_t i = 0; i < 2 && oh0 + d * i < OH; ++i) {
           const int64_t oh = oh0 + d * i;
@@ -1002,9 +1018,16 @@ void winograd_wgrad(const Tensor& x, const Tensor& gy, bool cl, int64_t G, int64
               const T* a[kMR];
               for (int64_t i = 0; i < kMR; ++i)
                 a[i] = V + xi * vs + std::min(rb * kMR + i, Cin - 1);
-              for (int64_t cb = 0; cb < ncb; ++cb)
-                K.tile_add(a, &zero, M + xi * ms + cb * kNR, &zero, 1, nt, Cin, OCp,
-                           dus + ((xi * nrb + rb) * ncb + cb) * kMR * kNR);
+              // up to K.wide column blocks a pass (their tiles are adjacent
+              // in dU, tile_wide_acc's [nb][6][16]): 6 broadcasts and nb
+              // loads for 6 nb FMAs instead of 6 and 1 for 6 (ms, one block
+              // a pass / wide: 16x64->192 at 56x56 52.1 / 45.7, 16x128->64
+              // 28.2 / 22.6, 8x128x28x28 6.8 / 5.9)
+              for (int64_t cb = 0, nbw = 1; cb < ncb; cb += nbw) {
+                nbw = wide_step(ncb - cb, K.wide);
+                K.tile_wide_acc(a, &zero, M + xi * ms + cb * kNR, &zero, 1, nt, Cin, OCp,
+                                (int)nbw, true, dus + ((xi * nrb + rb) * ncb + cb) * kMR * kNR);
+              }
             }
         }
       }
@@ -1268,8 +1291,7 @@ void conv_wgrad_oc(const ConvGeometry& g, const Tensor& gy, const Tensor& x, boo
   // forward's wide tiles): {first block, blocks}
   std::vector<std::array<int64_t, 2>> ogs;
   for (int64_t ob = 0, nb = 1; ob < nob; ob += nb) {
-    const int64_t rem = nob - ob;
-    nb = rem >= 6 && rem % 4 == 2 ? 3 : std::min<int64_t>(4, rem);
+    nb = wide_step(nob - ob, 4);
     ogs.push_back({ob, nb});
   }
   const int64_t nrows = g.N * g.OH, wsize = g.OC * ncolumns;
@@ -2481,7 +2503,7 @@ void run_forward(const ConvGeometry& g, const Tensor& x, bool cl, const Tensor& 
     nchw_gemm<T>(g.OC, g.C, g.N, g.H * g.W, w.data_ptr<T>(), g.C, 1, x.data_ptr<T>(), bias,
                  y.data_ptr<T>());
   else if (std::is_same<T, float>::value &&
-           winograd_applies(g, WinoPass::kForward, cl)) {
+           winograd_applies(g, WinoPass::kForward)) {
     const T* wp = w.data_ptr<T>();
     const int64_t Cg = g.Cg();
     winograd_conv<T>(x, cl, g.G, Cg, g.OCg(), g.OH, g.OW, g.dh, g.pt, g.pl,
@@ -2507,7 +2529,7 @@ void run_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const Tensor& w
   else if (dgrad_as_rows(g, w.data_ptr<T>(), cl, t, wf))
     rows_forward<T>(t, gy.data_ptr<T>(), cl, wf.data(), bias, gx.data_ptr<T>());
   else if (std::is_same<T, float>::value &&
-           winograd_applies(g, WinoPass::kForward, cl)) {
+           winograd_applies(g, WinoPass::kForward)) {
     // a convolution of gy with w'[c][oc][kh][kw] = w[oc][c][2 - kh][2 - kw]
     // (per group; c of the whole layer, oc of the group), padding 2d - p
     const T* wp = w.data_ptr<T>();
@@ -2532,7 +2554,7 @@ bool run_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl
   else if (nchw_1x1(g, cl))
     nchw_1x1_wgrad<T>(g, gy.data_ptr<T>(), x.data_ptr<T>(), gw.data_ptr<T>());
   else if (std::is_same<T, float>::value &&
-           winograd_applies(g, WinoPass::kWeight, cl))
+           winograd_applies(g, WinoPass::kWeight))
     winograd_wgrad<T>(x, gy, cl, g.G, g.Cg(), g.OCg(), g.OH, g.OW, g.dh, g.pt, g.pl,
                       gw.data_ptr<T>());
   else
