@@ -959,6 +959,100 @@ def test_winograd_size_rules(layout):
         assert got == expect, (shape, groups, got)
 
 
+# conv_transpose2d 4x4 stride 2 (the data gradient of a 4x4 stride-2
+# convolution) on Winograd F(2x2, 2x2) per stride phase:
+# (N, in, out, H, W, padding, output_padding, groups, bias)
+WINOGRAD_S2K4_CASES = [
+    ((2, 32, 32, 9, 11), 1, 0, 1, True),
+    ((3, 64, 36, 10, 7), 0, 1, 1, False),   # 3 column blocks, odd output
+    ((2, 64, 64, 9, 9), 2, 1, 2, True),     # groups
+    ((1, 40, 96, 12, 13), 3, 0, 1, True),   # 6 column blocks (3 + 3)
+    ((2, 24, 20, 8, 9), 1, 1, 1, False),
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_S2K4_CASES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_winograd_s2k4_cpu(cpu_isa, case, layout):
+    """conv_transpose2d 4x4 stride 2 and its backward, and the input gradient
+    of conv2d 4x4 stride 2, with Winograd forced: against torch in float64
+    (error at most 4x the direct path's), not the direct path's bits, the
+    same bits on 1, 2 and 3 threads, the layout kept."""
+    from cnnkernels import _C
+    shape, p, op, groups, has_b = case
+    gen = torch.Generator().manual_seed(12)
+    N, ci, co, H, W = shape
+    x = _layout(torch.randn(N, ci, H, W, generator=gen), layout)
+    w = torch.randn(ci, co // groups, 4, 4, generator=gen) / (4 * ci ** 0.5)
+    b = torch.randn(co, generator=gen) if has_b else None
+
+    def run(fn, *args):
+        try:
+            _C._set_winograd(False)
+            direct = fn(*args)
+            _C._force_winograd()
+            wino = _on_threads(lambda: fn(*args))
+        finally:
+            _C._set_winograd(True)
+        return direct, wino
+
+    def check(direct, wino, ref, name):
+        err_d = (direct.double() - ref).abs().max().item()
+        err_w = (wino[0].double() - ref).abs().max().item()
+        scale = ref.abs().max().item()
+        assert err_w <= max(4 * err_d, 1e-6 * scale), (name, err_w, err_d)
+        torch.testing.assert_close(wino[0].double(), ref, rtol=1e-4, atol=1e-4 * scale)
+        assert not torch.equal(wino[0], direct), name
+        for other in wino[1:]:
+            assert torch.equal(wino[0], other), name
+        assert wino[0].is_contiguous(memory_format=torch.channels_last
+                                     if layout == "channels_last" else torch.contiguous_format)
+
+    ref = F.conv_transpose2d(x.double(), w.double(), None if b is None else b.double(), 2, p, op, groups)
+    direct, wino = run(lambda: CF.conv_transpose2d(x, w, b, 2, p, op, groups))
+    check(direct, wino, ref, "conv_transpose2d")
+    # conv2d 4x4 stride 2 from ref's shape back to x's: its input gradient
+    xc = _layout(torch.randn(ref.shape, generator=gen), layout)
+
+    def conv_grad():
+        xg = xc.detach().requires_grad_()
+        y = CF.conv2d(xg, w, None, 2, p, 1, groups)
+        return torch.autograd.grad(y, xg, x)[0]  # (x: grad_output's shape and layout)
+    xd = xc.double().requires_grad_()
+    yd = F.conv2d(xd, w.double(), None, 2, p, 1, groups)
+    assert yd.shape == x.shape
+    refg = torch.autograd.grad(yd, xd, x.double())[0]
+    direct, wino = run(conv_grad)
+    check(direct, wino, refg, "conv2d grad_input")
+
+
+def test_winograd_s2k4_rules():
+    """Where conv_transpose2d 4x4 stride 2 runs on F(2x2, 2x2) by itself
+    (winograd_s2k4_applies): 12x12+ inputs with 128+ tiles per phase, 32+
+    channels on both sides and 64+ on one; the direct path elsewhere."""
+    from cnnkernels import _C
+    gen = torch.Generator().manual_seed(13)
+    cases = [  # (N, in, out, H), whether Winograd runs
+        ((2, 64, 32, 16), True),    # 2 x 8 x 8 = 128 tiles a phase
+        ((2, 64, 32, 14), False),   # 2 x 7 x 7 = 98 tiles
+        ((2, 32, 32, 16), False),   # no side with 64 channels
+        ((2, 64, 16, 16), False),   # 16 channels
+        ((64, 64, 64, 8), True),    # 8x8 input, 64 x 4 x 4 = 1024 tiles
+        ((32, 64, 64, 8), False),   # 512 tiles at 8x8
+    ]
+    for (N, ci, co, H), expect in cases:
+        x = torch.randn(N, ci, H, H, generator=gen)
+        w = torch.randn(ci, co, 4, 4, generator=gen)
+        try:
+            _C._set_winograd(False)
+            direct = CF.conv_transpose2d(x, w, None, 2, 1)
+            _C._set_winograd(True)
+            auto = CF.conv_transpose2d(x, w, None, 2, 1)
+        finally:
+            _C._set_winograd(True)
+        assert (not torch.equal(auto, direct)) == expect, ((N, ci, co, H), expect)
+
+
 def test_winograd_not_for_few_tiles_or_float64():
     """Below 256 tiles (and in float64) the direct convolution runs: the
     result is bit for bit the same with Winograd allowed or not."""

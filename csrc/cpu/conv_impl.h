@@ -685,6 +685,51 @@ inline void wino_out_impl(const T* __restrict m, int64_t ms, const T* __restrict
   }
 }
 
+// Winograd F(2x2, 2x2) (the stride phases of a 4x4, stride-2 transposed
+// convolution), vectorised along the channels:
+//   input   B^T d B, B^T = [1 -1 0; 0 1 0; 0 -1 1]  (a 3x3 tile, 9 values)
+//   output  A^T m A, A^T = [1 1 0; 0 1 1]
+// (weights G g G^T, G = [1 0; 1 1; 0 1], in conv.cpp): 9 multiplies per 2x2
+// outputs and channel pair instead of 16.
+template <typename T>
+inline void wino22_in_impl(const T* __restrict x, int64_t sR, int64_t sC, int64_t C,
+                           T* __restrict v, int64_t vs) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    T t[3][3];
+    for (int j = 0; j < 3; ++j) {
+      const T d0 = x[j * sC + c], d1 = x[sR + j * sC + c], d2 = x[2 * sR + j * sC + c];
+      t[0][j] = d0 - d1;
+      t[1][j] = d1;
+      t[2][j] = d2 - d1;
+    }
+    for (int i = 0; i < 3; ++i) {
+      v[(3 * i + 0) * vs + c] = t[i][0] - t[i][1];
+      v[(3 * i + 1) * vs + c] = t[i][1];
+      v[(3 * i + 2) * vs + c] = t[i][2] - t[i][1];
+    }
+  }
+}
+
+template <typename T>
+inline void wino22_out_impl(const T* __restrict m, int64_t ms, const T* __restrict bias,
+                            T* __restrict y, int64_t yr, int64_t yc) {
+#pragma omp simd
+  for (int j = 0; j < 16; ++j) {
+    T s0[3], s1[3];
+    for (int q = 0; q < 3; ++q) {
+      const T m0 = m[q * ms + j], m1 = m[(3 + q) * ms + j], m2 = m[(6 + q) * ms + j];
+      s0[q] = m0 + m1;
+      s1[q] = m1 + m2;
+    }
+    const T b = bias[j];
+    y[j] = s0[0] + s0[1] + b;
+    y[yc + j] = s0[1] + s0[2] + b;
+    y[yr + j] = s1[0] + s1[1] + b;
+    y[yr + yc + j] = s1[1] + s1[2] + b;
+  }
+}
+
 // The weight gradient's transform of a 2x2 output-gradient tile e[r][c] =
 // g[r * sR + c * sC + k] (zero where the tile leaves the output: nr / nc
 // rows / columns inside): m[xi * ms + k] = (A e A^T)[xi], A = [1 0; 1 1;
@@ -729,6 +774,12 @@ inline void wino_gout_impl(const T* __restrict g, int64_t sR, int64_t sC, int64_
   void wino_gout(const T* g, int64_t sR, int64_t sC, int64_t C, int nr, int nc, T* m,          \
                  int64_t ms) {                                                                 \
     wino_gout_impl(g, sR, sC, C, nr, nc, m, ms);                                               \
+  }                                                                                            \
+  void wino22_in(const T* x, int64_t sR, int64_t sC, int64_t C, T* v, int64_t vs) {             \
+    wino22_in_impl(x, sR, sC, C, v, vs);                                                       \
+  }                                                                                            \
+  void wino22_out(const T* m, int64_t ms, const T* bias, T* y, int64_t yr, int64_t yc) {        \
+    wino22_out_impl(m, ms, bias, y, yr, yc);                                                   \
   }
 
 CNNK_CONV_DEFINE(float)
