@@ -964,7 +964,7 @@ def test_winograd_size_rules(layout):
 # (N, in, out, H, W, padding, output_padding, groups, bias)
 WINOGRAD_S2K4_CASES = [
     ((2, 32, 32, 9, 11), 1, 0, 1, True),
-    ((3, 64, 36, 10, 7), 0, 1, 1, False),   # 3 column blocks, odd output
+    ((3, 64, 36, 10, 9), 0, 1, 1, False),   # 3 column blocks, odd output
     ((2, 64, 64, 9, 9), 2, 1, 2, True),     # groups
     ((1, 40, 96, 12, 13), 3, 0, 1, True),   # 6 column blocks (3 + 3)
     ((2, 24, 20, 8, 9), 1, 1, 1, False),
@@ -974,10 +974,10 @@ WINOGRAD_S2K4_CASES = [
 @pytest.mark.parametrize("case", WINOGRAD_S2K4_CASES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_winograd_s2k4_cpu(cpu_isa, case, layout):
-    """conv_transpose2d 4x4 stride 2 and its backward, and the input gradient
-    of conv2d 4x4 stride 2, with Winograd forced: against torch in float64
-    (error at most 4x the direct path's), not the direct path's bits, the
-    same bits on 1, 2 and 3 threads, the layout kept."""
+    """conv_transpose2d 4x4 stride 2, and conv2d 4x4 stride 2 and its input
+    gradient, with Winograd forced: against torch in float64 (error at most
+    4x the direct path's), not the direct path's bits, the same bits on 1, 2
+    and 3 threads, the layout kept."""
     from cnnkernels import _C
     shape, p, op, groups, has_b = case
     gen = torch.Generator().manual_seed(12)
@@ -1024,11 +1024,18 @@ def test_winograd_s2k4_cpu(cpu_isa, case, layout):
     refg = torch.autograd.grad(yd, xd, x.double())[0]
     direct, wino = run(conv_grad)
     check(direct, wino, refg, "conv2d grad_input")
+    # conv2d 4x4 stride 2 forward (space-to-depth, then F(2x2, 2x2))
+    w2 = torch.randn(ci, co // groups, 4, 4, generator=gen) / (4 * co ** 0.5)
+    b2 = torch.randn(ci, generator=gen) if has_b else None
+    ref2 = F.conv2d(xc.double(), w2.double(), None if b2 is None else b2.double(), 2, p, 1, groups)
+    direct, wino = run(lambda: CF.conv2d(xc, w2, b2, 2, p, 1, groups))
+    check(direct, wino, ref2, "conv2d")
 
 
 def test_winograd_s2k4_rules():
-    """Where conv_transpose2d 4x4 stride 2 runs on F(2x2, 2x2) by itself
-    (winograd_s2k4_applies): 12x12+ inputs with 128+ tiles per phase, 32+
+    """Where conv_transpose2d 4x4 stride 2 and conv2d 4x4 stride 2 run on
+    F(2x2, 2x2) by themselves (winograd_s2k4_applies, _fwd_applies): 12x12+
+    grad_output / output with 128+ tiles per phase (1024+ from 8x8), 32+
     channels on both sides and 64+ on one; the direct path elsewhere."""
     from cnnkernels import _C
     gen = torch.Generator().manual_seed(13)
@@ -1043,14 +1050,18 @@ def test_winograd_s2k4_rules():
     for (N, ci, co, H), expect in cases:
         x = torch.randn(N, ci, H, H, generator=gen)
         w = torch.randn(ci, co, 4, 4, generator=gen)
+        # conv2d 4x4 stride 2 from 2H x 2H to H x H: the same rules
+        xf = torch.randn(N, co, 2 * H, 2 * H, generator=gen)
+        wf = torch.randn(ci, co, 4, 4, generator=gen)
         try:
             _C._set_winograd(False)
-            direct = CF.conv_transpose2d(x, w, None, 2, 1)
+            direct = (CF.conv_transpose2d(x, w, None, 2, 1), CF.conv2d(xf, wf, None, 2, 1))
             _C._set_winograd(True)
-            auto = CF.conv_transpose2d(x, w, None, 2, 1)
+            auto = (CF.conv_transpose2d(x, w, None, 2, 1), CF.conv2d(xf, wf, None, 2, 1))
         finally:
             _C._set_winograd(True)
-        assert (not torch.equal(auto, direct)) == expect, ((N, ci, co, H), expect)
+        for a, d in zip(auto, direct):
+            assert (not torch.equal(a, d)) == expect, ((N, ci, co, H), expect)
 
 
 def test_winograd_not_for_few_tiles_or_float64():
