@@ -1030,22 +1030,36 @@ def test_winograd_s2k4_cpu(cpu_isa, case, layout):
     ref2 = F.conv2d(xc.double(), w2.double(), None if b2 is None else b2.double(), 2, p, 1, groups)
     direct, wino = run(lambda: CF.conv2d(xc, w2, b2, 2, p, 1, groups))
     check(direct, wino, ref2, "conv2d")
+    # its weight gradient (space-to-depth, then F(2x2, 2x2)'s weight gradient)
+    gy2 = _layout(torch.randn(ref2.shape, generator=gen), layout)
+    w2d = w2.double().requires_grad_()
+    refw = torch.autograd.grad(F.conv2d(xc.double(), w2d, None, 2, p, 1, groups), w2d,
+                               gy2.double())[0]
+
+    def conv_wgrad():
+        wg = w2.detach().requires_grad_()
+        return torch.autograd.grad(CF.conv2d(xc, wg, None, 2, p, 1, groups), wg, gy2)[0]
+    direct, wino = run(conv_wgrad)
+    layout = "contiguous"  # (weights: always contiguous)
+    check(direct, wino, refw, "conv2d grad_weight")
 
 
 def test_winograd_s2k4_rules():
     """Where conv_transpose2d 4x4 stride 2 and conv2d 4x4 stride 2 run on
     F(2x2, 2x2) by themselves (winograd_s2k4_applies, _fwd_applies): 12x12+
     grad_output / output with 128+ tiles per phase (1024+ from 8x8), 32+
-    channels on both sides and 64+ on one; the direct path elsewhere."""
+    channels on both sides and 64+ on one; conv2d's weight gradient from 1024
+    tiles; the direct path elsewhere."""
     from cnnkernels import _C
     gen = torch.Generator().manual_seed(13)
-    cases = [  # (N, in, out, H), whether Winograd runs
-        ((2, 64, 32, 16), True),    # 2 x 8 x 8 = 128 tiles a phase
-        ((2, 64, 32, 14), False),   # 2 x 7 x 7 = 98 tiles
-        ((2, 32, 32, 16), False),   # no side with 64 channels
-        ((2, 64, 16, 16), False),   # 16 channels
-        ((64, 64, 64, 8), True),    # 8x8 input, 64 x 4 x 4 = 1024 tiles
-        ((32, 64, 64, 8), False),   # 512 tiles at 8x8
+    cases = [  # (N, in, out, H), whether Winograd runs: transposed, conv2d, its grad_weight
+        ((2, 64, 32, 16), (True, True, False)),     # 2 x 8 x 8 = 128 tiles a phase
+        ((2, 64, 32, 14), (False, False, False)),   # 2 x 7 x 7 = 98 tiles
+        ((2, 32, 32, 16), (False, False, False)),   # no side with 64 channels
+        ((2, 64, 16, 16), (False, False, False)),   # 16 channels
+        ((64, 64, 64, 8), (True, True, True)),      # 8x8, 64 x 4 x 4 = 1024 tiles
+        ((32, 64, 64, 8), (False, False, False)),   # 512 tiles at 8x8
+        ((16, 64, 32, 16), (True, True, True)),     # 1024 tiles at 16x16
     ]
     for (N, ci, co, H), expect in cases:
         x = torch.randn(N, ci, H, H, generator=gen)
@@ -1060,8 +1074,21 @@ def test_winograd_s2k4_rules():
             auto = (CF.conv_transpose2d(x, w, None, 2, 1), CF.conv2d(xf, wf, None, 2, 1))
         finally:
             _C._set_winograd(True)
-        for a, d in zip(auto, direct):
-            assert (not torch.equal(a, d)) == expect, ((N, ci, co, H), expect)
+        # conv2d's weight gradient (1024+ tiles only)
+        gy = torch.randn(N, ci, H, H, generator=gen)
+
+        def wgrad():
+            wg = wf.detach().requires_grad_()
+            return torch.autograd.grad(CF.conv2d(xf, wg, None, 2, 1), wg, gy)[0]
+        try:
+            _C._set_winograd(False)
+            direct += (wgrad(),)
+            _C._set_winograd(True)
+            auto += (wgrad(),)
+        finally:
+            _C._set_winograd(True)
+        for a, d, e in zip(auto, direct, expect):
+            assert (not torch.equal(a, d)) == e, ((N, ci, co, H), expect)
 
 
 def test_winograd_not_for_few_tiles_or_float64():

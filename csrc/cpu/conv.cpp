@@ -197,6 +197,11 @@ struct Kern {
     avx2 ? conv::avx2::wino22_out(m, ms, bias, y, yr, yc)
          : conv::generic::wino22_out(m, ms, bias, y, yr, yc);
   }
+  void wino22_gout(const T* g, int64_t sR, int64_t sC, int64_t C, int nr, int nc, T* m,
+                   int64_t ms) const {
+    avx2 ? conv::avx2::wino22_gout(g, sR, sC, C, nr, nc, m, ms)
+         : conv::generic::wino22_gout(g, sR, sC, C, nr, nc, m, ms);
+  }
 };
 
 // An activation read in NHWC order: (n, row, col, ch) at p + n*sN + row*sR + col*sC + ch,
@@ -1108,29 +1113,34 @@ void winograd_dgrad_s2k4(const ConvGeometry& g, const Tensor& gy, bool cl, const
 // NHWC windows), OH + 2 rows and OW + 2 columns (tiles past an odd output
 // read one more); an NCHW row is transposed to pixels first, then each
 // pixel's channels copied (a scalar deinterleave cost 10 % of the samples).
-// Where it applies: as winograd_s2k4_applies, the sizes those of the
-// output. Two threads, ms Winograd / direct: 8x64->128 at 56x56 NCHW 5.0 /
+// The weight gradient runs on the same z (winograd_wgrad_s2k4).
+// Where the forward applies: as winograd_s2k4_applies, the sizes those of
+// the output. Two threads, ms Winograd / direct: 8x64->128 at 56x56 NCHW 5.0 /
 // 6.5, channels_last 4.1 / 5.1; 16x128->256 at 32x32 11.4 / 15.7;
 // 16x256->512 at 16x16 12.8 / 17.5; 16x64->64 at 24x24 1.2 / 1.5.
-bool winograd_s2k4_fwd_applies(const ConvGeometry& g) {
+// The weight gradient (winograd_wgrad_s2k4) asks for 1024+ tiles (two
+// threads, ms Winograd / direct: 8x64->128 at 56x56 7.6 / 9.3, 16x128->256
+// at 32x32 18.4 / 22.0, 64x64->128 at 16x16 5.2 / 5.7; 16x256->512 at
+// 16x16, 256 tiles, 31.2 / 21.8; 16x64->64 at 24x24, 576, 2.4 / 2.1).
+bool winograd_s2k4_conv_applies(const ConvGeometry& g, WinoPass pass = WinoPass::kForward) {
   if (!(use_winograd() && g.KH == 4 && g.KW == 4 && g.sh == 2 && g.sw == 2 && g.dh == 1 &&
         g.dw == 1 && g.OH >= 8 && g.OW >= 8))
     return false;
   const int64_t cmin = std::min(g.Cg(), g.OCg()), cmax = std::max(g.Cg(), g.OCg());
   const int64_t tiles = g.N * ceil_div(g.OH, 2) * ceil_div(g.OW, 2);
   if (force_winograd()) return cmin >= 16;
-  return cmin >= 32 && cmax >= 64 &&
-         ((tiles >= 128 && g.OH >= 12 && g.OW >= 12) || (tiles >= 1024 && g.OH >= 8 && g.OW >= 8));
+  if (cmin < 32 || cmax < 64) return false;
+  if (pass == WinoPass::kWeight) return tiles >= 1024;
+  return (tiles >= 128 && g.OH >= 12 && g.OW >= 12) || tiles >= 1024;
 }
 
+// z of the comment above, in kept scratch (slot kWindowSlot) or zbuf.
 template <typename T>
-void winograd_forward_s2k4(const ConvGeometry& g, const Tensor& x, bool cl, const T* w,
-                           const T* bias, T* y) {
+Nhwc<T> space_to_depth2(const ConvGeometry& g, const Tensor& x, bool cl, Tensor& zbuf) {
   const Kern<T> K;
-  const int64_t Cg = g.Cg(), OCg = g.OCg(), C4 = 4 * Cg;
+  const int64_t Cg = g.Cg(), C4 = 4 * Cg;
   const int64_t ZH = g.OH + 2, ZW = g.OW + 2, gsz = g.N * ZH * ZW * C4;
   const int64_t bytes = (g.G * gsz + kNR) * int64_t(sizeof(T));
-  Tensor zbuf;
   T* z;
   if (bytes <= kScratchCacheBytes) {
     z = static_cast<T*>(kept_scratch(kWindowSlot, bytes));
@@ -1169,10 +1179,21 @@ void winograd_forward_s2k4(const ConvGeometry& g, const Tensor& x, bool cl, cons
         }
     }
   });
+  return {z, ZH * ZW * C4, ZW * C4, C4, gsz};
+}
+
+template <typename T>
+void winograd_forward_s2k4(const ConvGeometry& g, const Tensor& x, bool cl, const T* w,
+                           const T* bias, T* y) {
+  const Kern<T> K;
+  const int64_t Cg = g.Cg(), OCg = g.OCg(), C4 = 4 * Cg;
+  Tensor zbuf;
+  const Nhwc<T> zw = space_to_depth2<T>(g, x, cl, zbuf);
   const WinoTiles tl(g.N, g.OH, g.OW, 1);
   const int64_t Ct = g.OC, P = g.OH * g.OW;
   for (int64_t grp = 0; grp < g.G; ++grp) {
-    const Nhwc<T> zp{z + grp * gsz, ZH * ZW * C4, ZW * C4, C4, gsz};
+    Nhwc<T> zp = zw;
+    zp.p += grp * zw.sG;
     const WinoOut<T> out = cl ? WinoOut<T>{y + grp * OCg, P * Ct, 1, Ct}
                               : WinoOut<T>{y + grp * OCg * P, Ct * P, P, 1};
     winograd_group<2, T>(
@@ -1185,20 +1206,20 @@ void winograd_forward_s2k4(const ConvGeometry& g, const Tensor& x, bool cl, cons
   }
 }
 
-template <typename T>
-void winograd_wgrad(const Tensor& x, const Tensor& gy, bool cl, int64_t G, int64_t Cin,
-                    int64_t Cout, int64_t OH, int64_t OW, int64_t d, int64_t pt, int64_t pl,
-                    T* gw) {
-  const Kern<T> K;
-  const WinoTiles tl(x.size(0), OH, OW, d);
-  const int64_t NT = tl.NT;
-  Tensor xbuf, gbuf;
-  const Nhwc<T> xw = nhwc_window<T>(x, cl, -pt, OH + 4 * d, -pl, OW + 4 * d, false, xbuf, G);
-  const Nhwc<T> gw_ = nhwc_window<T>(gy, cl, 0, OH, 0, OW, false, gbuf, G, kGradWindowSlot);
+// The core, for R = 3 (F(2x2, 3x3)) or 2 (F(2x2, 2x2)): the input through
+// the NHWC view xw (read as tl says), grad_output through gw_ (both
+// group-major), the weight gradient of group grp, channels (o, i), taps
+// (kh, kw) handed to put(grp, o, i, kh, kw, value).
+template <int R, typename T, typename Put>
+void winograd_wgrad_core(const Kern<T>& K, const Nhwc<T>& xw, const Nhwc<T>& gw_,
+                         const WinoTiles& tl, int64_t G, int64_t Cin, int64_t Cout,
+                         const Put& put) {
+  constexpr int A = R + 1, NX = A * A;
+  const int64_t OH = tl.OH, OW = tl.OW, d = tl.d, NT = tl.NT;
   const int64_t ncb = ceil_div(Cout, kNR), OCp = ncb * kNR, nrb = ceil_div(Cin, kMR);
   const int64_t TB = 96;
   const int64_t nitems = ceil_div(NT, TB);
-  const int64_t du_size = 16 * nrb * ncb * kMR * kNR;
+  const int64_t du_size = NX * nrb * ncb * kMR * kNR;
   // Units of work: S chunks of the tiles (up to 8, at least 4 items each,
   // their dU together in at most 32 MB of kept scratch; even) times X groups
   // of the 16 transformed positions (X = 4 / S when S < 4: a group computes
@@ -1207,41 +1228,49 @@ void winograd_wgrad(const Tensor& x, const Tensor& gy, bool cl, int64_t G, int64
   int64_t S = std::min<int64_t>({8, std::max<int64_t>(1, nitems / 4),
                                  std::max<int64_t>(1, (int64_t(8) << 20) / du_size)});
   if (S > 1) S -= S % 2;
-  const int64_t X = S >= 4 ? 1 : 4 / S;
+  const int64_t X = S >= 4 ? 1 : 4 / S;  // (groups of positions: NX / X or more each)
   const ScratchBuf<T> du(kWeightSlot, S * du_size);  // zeroed per unit below
   const int64_t vs = TB * Cin + 16, ms = TB * OCp + 16;
-  const int64_t xsR = d * xw.sR, xsC = d * xw.sC, gsR = d * gw_.sR, gsC = d * gw_.sC;
+  const int64_t xsR = tl.step() * xw.sR, xsC = tl.step() * xw.sC;
+  const int64_t gsR = d * gw_.sR, gsC = d * gw_.sC;
   for (int64_t grp = 0; grp < G; ++grp) {
     const T* xg = xw.p + grp * xw.sG;
     const T* gg = gw_.p + grp * gw_.sG;
     at::parallel_for(0, S * X, 1, [&](int64_t ub, int64_t ue) {
-      const ScratchBuf<T> buf(kWinoSlot, 16 * (vs + ms));
+      const ScratchBuf<T> buf(kWinoSlot, NX * (vs + ms));
       T* V = buf.data();
-      T* M = V + 16 * vs;
+      T* M = V + NX * vs;
       if (OCp > Cout)  // the padding columns of dM stay zero
-        for (int64_t q = 0; q < 16 * TB; ++q)
+        for (int64_t q = 0; q < NX * TB; ++q)
           std::fill(M + (q / TB) * ms + (q % TB) * OCp + Cout,
                     M + (q / TB) * ms + (q % TB + 1) * OCp, T(0));
       for (int64_t u = ub; u < ue; ++u) {
-        const int64_t sc = u / X, xg_ = u % X, xi0 = 16 * xg_ / X, xi1 = 16 * (xg_ + 1) / X;
+        const int64_t sc = u / X, xg_ = u % X, xi0 = NX * xg_ / X, xi1 = NX * (xg_ + 1) / X;
         T* dus = du.data() + sc * du_size;
         const int64_t per_xi = nrb * ncb * kMR * kNR;
         std::fill(dus + xi0 * per_xi, dus + xi1 * per_xi, T(0));
         for (int64_t item = nitems * sc / S; item < nitems * (sc + 1) / S; ++item) {
           const int64_t t0 = item * TB, nt = std::min(TB, NT - t0);
           for (int64_t t = 0; t < nt; ++t) {
-            int64_t n, oh0, ow0, tw;
-            tl.at(t0 + t, n, oh0, ow0, tw);
-            K.wino_in(xg + n * xw.sN + oh0 * xw.sR + ow0 * xw.sC, xsR, xsC, Cin, V + t * Cin, vs);
+            int64_t n, oh0, ow0, tw, ir, ic;
+            tl.at(t0 + t, n, oh0, ow0, tw, ir, ic);
+            const T* x0 = xg + n * xw.sN + ir * xw.sR + ic * xw.sC;
+            if (R == 3)
+              K.wino_in(x0, xsR, xsC, Cin, V + t * Cin, vs);
+            else
+              K.wino22_in(x0, xsR, xsC, Cin, V + t * Cin, vs);
             const int64_t nr = oh0 >= OH ? 0 : oh0 + d < OH ? 2 : 1;
             const int64_t nc = ow0 >= OW ? 0 : ow0 + d < OW ? 2 : 1;
             if (nr == 0 || nc == 0) {  // past a shorter phase's outputs: dM = 0
-              for (int64_t xi = 0; xi < 16; ++xi)
+              for (int64_t xi = 0; xi < NX; ++xi)
                 std::fill(M + xi * ms + t * OCp, M + xi * ms + t * OCp + Cout, T(0));
               continue;
             }
-            K.wino_gout(gg + n * gw_.sN + oh0 * gw_.sR + ow0 * gw_.sC, gsR, gsC, Cout, int(nr),
-                        int(nc), M + t * OCp, ms);
+            const T* g0 = gg + n * gw_.sN + oh0 * gw_.sR + ow0 * gw_.sC;
+            if (R == 3)
+              K.wino_gout(g0, gsR, gsC, Cout, int(nr), int(nc), M + t * OCp, ms);
+            else
+              K.wino22_gout(g0, gsR, gsC, Cout, int(nr), int(nc), M + t * OCp, ms);
           }
           const int64_t zero = 0;
           for (int64_t xi = xi0; xi < xi1; ++xi)
@@ -1272,28 +1301,70 @@ void winograd_wgrad(const Tensor& x, const Tensor& gy, bool cl, int64_t G, int64
         }
       });
     }
-    // dg = G^T dU G, G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]
+    // dg = G^T dU G; F(2x2, 3x3): G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2
+    // 1/2 1], F(2x2, 2x2): G^T = [1 1 0; 0 1 1]
     at::parallel_for(0, Cout * Cin, 64, [&](int64_t b, int64_t e) {
       for (int64_t q = b; q < e; ++q) {
         const int64_t o = q / Cin, i = q % Cin, rb = i / kMR, r = i % kMR, cb = o / kNR,
                       j = o % kNR;
         T dd[4][4], rr[3][4];
-        for (int xi = 0; xi < 16; ++xi)
-          dd[xi / 4][xi % 4] = du[(((xi * nrb + rb) * ncb + cb) * kMR + r) * kNR + j];
+        for (int xi = 0; xi < NX; ++xi)
+          dd[xi / A][xi % A] = du[(((xi * nrb + rb) * ncb + cb) * kMR + r) * kNR + j];
+        if (R == 2) {
+          for (int c = 0; c < 3; ++c) rr[0][c] = dd[0][c] + dd[1][c], rr[1][c] = dd[1][c] + dd[2][c];
+          for (int k = 0; k < 2; ++k) {
+            put(grp, o, i, k, 0, rr[k][0] + rr[k][1]);
+            put(grp, o, i, k, 1, rr[k][1] + rr[k][2]);
+          }
+          continue;
+        }
         for (int c = 0; c < 4; ++c) {
           rr[0][c] = dd[0][c] + T(0.5) * (dd[1][c] + dd[2][c]);
           rr[1][c] = T(0.5) * (dd[1][c] - dd[2][c]);
           rr[2][c] = T(0.5) * (dd[1][c] + dd[2][c]) + dd[3][c];
         }
-        T* w = gw + ((grp * Cout + o) * Cin + i) * 9;
         for (int k = 0; k < 3; ++k) {
-          w[k * 3 + 0] = rr[k][0] + T(0.5) * (rr[k][1] + rr[k][2]);
-          w[k * 3 + 1] = T(0.5) * (rr[k][1] - rr[k][2]);
-          w[k * 3 + 2] = T(0.5) * (rr[k][1] + rr[k][2]) + rr[k][3];
+          put(grp, o, i, k, 0, rr[k][0] + T(0.5) * (rr[k][1] + rr[k][2]));
+          put(grp, o, i, k, 1, T(0.5) * (rr[k][1] - rr[k][2]));
+          put(grp, o, i, k, 2, T(0.5) * (rr[k][1] + rr[k][2]) + rr[k][3]);
         }
       }
     });
   }
+}
+
+template <typename T>
+void winograd_wgrad(const Tensor& x, const Tensor& gy, bool cl, int64_t G, int64_t Cin,
+                    int64_t Cout, int64_t OH, int64_t OW, int64_t d, int64_t pt, int64_t pl,
+                    T* gw) {
+  const WinoTiles tl(x.size(0), OH, OW, d);
+  Tensor xbuf, gbuf;
+  const Nhwc<T> xw = nhwc_window<T>(x, cl, -pt, OH + 4 * d, -pl, OW + 4 * d, false, xbuf, G);
+  const Nhwc<T> gw_ = nhwc_window<T>(gy, cl, 0, OH, 0, OW, false, gbuf, G, kGradWindowSlot);
+  winograd_wgrad_core<3, T>(Kern<T>(), xw, gw_, tl, G, Cin, Cout,
+                            [&](int64_t grp, int64_t o, int64_t i, int kh, int kw, T v) {
+                              gw[(((grp * Cout + o) * Cin + i) * 3 + kh) * 3 + kw] = v;
+                            });
+}
+
+// The weight gradient of a 4x4, stride-2 convolution: that of the 2x2
+// convolution over the space-to-depth z (see winograd_forward_s2k4), on
+// F(2x2, 2x2) tiles, each (u, v, qh, qw, c) put back as tap (2u + qh, 2v + qw)
+// of channel c.
+template <typename T>
+void winograd_wgrad_s2k4(const ConvGeometry& g, const Tensor& x, const Tensor& gy, bool cl,
+                         T* gw) {
+  const int64_t Cg = g.Cg(), OCg = g.OCg();
+  Tensor zbuf, gbuf;
+  const Nhwc<T> zw = space_to_depth2<T>(g, x, cl, zbuf);
+  const Nhwc<T> gw_ =
+      nhwc_window<T>(gy, cl, 0, g.OH, 0, g.OW, false, gbuf, g.G, kGradWindowSlot);
+  winograd_wgrad_core<2, T>(Kern<T>(), zw, gw_, WinoTiles(g.N, g.OH, g.OW, 1), g.G, 4 * Cg, OCg,
+                            [&](int64_t grp, int64_t o, int64_t i, int u, int v, T val) {
+                              const int64_t q = i / Cg, c = i % Cg;
+                              gw[(((grp * OCg + o) * Cg + c) * 4 + 2 * u + q / 2) * 4 + 2 * v +
+                                 q % 2] = val;
+                            });
 }
 
 // ---------------------------------------------------------- data gradient
@@ -2742,7 +2813,7 @@ void run_forward(const ConvGeometry& g, const Tensor& x, bool cl, const Tensor& 
                        return wp[((o * Cg + i) * 3 + kh) * 3 + kw];
                      },
                      bias, y.data_ptr<T>());
-  } else if (std::is_same<T, float>::value && winograd_s2k4_fwd_applies(g))
+  } else if (std::is_same<T, float>::value && winograd_s2k4_conv_applies(g))
     winograd_forward_s2k4<T>(g, x, cl, w.data_ptr<T>(), bias, y.data_ptr<T>());
   else
     conv_forward<T>(g, x, cl, w.data_ptr<T>(), bias, y.data_ptr<T>());
@@ -2792,6 +2863,8 @@ bool run_wgrad(const ConvGeometry& g, const Tensor& gy, const Tensor& x, bool cl
            winograd_applies(g, WinoPass::kWeight))
     winograd_wgrad<T>(x, gy, cl, g.G, g.Cg(), g.OCg(), g.OH, g.OW, g.dh, g.pt, g.pl,
                       gw.data_ptr<T>());
+  else if (std::is_same<T, float>::value && winograd_s2k4_conv_applies(g, WinoPass::kWeight))
+    winograd_wgrad_s2k4<T>(g, x, gy, cl, gw.data_ptr<T>());
   else
     return conv_wgrad<T>(g, gy, x, cl, gw.data_ptr<T>(), gb);
   return false;

@@ -730,6 +730,24 @@ inline void wino22_out_impl(const T* __restrict m, int64_t ms, const T* __restri
   }
 }
 
+// F(2x2, 2x2)'s weight-gradient transform of a 2x2 output-gradient tile (as
+// wino_gout's): m[xi * ms + k] = (A e A^T)[xi], A = [1 0; 1 1; 0 1].
+template <typename T>
+inline void wino22_gout_impl(const T* __restrict g, int64_t sR, int64_t sC, int64_t C, int nr,
+                             int nc, T* __restrict m, int64_t ms) {
+#pragma omp simd
+  for (int64_t k = 0; k < C; ++k) {
+    const T e00 = g[k], e01 = nc > 1 ? g[sC + k] : T(0);
+    const T e10 = nr > 1 ? g[sR + k] : T(0), e11 = nr > 1 && nc > 1 ? g[sR + sC + k] : T(0);
+    const T r[3][2] = {{e00, e01}, {e00 + e10, e01 + e11}, {e10, e11}};
+    for (int i = 0; i < 3; ++i) {
+      m[(3 * i + 0) * ms + k] = r[i][0];
+      m[(3 * i + 1) * ms + k] = r[i][0] + r[i][1];
+      m[(3 * i + 2) * ms + k] = r[i][1];
+    }
+  }
+}
+
 // The weight gradient's transform of a 2x2 output-gradient tile e[r][c] =
 // g[r * sR + c * sC + k] (zero where the tile leaves the output: nr / nc
 // rows / columns inside): m[xi * ms + k] = (A e A^T)[xi], A = [1 0; 1 1;
@@ -780,6 +798,10 @@ inline void wino_gout_impl(const T* __restrict g, int64_t sR, int64_t sC, int64_
   }                                                                                            \
   void wino22_out(const T* m, int64_t ms, const T* bias, T* y, int64_t yr, int64_t yc) {        \
     wino22_out_impl(m, ms, bias, y, yr, yc);                                                   \
+  }                                                                                            \
+  void wino22_gout(const T* g, int64_t sR, int64_t sC, int64_t C, int nr, int nc, T* m,        \
+                   int64_t ms) {                                                               \
+    wino22_gout_impl(g, sR, sC, C, nr, nc, m, ms);                                             \
   }
 
 CNNK_CONV_DEFINE(float)

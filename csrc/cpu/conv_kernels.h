@@ -76,7 +76,9 @@ constexpr int kRowOuts = 6;
   /* Winograd F(2x2, 2x2): the input transform of a 3x3 tile, v[xi * vs + c] for xi < 9,   */ \
   /* and the output transform of 9 values m[xi * ms + j] into 2x2 pixels (as wino_out)      */ \
   void wino22_in(const T* x, int64_t sR, int64_t sC, int64_t C, T* v, int64_t vs);             \
-  void wino22_out(const T* m, int64_t ms, const T* bias, T* y, int64_t yr, int64_t yc);
+  void wino22_out(const T* m, int64_t ms, const T* bias, T* y, int64_t yr, int64_t yc);        \
+  void wino22_gout(const T* g, int64_t sR, int64_t sC, int64_t C, int nr, int nc, T* m,       \
+                   int64_t ms);
 
 namespace generic {
 CNNK_CONV_DECLARE(float)
