@@ -667,8 +667,15 @@ def test_strided_dgrad_staged_nchw_cpu(cpu_isa, case):
     torch.testing.assert_close(runs[0].to(dt), ref, rtol=1e-4, atol=1e-3 if big else 1e-4)
     for other in runs[1:]:
         assert torch.equal(runs[0], other)
-    cl = CF.conv_transpose2d(x.contiguous(memory_format=torch.channels_last), w, b, s, p, op, grp)
-    assert torch.equal(runs[0], cl)
+    from cnnkernels import _C
+    try:  # (channels_last 3x3 and 4x4 layers may run Winograd, NCHW 3x3 ones do not)
+        _C._set_winograd(False)
+        cl = CF.conv_transpose2d(x.contiguous(memory_format=torch.channels_last), w, b, s, p, op,
+                                 grp)
+        nchw = CF.conv_transpose2d(x, w, b, s, p, op, grp)
+    finally:
+        _C._set_winograd(True)
+    assert torch.equal(nchw, cl)
     if big:
         return
     # no input channels: an empty gradient, not a division by zero
@@ -1042,6 +1049,51 @@ def test_winograd_s2k4_cpu(cpu_isa, case, layout):
     direct, wino = run(conv_wgrad)
     layout = "contiguous"  # (weights: always contiguous)
     check(direct, wino, refw, "conv2d grad_weight")
+
+
+@pytest.mark.parametrize("case", [
+    ((2, 32, 32, 9, 11), 1, 1, 1, True),
+    ((2, 64, 48, 8, 9), 1, 0, 1, False),
+    ((2, 64, 64, 9, 8), 0, 1, 2, True),     # groups, no padding
+    ((1, 40, 96, 12, 13), 2, 0, 1, True),
+])
+def test_winograd_s2k3_channels_last_cpu(cpu_isa, case):
+    """conv_transpose2d 3x3 stride 2, channels_last, with Winograd forced: its
+    stride phase with 2x2 taps on F(2x2, 2x2), the others direct, into one
+    result: against torch in float64, not the direct bits, the same bits on
+    1, 2 and 3 threads; and conv2d 3x3 stride 2's input gradient likewise."""
+    from cnnkernels import _C
+    (N, ci, co, H, W), p, op, groups, has_b = case
+    gen = torch.Generator().manual_seed(14)
+    x = _layout(torch.randn(N, ci, H, W, generator=gen), "channels_last")
+    w = torch.randn(ci, co // groups, 3, 3, generator=gen) / (3 * ci ** 0.5)
+    b = torch.randn(co, generator=gen) if has_b else None
+    ref = F.conv_transpose2d(x.double(), w.double(), None if b is None else b.double(), 2, p, op,
+                             groups)
+    xc = _layout(torch.randn(ref.shape, generator=gen), "channels_last")
+    xd = xc.double().requires_grad_()
+    refg = torch.autograd.grad(F.conv2d(xd, w.double(), None, 2, p, 1, groups), xd, x.double())[0]
+
+    def conv_grad():
+        xg = xc.detach().requires_grad_()
+        return torch.autograd.grad(CF.conv2d(xg, w, None, 2, p, 1, groups), xg, x)[0]
+    for fn, r, name in ((lambda: CF.conv_transpose2d(x, w, b, 2, p, op, groups), ref, "transposed"),
+                        (conv_grad, refg, "conv2d grad_input")):
+        try:
+            _C._set_winograd(False)
+            direct = fn()
+            _C._force_winograd()
+            wino = _on_threads(fn)
+        finally:
+            _C._set_winograd(True)
+        err_d = (direct.double() - r).abs().max().item()
+        err_w = (wino[0].double() - r).abs().max().item()
+        scale = r.abs().max().item()
+        assert err_w <= max(4 * err_d, 1e-6 * scale), (name, err_w, err_d)
+        torch.testing.assert_close(wino[0].double(), r, rtol=1e-4, atol=1e-4 * scale)
+        assert not torch.equal(wino[0], direct), name
+        assert all(torch.equal(wino[0], o) for o in wino[1:]), name
+        assert wino[0].is_contiguous(memory_format=torch.channels_last), name
 
 
 def test_winograd_s2k4_rules():

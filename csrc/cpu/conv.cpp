@@ -1028,19 +1028,19 @@ void winograd_conv(const Tensor& x, bool cl, int64_t G, int64_t Cin, int64_t Cou
 // by 2 along its own grid (outputs 4 input pixels apart). Outputs go to the
 // channels_last result, or, for NCHW, to a channels_last staging copy (kept
 // scratch when it fits) that is transposed into the planes at the end.
-// Where it applies: 4x4, stride 2, no dilation, float32, a grad_output (the
-// transposed convolution's input) of 12x12 or more with 128+ tiles per
-// phase (8x8 or more with 1024+), 32+ channels per group on both sides and
-// 64+ on one. Measured, two
-// threads, conv_transpose2d forward, ms Winograd / direct: 8x128->64 at
+// Where it applies: 4x4 (or 3x3 channels_last, below), stride 2, no
+// dilation, float32, a grad_output (the transposed convolution's input) of
+// 12x12 or more with 128+ tiles per phase (8x8 or more with 1024+), 32+
+// channels per group on both sides and 64+ on one. Measured, two threads,
+// conv_transpose2d forward, ms Winograd / direct: 8x128->64 at
 // 28x28 NCHW 5.96 / 7.46, channels_last 4.98 / 6.02; 16x64->32 at 32x32
 // 5.45 / 6.27; 16x128->64 at 16x16 4.40 / 4.76; 64x256->128 at 8x8 14.4 /
 // 15.9, 16x256->128 4.36 / 4.38; 8x32->32 at 28x28 1.18 / 1.10; 8x512->256
 // at 7x7 9.9 / 8.4 (short phases: the transforms and NCHW transposes, 14 %
 // of the samples at 28x28, weigh more).
-bool winograd_s2k4_applies(const ConvGeometry& g) {
-  if (!(use_winograd() && g.KH == 4 && g.KW == 4 && g.sh == 2 && g.sw == 2 && g.dh == 1 &&
-        g.dw == 1 && g.H >= 8 && g.W >= 8))
+bool winograd_s2k4_applies(const ConvGeometry& g, bool cl) {
+  if (!(use_winograd() && (g.KH == 4 || (g.KH == 3 && cl)) && g.KW == g.KH && g.sh == 2 &&
+        g.sw == 2 && g.dh == 1 && g.dw == 1 && g.H >= 8 && g.W >= 8))
     return false;
   const int64_t cmin = std::min(g.Cg(), g.OCg()), cmax = std::max(g.Cg(), g.OCg());
   const int64_t tiles = g.N * ceil_div(ceil_div(g.H, 2), 2) * ceil_div(ceil_div(g.W, 2), 2);
@@ -1049,6 +1049,20 @@ bool winograd_s2k4_applies(const ConvGeometry& g) {
          ((tiles >= 128 && g.OH >= 12 && g.OW >= 12) || (tiles >= 1024 && g.OH >= 8 && g.OW >= 8));
 }
 
+// 3x3 kernels, channels_last (conv_transpose2d 3x3 stride 2, the data
+// gradient of a 3x3 stride-2 convolution): one stride phase per axis
+// reaches two taps (0 and 2), the other one (tap 1); the phase with two on
+// both axes, 4 of the 9 taps' work, runs on F(2x2, 2x2), the other three on
+// the direct path (conv_dgrad, told to skip it), both into the result.
+// Interleaved, ms with / without: conv_transpose2d 8x128->64 at 28x28,
+// output_padding 1, 3.49 / 3.84, 0: 3.44 / 3.47; 8x64->64 1.90 / 2.06. NCHW
+// was even or slower (4.53 / 4.51; output_padding 0 4.32 / 3.90: the
+// direct path stages a block of images at a time, transposed from the
+// caches; here the second grad_output window and whole-batch staging).
+template <typename T>
+void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, const T* bias,
+                T* gx, int64_t skip_rh = -1, int64_t skip_rw = -1, bool pm = false);
+
 template <typename T>
 void winograd_dgrad_s2k4(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w,
                          const T* bias, T* gx) {
@@ -1056,14 +1070,7 @@ void winograd_dgrad_s2k4(const ConvGeometry& g, const Tensor& gy, bool cl, const
   const int64_t Cg = g.Cg(), OCg = g.OCg(), HW = g.H * g.W;
   auto k0 = [](int64_t r, int64_t p) { return ((r + p) % 2 + 2) % 2; };
   auto v0 = [](int64_t r, int64_t p) { return floor_div(r + p, 2); };
-  // the grad_output window: from the first row (column) phase 0 reads to the
-  // last one phase 1's last tile reads (zeros outside grad_output)
-  const int64_t TH = ceil_div(ceil_div(g.H, 2), 2), TW = ceil_div(ceil_div(g.W, 2), 2);
-  const int64_t r_lo = v0(0, g.pt) - 1, c_lo = v0(0, g.pl) - 1;
-  const int64_t Rw = 2 * TH + 1 + v0(1, g.pt) - v0(0, g.pt);
-  const int64_t Cw = 2 * TW + 1 + v0(1, g.pl) - v0(0, g.pl);
   Tensor gbuf, sbuf;
-  const Nhwc<T> win = nhwc_window<T>(gy, cl, r_lo, Rw, c_lo, Cw, false, gbuf, g.G);
   T* dst = gx;
   if (!cl) {
     const int64_t n = g.N * HW * g.C;
@@ -1074,22 +1081,41 @@ void winograd_dgrad_s2k4(const ConvGeometry& g, const Tensor& gy, bool cl, const
       dst = sbuf.data_ptr<T>();
     }
   }
+  // the phases on F(2x2, 2x2): all four for 4x4; for 3x3 the one whose taps
+  // start at 0 (k0 == 0), the others direct first (its window, in the same
+  // kept slot, is made before ours)
+  std::vector<std::array<int64_t, 2>> phases;
+  if (g.KH == 4) {
+    phases = {{0, 0}, {0, 1}, {1, 0}, {1, 1}};
+  } else {
+    phases = {{g.pt % 2, g.pl % 2}};
+    conv_dgrad<T>(g, gy, cl, w, bias, dst, phases[0][0], phases[0][1], true);
+  }
+  // the grad_output window: from the first row (column) phase 0 reads to the
+  // last one phase 1's last tile reads (zeros outside grad_output)
+  const int64_t TH = ceil_div(ceil_div(g.H, 2), 2), TW = ceil_div(ceil_div(g.W, 2), 2);
+  const int64_t r_lo = v0(0, g.pt) - 1, c_lo = v0(0, g.pl) - 1;
+  const int64_t Rw = 2 * TH + 1 + v0(1, g.pt) - v0(0, g.pt);
+  const int64_t Cw = 2 * TW + 1 + v0(1, g.pl) - v0(0, g.pl);
+  const Nhwc<T> win = nhwc_window<T>(gy, cl, r_lo, Rw, c_lo, Cw, false, gbuf, g.G);
+  const int64_t KH = g.KH, KW = g.KW;
   for (int64_t grp = 0; grp < g.G; ++grp) {
     Nhwc<T> xp = win;
     xp.p += grp * win.sG;
     const WinoOut<T> out{dst + grp * Cg, HW * g.C, 1, g.C};
-    for (int64_t rh = 0; rh < 2; ++rh)
-      for (int64_t rw = 0; rw < 2; ++rw) {
-        const WinoTiles tl(g.N, g.H, g.W, 2, rh * 2 + rw, v0(rh, g.pt) - 1 - r_lo,
-                           v0(rw, g.pl) - 1 - c_lo);
-        const int64_t kh0 = k0(rh, g.pt), kw0 = k0(rw, g.pl);
-        winograd_group<2, T>(
-            K, xp, tl, OCg, Cg,
-            [&](int64_t c, int64_t oc, int64_t u, int64_t v) {
-              return w[(((grp * OCg + oc) * Cg + c) * 4 + kh0 + 2 * (1 - u)) * 4 + kw0 + 2 * (1 - v)];
-            },
-            bias == nullptr ? nullptr : bias + grp * Cg, out);
-      }
+    for (const auto& ph : phases) {
+      const int64_t rh = ph[0], rw = ph[1];
+      const WinoTiles tl(g.N, g.H, g.W, 2, rh * 2 + rw, v0(rh, g.pt) - 1 - r_lo,
+                         v0(rw, g.pl) - 1 - c_lo);
+      const int64_t kh0 = k0(rh, g.pt), kw0 = k0(rw, g.pl);
+      winograd_group<2, T>(
+          K, xp, tl, OCg, Cg,
+          [&](int64_t c, int64_t oc, int64_t u, int64_t v) {
+            return w[(((grp * OCg + oc) * Cg + c) * KH + kh0 + 2 * (1 - u)) * KW + kw0 +
+                     2 * (1 - v)];
+          },
+          bias == nullptr ? nullptr : bias + grp * Cg, out);
+    }
   }
   if (cl) return;
   constexpr int64_t kRun = 256;  // pixels a transpose
@@ -1370,9 +1396,11 @@ void winograd_wgrad_s2k4(const ConvGeometry& g, const Tensor& x, const Tensor& g
 // ---------------------------------------------------------- data gradient
 
 // grad x (or conv_transpose2d's output, plus `bias` over its channels).
+// skip_rh, skip_rw: one stride phase left out (computed elsewhere); pm:
+// gx written pixel-major (channels_last order) whatever cl says.
 template <typename T>
 void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, const T* bias,
-                T* gx) {
+                T* gx, int64_t skip_rh, int64_t skip_rw, bool pm) {
   const Kern<T> K;
   const int64_t Cg = g.Cg(), OCg = g.OCg(), KK = g.KH * g.KW;
   // output rows / cols any input pixel reads (through any tap)
@@ -1430,8 +1458,9 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
   // data gradient 128->64 at 56x56 6.22 / 4.97. With 128 steps a phase
   // (2x2 stride 2) staging was 10-15 % slower: the transposes cost more
   // than the short tiles' scattered stores.
-  const bool stage = !cl && (g.sh > 1 || g.sw > 1) && KK * OCg >= 256 * g.sh * g.sw && g.C > 0;
-  const bool ocl = cl || stage;  // outputs pixel-major
+  const bool stage =
+      !cl && !pm && (g.sh > 1 || g.sw > 1) && KK * OCg >= 256 * g.sh * g.sw && g.C > 0;
+  const bool ocl = cl || stage || pm;  // outputs pixel-major
   std::vector<PixelGroup> groups;
   // the taps of one axis reaching phase r at grid index t: (k, v / s) pairs,
   // only those whose output index lies in [0, out) unless `all`
@@ -1448,6 +1477,7 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
   };
   for (int64_t rh = 0; rh < std::min(g.sh, g.H); ++rh)
     for (int64_t rw = 0; rw < std::min(g.sw, g.W); ++rw) {
+      if (rh == skip_rh && rw == skip_rw) continue;
       const int64_t TH = ceil_div(g.H - rh, g.sh), TW = ceil_div(g.W - rw, g.sw);
       std::vector<std::vector<int64_t>> rkey(TH), ckey(TW);
       // (without column groups, every tap of the phase for every column)
@@ -2832,7 +2862,7 @@ void run_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const Tensor& w
                  gx.data_ptr<T>());
   else if (dgrad_as_rows(g, w.data_ptr<T>(), cl, t, wf))
     rows_forward<T>(t, gy.data_ptr<T>(), cl, wf.data(), bias, gx.data_ptr<T>());
-  else if (std::is_same<T, float>::value && winograd_s2k4_applies(g))
+  else if (std::is_same<T, float>::value && winograd_s2k4_applies(g, cl))
     winograd_dgrad_s2k4<T>(g, gy, cl, w.data_ptr<T>(), bias, gx.data_ptr<T>());
   else if (std::is_same<T, float>::value &&
            winograd_applies(g, WinoPass::kForward)) {
