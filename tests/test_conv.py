@@ -653,8 +653,8 @@ def test_strided_dgrad_staged_nchw_cpu(cpu_isa, case):
     grad_output channels >= 256 per phase) are computed into a channels_last
     staging copy, a block of images at a time, and transposed into the
     planes: conv_transpose2d's forward (with bias) and conv2d's data
-    gradient against torch, the same bits as channels_last and on 1, 2 and 3
-    threads."""
+    gradient against torch, the same bits as channels_last (Winograd off:
+    channels_last 3x3 stride 2 may run it) and on 1, 2 and 3 threads."""
     shape, oc, (kh, kw), s, p, op, grp = case
     gen = torch.Generator().manual_seed(21)
     x = torch.randn(shape, generator=gen)
@@ -676,6 +676,7 @@ def test_strided_dgrad_staged_nchw_cpu(cpu_isa, case):
     finally:
         _C._set_winograd(True)
     assert torch.equal(nchw, cl)
+    assert torch.equal(runs[0], nchw)  # (no NCHW case here runs Winograd)
     if big:
         return
     # no input channels: an empty gradient, not a division by zero
@@ -975,6 +976,7 @@ WINOGRAD_S2K4_CASES = [
     ((2, 64, 64, 9, 9), 2, 1, 2, True),     # groups
     ((1, 40, 96, 12, 13), 3, 0, 1, True),   # 6 column blocks (3 + 3)
     ((2, 24, 20, 8, 9), 1, 1, 1, False),
+    ((4, 16, 16, 26, 26), 1, 0, 1, True),   # weight gradient: 676 tiles, 2 tile chunks
 ]
 
 
@@ -1098,8 +1100,9 @@ def test_winograd_s2k3_channels_last_cpu(cpu_isa, case):
 
 def test_winograd_s2k4_rules():
     """Where conv_transpose2d 4x4 stride 2 and conv2d 4x4 stride 2 run on
-    F(2x2, 2x2) by themselves (winograd_s2k4_applies, _fwd_applies): 12x12+
-    grad_output / output with 128+ tiles per phase (1024+ from 8x8), 32+
+    F(2x2, 2x2) by themselves (winograd_s2k4_applies,
+    winograd_s2k4_conv_applies): 12x12+ grad_output / output with 128+
+    tiles per phase (1024+ from 8x8), 32+
     channels on both sides and 64+ on one; conv2d's weight gradient from 1024
     tiles; the direct path elsewhere."""
     from cnnkernels import _C
@@ -1159,6 +1162,77 @@ def test_winograd_not_for_few_tiles_or_float64():
         finally:
             _C._set_winograd(True)
         assert torch.equal(a, b)
+
+
+def test_winograd_2x2_not_for_float64():
+    """float64 never runs the F(2x2, 2x2) paths, even forced: conv_transpose2d
+    4x4 stride 2 (and channels_last 3x3 stride 2), conv2d 4x4 stride 2
+    forward and weight gradient give the direct path's bits."""
+    from cnnkernels import _C
+    gen = torch.Generator().manual_seed(15)
+    x = torch.randn(2, 32, 16, 16, generator=gen, dtype=torch.float64)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    x2 = torch.randn(2, 32, 32, 32, generator=gen, dtype=torch.float64)
+    w4 = torch.randn(32, 32, 4, 4, generator=gen, dtype=torch.float64)
+    w3 = torch.randn(32, 32, 3, 3, generator=gen, dtype=torch.float64)
+    gy = torch.randn(2, 32, 16, 16, generator=gen, dtype=torch.float64)
+
+    def wgrad():
+        wg = w4.detach().requires_grad_()
+        return torch.autograd.grad(CF.conv2d(x2, wg, None, 2, 1), wg, gy)[0]
+    fns = [lambda: CF.conv_transpose2d(x, w4, None, 2, 1),
+           lambda: CF.conv_transpose2d(xl, w3, None, 2, 1, 1),
+           lambda: CF.conv2d(x2, w4, None, 2, 1), wgrad]
+    for fn in fns:
+        try:
+            _C._set_winograd(False)
+            a = fn()
+            _C._force_winograd()
+            b = fn()
+        finally:
+            _C._set_winograd(True)
+        assert torch.equal(a, b)
+
+
+def test_winograd_wide_tiles_match_narrow():
+    """The Winograd GEMMs run 6 tiles against 1-4 column blocks of 16 at once
+    (cnnkernels._C._set_wide_tile_blocks): every count gives the same bits,
+    forced on, for F(2x2, 3x3) (forward, input and weight gradients; 96
+    channels: 3 + 3 blocks) and F(2x2, 2x2) (conv_transpose2d 4x4 stride 2,
+    conv2d 4x4 stride 2 forward and weight gradient; 80 channels: 4 + 1)."""
+    if not cnnkernels._C._avx512_available():
+        pytest.skip("needs AVX-512F")
+    from cnnkernels import _C
+    old_isa, old_wide = cnnkernels.cpu_isa(), _C._wide_tile_blocks()
+    gen = torch.Generator().manual_seed(16)
+    x3 = torch.randn(2, 40, 12, 13, generator=gen)
+    w3 = torch.randn(96, 40, 3, 3, generator=gen) / 20
+    xt = torch.randn(2, 48, 9, 10, generator=gen)
+    wt = torch.randn(48, 80, 4, 4, generator=gen) / 20
+    x4 = torch.randn(2, 48, 20, 18, generator=gen)
+    w4 = torch.randn(80, 48, 4, 4, generator=gen) / 20
+
+    def grads(x, w, fn):
+        x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+        y = fn(x, w)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+        return (y,) + torch.autograd.grad(y, (x, w), gy)
+    try:
+        cnnkernels.set_cpu_isa("avx512")
+        _C._force_winograd()
+        results = []
+        for wide in (1, 2, 3, 4):
+            _C._set_wide_tile_blocks(wide)
+            results.append(grads(x3, w3, lambda x, w: CF.conv2d(x, w, None, 1, 1))
+                           + grads(xt, wt, lambda x, w: CF.conv_transpose2d(x, w, None, 2, 1))
+                           + grads(x4, w4, lambda x, w: CF.conv2d(x, w, None, 2, 1)))
+    finally:
+        _C._set_winograd(True)
+        _C._set_wide_tile_blocks(old_wide)
+        cnnkernels.set_cpu_isa(old_isa)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
 
 
 def test_avx512_tile_pairs_match_single_tiles():

@@ -900,9 +900,9 @@ void winograd_group(const Kern<T>& K, const Nhwc<T>& xp, const WinoTiles& tl, in
   // 512-channel layers). Measured on one thread at batch 8 (64ch 56x56, 128ch 28x28,
   // 256ch 14x14 forwards): 24 tiles 11.3 / 10.5 / 13.1 ms, 48 10.7 / 9.9 /
   // 12.8, 96 10.6 / 10.0 / 12.3 (V and M of an item then live in L2 and L3;
-  // the U panel of each (xi, column block) is reused by 8 pairs of 6-tile
-  // rows). The 16 slices of V and of M are each one cache line longer than a
-  // multiple of the slice (16 streams a multiple of 4 KB apart would share
+  // the U panels of each xi and group of column blocks are reused by the 16
+  // 6-tile blocks). The NX slices of V and of M are each one cache line
+  // longer than a multiple of the slice (streams a multiple of 4 KB apart would share
   // one set of L1). The cut does not change any result (each output is one
   // tile's; the GEMM rows are independent).
   const int64_t OCp = ncb * kNR, nth = at::get_num_threads();
@@ -1006,13 +1006,6 @@ void winograd_conv(const Tensor& x, bool cl, int64_t G, int64_t Cin, int64_t Cou
   }
 }
 
-// The weight gradient of the same convolution (x the input, gy the output
-// gradient), through the same tiles: Y = A^T (U . V) A gives dU[xi] = sum
-// over tiles of V[xi] (x) dM[xi], dM = A dY A^T, and dg = G^T dU G. Per item
-// of 96 tiles V [xi][tile][i] (as the forward's) and dM [xi][tile][16-column
-// blocks] are formed, then 16 GEMMs add V[xi]^T dM[xi] (reduction over the
-// item's tiles, 6 input x 16 output channels per micro-kernel call) into dU
-// [xi][6-row block][column block][6][16]. gw: [G Cout][Cin][3][3].
 // ------------------------------------ Winograd F(2x2, 2x2), stride phases
 // The data gradient of a 4x4, stride-2 convolution, which is also
 // conv_transpose2d 4x4 stride 2's forward (DCGAN's and U-Net's upsampling
@@ -1028,6 +1021,8 @@ void winograd_conv(const Tensor& x, bool cl, int64_t G, int64_t Cin, int64_t Cou
 // by 2 along its own grid (outputs 4 input pixels apart). Outputs go to the
 // channels_last result, or, for NCHW, to a channels_last staging copy (kept
 // scratch when it fits) that is transposed into the planes at the end.
+// (So channels_last and NCHW 3x3 stride-2 layers no longer give the same
+// bits: their rounding differs, tested against float64.)
 // Where it applies: 4x4 (or 3x3 channels_last, below), stride 2, no
 // dilation, float32, a grad_output (the transposed convolution's input) of
 // 12x12 or more with 128+ tiles per phase (8x8 or more with 1024+), 32+
@@ -1232,6 +1227,13 @@ void winograd_forward_s2k4(const ConvGeometry& g, const Tensor& x, bool cl, cons
   }
 }
 
+// The weight gradient of the Winograd convolutions (x the input, gy the
+// output gradient), through the same tiles: Y = A^T (U . V) A gives dU[xi] =
+// sum over tiles of V[xi] (x) dM[xi], dM = A dY A^T, and dg = G^T dU G. Per
+// item of 96 tiles V [xi][tile][i] (as the forward's) and dM [xi][tile][16-
+// column blocks] are formed, then NX GEMMs add V[xi]^T dM[xi] (reduction
+// over the item's tiles, 6 input channels x up to 64 output channels per
+// micro-kernel call) into dU [xi][6-row block][column block][6][16].
 // The core, for R = 3 (F(2x2, 3x3)) or 2 (F(2x2, 2x2)): the input through
 // the NHWC view xw (read as tl says), grad_output through gw_ (both
 // group-major), the weight gradient of group grp, channels (o, i), taps
@@ -1248,7 +1250,7 @@ void winograd_wgrad_core(const Kern<T>& K, const Nhwc<T>& xw, const Nhwc<T>& gw_
   const int64_t du_size = NX * nrb * ncb * kMR * kNR;
   // Units of work: S chunks of the tiles (up to 8, at least 4 items each,
   // their dU together in at most 32 MB of kept scratch; even) times X groups
-  // of the 16 transformed positions (X = 4 / S when S < 4: a group computes
+  // of the NX transformed positions (X = 4 / S when S < 4: a group computes
   // the transforms of its chunk again, cheap where channels are many and dU
   // large). Fixed by the shapes: results do not depend on the thread count.
   int64_t S = std::min<int64_t>({8, std::max<int64_t>(1, nitems / 4),
