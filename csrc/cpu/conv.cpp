@@ -981,6 +981,26 @@ void winograd_group(const Kern<T>& K, const Nhwc<T>& xp, const WinoTiles& tl, in
   });
 }
 
+// Every group of a Winograd convolution (winograd_group<R>) over the
+// group-major NHWC view xw, into y (N, G Cout, OH, OW) in layout cl;
+// wget(o, i, kh, kw) with o of the whole layer, i of the group.
+template <int R, typename T, typename WGet>
+void winograd_groups(const Nhwc<T>& xw, const WinoTiles& tl, bool cl, int64_t G, int64_t Cin,
+                     int64_t Cout, const WGet& wget, const T* bias, T* y) {
+  const Kern<T> K;
+  const int64_t Ct = G * Cout, P = tl.OH * tl.OW;
+  for (int64_t grp = 0; grp < G; ++grp) {
+    Nhwc<T> xp = xw;
+    xp.p += grp * xw.sG;
+    const WinoOut<T> out = cl ? WinoOut<T>{y + grp * Cout, P * Ct, 1, Ct}
+                              : WinoOut<T>{y + grp * Cout * P, Ct * P, P, 1};
+    winograd_group<R, T>(
+        K, xp, tl, Cin, Cout,
+        [&](int64_t o, int64_t i, int64_t kh, int64_t kw) { return wget(grp * Cout + o, i, kh, kw); },
+        bias == nullptr ? nullptr : bias + grp * Cout, out);
+  }
+}
+
 // y = conv(x, w) of a 3x3 layer (x: N x (G Cin) x H x W in layout cl; its
 // output (N, G Cout, OH, OW) in the same layout), unit stride, dilation d,
 // padding pt / pl, weights wget(o, i, kh, kw) (o, i: channels of the whole
@@ -989,21 +1009,9 @@ template <typename T, typename WGet>
 void winograd_conv(const Tensor& x, bool cl, int64_t G, int64_t Cin, int64_t Cout, int64_t OH,
                    int64_t OW, int64_t d, int64_t pt, int64_t pl, WGet wget, const T* bias,
                    T* y) {
-  const Kern<T> K;
-  const WinoTiles tl(x.size(0), OH, OW, d);
   Tensor xbuf;
   const Nhwc<T> xw = nhwc_window<T>(x, cl, -pt, OH + 4 * d, -pl, OW + 4 * d, false, xbuf, G);
-  const int64_t Ct = G * Cout, P = OH * OW;
-  for (int64_t grp = 0; grp < G; ++grp) {
-    Nhwc<T> xp = xw;
-    xp.p += grp * xw.sG;
-    const WinoOut<T> out = cl ? WinoOut<T>{y + grp * Cout, P * Ct, 1, Ct}
-                              : WinoOut<T>{y + grp * Cout * P, Ct * P, P, 1};
-    winograd_group<3, T>(
-        K, xp, tl, Cin, Cout,
-        [&](int64_t o, int64_t i, int64_t kh, int64_t kw) { return wget(grp * Cout + o, i, kh, kw); },
-        bias == nullptr ? nullptr : bias + grp * Cout, out);
-  }
+  winograd_groups<3, T>(xw, WinoTiles(x.size(0), OH, OW, d), cl, G, Cin, Cout, wget, bias, y);
 }
 
 // ------------------------------------ Winograd F(2x2, 2x2), stride phases
@@ -1206,25 +1214,15 @@ Nhwc<T> space_to_depth2(const ConvGeometry& g, const Tensor& x, bool cl, Tensor&
 template <typename T>
 void winograd_forward_s2k4(const ConvGeometry& g, const Tensor& x, bool cl, const T* w,
                            const T* bias, T* y) {
-  const Kern<T> K;
-  const int64_t Cg = g.Cg(), OCg = g.OCg(), C4 = 4 * Cg;
+  const int64_t Cg = g.Cg();
   Tensor zbuf;
   const Nhwc<T> zw = space_to_depth2<T>(g, x, cl, zbuf);
-  const WinoTiles tl(g.N, g.OH, g.OW, 1);
-  const int64_t Ct = g.OC, P = g.OH * g.OW;
-  for (int64_t grp = 0; grp < g.G; ++grp) {
-    Nhwc<T> zp = zw;
-    zp.p += grp * zw.sG;
-    const WinoOut<T> out = cl ? WinoOut<T>{y + grp * OCg, P * Ct, 1, Ct}
-                              : WinoOut<T>{y + grp * OCg * P, Ct * P, P, 1};
-    winograd_group<2, T>(
-        K, zp, tl, C4, OCg,
-        [&](int64_t o, int64_t i, int64_t u, int64_t v) {
-          const int64_t q = i / Cg, c = i % Cg;
-          return w[(((grp * OCg + o) * Cg + c) * 4 + 2 * u + q / 2) * 4 + 2 * v + q % 2];
-        },
-        bias == nullptr ? nullptr : bias + grp * OCg, out);
-  }
+  winograd_groups<2, T>(zw, WinoTiles(g.N, g.OH, g.OW, 1), cl, g.G, 4 * Cg, g.OCg(),
+                        [&](int64_t o, int64_t i, int64_t u, int64_t v) {
+                          const int64_t q = i / Cg, c = i % Cg;
+                          return w[((o * Cg + c) * 4 + 2 * u + q / 2) * 4 + 2 * v + q % 2];
+                        },
+                        bias, y);
 }
 
 // The weight gradient of the Winograd convolutions (x the input, gy the
