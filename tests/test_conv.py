@@ -905,30 +905,16 @@ def test_winograd_cpu(cpu_isa, case, layout, transposed):
         r = F.conv2d(xd, wd, bd, 1, p, d, groups)
     gy = torch.randn(r.shape, generator=torch.Generator().manual_seed(3)).double()
     ref = (r,) + torch.autograd.grad(r, (xd, wd), gy)
-    from cnnkernels import _C
-    try:
-        _C._set_winograd(False)
-        direct = _winograd_run(x, w, b, p, d, groups, transposed)
-        _C._force_winograd()  # past the size rules (test_winograd_size_rules)
-        wino = _on_threads(lambda: _winograd_run(x, w, b, p, d, groups, transposed))
-    finally:
-        _C._set_winograd(True)
-    names = ("output", "grad_input", "grad_weight")
-    for k, name in enumerate(names):
-        err_d = (direct[k].double() - ref[k]).abs().max().item()
-        err_w = (wino[0][k].double() - ref[k]).abs().max().item()
-        scale = ref[k].abs().max().item()
-        assert err_w <= max(4 * err_d, 1e-6 * scale), (name, err_w, err_d)
-        torch.testing.assert_close(wino[0][k].double(), ref[k], rtol=1e-4, atol=1e-4 * scale)
-        for other in wino[1:]:
-            assert torch.equal(wino[0][k], other[k]), name
+    # (past the size rules: test_winograd_size_rules)
+    direct, wino = _direct_and_forced_winograd(
+        lambda: _winograd_run(x, w, b, p, d, groups, transposed))
     # all three (conv_transpose2d: its forward is the convolution's data
-    # gradient, its input gradient the convolution's forward) ran on
+    # gradient, its input gradient the convolution's forward) run on
     # another algorithm
-    for k, name in enumerate(names):
-        assert not torch.equal(wino[0][k], direct[k]), name
-    assert wino[0][0].is_contiguous(
-        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for k, (name, f) in enumerate(
+            (("output", fmt), ("grad_input", fmt), ("grad_weight", torch.contiguous_format))):
+        _check_forced_winograd(direct[k], [r[k] for r in wino], ref[k], name, f)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -967,6 +953,34 @@ def test_winograd_size_rules(layout):
         assert got == expect, (shape, groups, got)
 
 
+def _direct_and_forced_winograd(fn):
+    """fn() with Winograd off, and fn() with it forced on 1, 2 and 3 threads."""
+    from cnnkernels import _C
+    try:
+        _C._set_winograd(False)
+        direct = fn()
+        _C._force_winograd()  # past the size rules
+        wino = _on_threads(fn)
+    finally:
+        _C._set_winograd(True)
+    return direct, wino
+
+
+def _check_forced_winograd(direct, wino, ref, name, memory_format):
+    """The forced runs against ref (float64): error at most 4x the direct
+    path's, not the direct path's bits, the same bits on every thread count,
+    in memory_format."""
+    err_d = (direct.double() - ref).abs().max().item()
+    err_w = (wino[0].double() - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    assert err_w <= max(4 * err_d, 1e-6 * scale), (name, err_w, err_d)
+    torch.testing.assert_close(wino[0].double(), ref, rtol=1e-4, atol=1e-4 * scale)
+    assert not torch.equal(wino[0], direct), name
+    for other in wino[1:]:
+        assert torch.equal(wino[0], other), name
+    assert wino[0].is_contiguous(memory_format=memory_format), name
+
+
 # conv_transpose2d 4x4 stride 2 (the data gradient of a 4x4 stride-2
 # convolution) on Winograd F(2x2, 2x2) per stride phase:
 # (N, in, out, H, W, padding, output_padding, groups, bias)
@@ -987,35 +1001,17 @@ def test_winograd_s2k4_cpu(cpu_isa, case, layout):
     gradient, with Winograd forced: against torch in float64 (error at most
     4x the direct path's), not the direct path's bits, the same bits on 1, 2
     and 3 threads, the layout kept."""
-    from cnnkernels import _C
     shape, p, op, groups, has_b = case
     gen = torch.Generator().manual_seed(12)
     N, ci, co, H, W = shape
     x = _layout(torch.randn(N, ci, H, W, generator=gen), layout)
     w = torch.randn(ci, co // groups, 4, 4, generator=gen) / (4 * ci ** 0.5)
     b = torch.randn(co, generator=gen) if has_b else None
-
-    def run(fn, *args):
-        try:
-            _C._set_winograd(False)
-            direct = fn(*args)
-            _C._force_winograd()
-            wino = _on_threads(lambda: fn(*args))
-        finally:
-            _C._set_winograd(True)
-        return direct, wino
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    run = _direct_and_forced_winograd
 
     def check(direct, wino, ref, name):
-        err_d = (direct.double() - ref).abs().max().item()
-        err_w = (wino[0].double() - ref).abs().max().item()
-        scale = ref.abs().max().item()
-        assert err_w <= max(4 * err_d, 1e-6 * scale), (name, err_w, err_d)
-        torch.testing.assert_close(wino[0].double(), ref, rtol=1e-4, atol=1e-4 * scale)
-        assert not torch.equal(wino[0], direct), name
-        for other in wino[1:]:
-            assert torch.equal(wino[0], other), name
-        assert wino[0].is_contiguous(memory_format=torch.channels_last
-                                     if layout == "channels_last" else torch.contiguous_format)
+        _check_forced_winograd(direct, wino, ref, name, fmt)
 
     ref = F.conv_transpose2d(x.double(), w.double(), None if b is None else b.double(), 2, p, op, groups)
     direct, wino = run(lambda: CF.conv_transpose2d(x, w, b, 2, p, op, groups))
@@ -1048,9 +1044,8 @@ def test_winograd_s2k4_cpu(cpu_isa, case, layout):
     def conv_wgrad():
         wg = w2.detach().requires_grad_()
         return torch.autograd.grad(CF.conv2d(xc, wg, None, 2, p, 1, groups), wg, gy2)[0]
-    direct, wino = run(conv_wgrad)
-    layout = "contiguous"  # (weights: always contiguous)
-    check(direct, wino, refw, "conv2d grad_weight")
+    direct, wino = run(conv_wgrad)  # (weights: always contiguous)
+    _check_forced_winograd(direct, wino, refw, "conv2d grad_weight", torch.contiguous_format)
 
 
 @pytest.mark.parametrize("case", [
@@ -1064,7 +1059,6 @@ def test_winograd_s2k3_channels_last_cpu(cpu_isa, case):
     stride phase with 2x2 taps on F(2x2, 2x2), the others direct, into one
     result: against torch in float64, not the direct bits, the same bits on
     1, 2 and 3 threads; and conv2d 3x3 stride 2's input gradient likewise."""
-    from cnnkernels import _C
     (N, ci, co, H, W), p, op, groups, has_b = case
     gen = torch.Generator().manual_seed(14)
     x = _layout(torch.randn(N, ci, H, W, generator=gen), "channels_last")
@@ -1081,21 +1075,8 @@ def test_winograd_s2k3_channels_last_cpu(cpu_isa, case):
         return torch.autograd.grad(CF.conv2d(xg, w, None, 2, p, 1, groups), xg, x)[0]
     for fn, r, name in ((lambda: CF.conv_transpose2d(x, w, b, 2, p, op, groups), ref, "transposed"),
                         (conv_grad, refg, "conv2d grad_input")):
-        try:
-            _C._set_winograd(False)
-            direct = fn()
-            _C._force_winograd()
-            wino = _on_threads(fn)
-        finally:
-            _C._set_winograd(True)
-        err_d = (direct.double() - r).abs().max().item()
-        err_w = (wino[0].double() - r).abs().max().item()
-        scale = r.abs().max().item()
-        assert err_w <= max(4 * err_d, 1e-6 * scale), (name, err_w, err_d)
-        torch.testing.assert_close(wino[0].double(), r, rtol=1e-4, atol=1e-4 * scale)
-        assert not torch.equal(wino[0], direct), name
-        assert all(torch.equal(wino[0], o) for o in wino[1:]), name
-        assert wino[0].is_contiguous(memory_format=torch.channels_last), name
+        direct, wino = _direct_and_forced_winograd(fn)
+        _check_forced_winograd(direct, wino, r, name, torch.channels_last)
 
 
 def test_winograd_s2k4_rules():
@@ -1201,7 +1182,7 @@ def test_winograd_wide_tiles_match_narrow():
     channels: 3 + 3 blocks) and F(2x2, 2x2) (conv_transpose2d 4x4 stride 2,
     conv2d 4x4 stride 2 forward and weight gradient; 80 channels: 4 + 1)."""
     if not cnnkernels._C._avx512_available():
-        pytest.skip("needs AVX-512F")
+        pytest.skip("the wide tiles exist only on AVX-512F processors")
     from cnnkernels import _C
     old_isa, old_wide = cnnkernels.cpu_isa(), _C._wide_tile_blocks()
     gen = torch.Generator().manual_seed(16)

@@ -47,6 +47,7 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -266,19 +267,20 @@ void* kept_scratch(int slot, int64_t bytes) {
   return s.p;
 }
 
-// n values of scratch: the kept memory of `slot` when it fits, else owned.
+// n values of scratch: the kept memory of `slot` when it fits, else owned;
+// uninitialised either way (no zero-filling pass over a large buffer).
 template <typename T>
 struct ScratchBuf {
   T* p;
-  std::vector<T> own;
-  ScratchBuf(const ScratchBuf&) = delete;  // (an owned copy would point at the original)
+  std::unique_ptr<T[]> own;
+  ScratchBuf(const ScratchBuf&) = delete;
   ScratchBuf& operator=(const ScratchBuf&) = delete;
   ScratchBuf(int slot, int64_t n) {
     if (n * int64_t(sizeof(T)) <= kScratchCacheBytes) {
       p = static_cast<T*>(kept_scratch(slot, n * int64_t(sizeof(T))));
     } else {
-      own.resize(n);
-      p = own.data();
+      own.reset(new T[n]);
+      p = own.get();
     }
   }
   T* data() const { return p; }
@@ -715,6 +717,21 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, bool cl, const T* w, c
       });
 }
 
+// nn images of pixel-major (channels_last order) values, C channels a pixel,
+// into NCHW planes at dst (the staged data gradients' last pass), a run of
+// 256 pixels of one image per transpose.
+template <typename T>
+void pixels_to_planes(const Kern<T>& K, const T* src, int64_t nn, int64_t HW, int64_t C, T* dst) {
+  constexpr int64_t kRun = 256;
+  const int64_t runs = ceil_div(HW, kRun);
+  at::parallel_for(0, nn * runs, 1, [&](int64_t b, int64_t e) {
+    for (int64_t q = b; q < e; ++q) {
+      const int64_t n = q / runs, p0 = q % runs * kRun, np = std::min(kRun, HW - p0);
+      K.transpose(src + (n * HW + p0) * C, C, np, C, dst + n * C * HW + p0, HW);
+    }
+  });
+}
+
 // ------------------------------------------------- Winograd F(2x2, 3x3)
 // A 3x3 convolution with unit stride and dilation and one group, float32:
 //   y[n][o][oh][ow] = bias[o] + sum_{i, kh, kw} wget(o, i, kh, kw) * x[n][i][oh + kh - pt][ow + kw - pl]
@@ -1041,15 +1058,24 @@ void winograd_conv(const Tensor& x, bool cl, int64_t G, int64_t Cin, int64_t Cou
 // 15.9, 16x256->128 4.36 / 4.38; 8x32->32 at 28x28 1.18 / 1.10; 8x512->256
 // at 7x7 9.9 / 8.4 (short phases: the transforms and NCHW transposes, 14 %
 // of the samples at 28x28, weigh more).
+// The channel and size rule of every 4x4 stride-2 path, by its tiles (per
+// stride phase) and the convolution's output, OH x OW (the transposed
+// convolution's input); the weight gradient asks for 1024+ tiles
+// (measurements at winograd_s2k4_conv_applies).
+bool winograd_s2k4_sizes(const ConvGeometry& g, int64_t tiles, WinoPass pass) {
+  const int64_t cmin = std::min(g.Cg(), g.OCg()), cmax = std::max(g.Cg(), g.OCg());
+  if (force_winograd()) return cmin >= 16;
+  if (cmin < 32 || cmax < 64) return false;
+  if (pass == WinoPass::kWeight) return tiles >= 1024;
+  return (tiles >= 128 && g.OH >= 12 && g.OW >= 12) || (tiles >= 1024 && g.OH >= 8 && g.OW >= 8);
+}
+
 bool winograd_s2k4_applies(const ConvGeometry& g, bool cl) {
   if (!(use_winograd() && (g.KH == 4 || (g.KH == 3 && cl)) && g.KW == g.KH && g.sh == 2 &&
         g.sw == 2 && g.dh == 1 && g.dw == 1 && g.H >= 8 && g.W >= 8))
     return false;
-  const int64_t cmin = std::min(g.Cg(), g.OCg()), cmax = std::max(g.Cg(), g.OCg());
-  const int64_t tiles = g.N * ceil_div(ceil_div(g.H, 2), 2) * ceil_div(ceil_div(g.W, 2), 2);
-  if (force_winograd()) return cmin >= 16;
-  return cmin >= 32 && cmax >= 64 &&
-         ((tiles >= 128 && g.OH >= 12 && g.OW >= 12) || (tiles >= 1024 && g.OH >= 8 && g.OW >= 8));
+  return winograd_s2k4_sizes(
+      g, g.N * ceil_div(ceil_div(g.H, 2), 2) * ceil_div(ceil_div(g.W, 2), 2), WinoPass::kForward);
 }
 
 // 3x3 kernels, channels_last (conv_transpose2d 3x3 stride 2, the data
@@ -1073,17 +1099,9 @@ void winograd_dgrad_s2k4(const ConvGeometry& g, const Tensor& gy, bool cl, const
   const int64_t Cg = g.Cg(), OCg = g.OCg(), HW = g.H * g.W;
   auto k0 = [](int64_t r, int64_t p) { return ((r + p) % 2 + 2) % 2; };
   auto v0 = [](int64_t r, int64_t p) { return floor_div(r + p, 2); };
-  Tensor gbuf, sbuf;
-  T* dst = gx;
-  if (!cl) {
-    const int64_t n = g.N * HW * g.C;
-    if (n * int64_t(sizeof(T)) <= kScratchCacheBytes) {
-      dst = static_cast<T*>(kept_scratch(kStageSlot, n * int64_t(sizeof(T))));
-    } else {
-      sbuf = at::empty({n}, gy.options().memory_format(at::MemoryFormat::Contiguous));
-      dst = sbuf.data_ptr<T>();
-    }
-  }
+  Tensor gbuf;
+  const ScratchBuf<T> stage(kStageSlot, cl ? 0 : g.N * HW * g.C);
+  T* dst = cl ? gx : stage.data();
   // the phases on F(2x2, 2x2): all four for 4x4; for 3x3 the one whose taps
   // start at 0 (k0 == 0), the others direct first (its window, in the same
   // kept slot, is made before ours)
@@ -1120,15 +1138,7 @@ void winograd_dgrad_s2k4(const ConvGeometry& g, const Tensor& gy, bool cl, const
           bias == nullptr ? nullptr : bias + grp * Cg, out);
     }
   }
-  if (cl) return;
-  constexpr int64_t kRun = 256;  // pixels a transpose
-  const int64_t runs = ceil_div(HW, kRun);
-  at::parallel_for(0, g.N * runs, 1, [&](int64_t b, int64_t e) {
-    for (int64_t q = b; q < e; ++q) {
-      const int64_t n = q / runs, p0 = q % runs * kRun, np = std::min(kRun, HW - p0);
-      K.transpose(dst + (n * HW + p0) * g.C, g.C, np, g.C, gx + n * g.C * HW + p0, HW);
-    }
-  });
+  if (!cl) pixels_to_planes(K, dst, g.N, HW, g.C, gx);
 }
 
 // The forward of a 4x4, stride-2 convolution (also conv_transpose2d 4x4
@@ -1155,12 +1165,7 @@ bool winograd_s2k4_conv_applies(const ConvGeometry& g, WinoPass pass = WinoPass:
   if (!(use_winograd() && g.KH == 4 && g.KW == 4 && g.sh == 2 && g.sw == 2 && g.dh == 1 &&
         g.dw == 1 && g.OH >= 8 && g.OW >= 8))
     return false;
-  const int64_t cmin = std::min(g.Cg(), g.OCg()), cmax = std::max(g.Cg(), g.OCg());
-  const int64_t tiles = g.N * ceil_div(g.OH, 2) * ceil_div(g.OW, 2);
-  if (force_winograd()) return cmin >= 16;
-  if (cmin < 32 || cmax < 64) return false;
-  if (pass == WinoPass::kWeight) return tiles >= 1024;
-  return (tiles >= 128 && g.OH >= 12 && g.OW >= 12) || tiles >= 1024;
+  return winograd_s2k4_sizes(g, g.N * ceil_div(g.OH, 2) * ceil_div(g.OW, 2), pass);
 }
 
 // z of the comment above, in kept scratch (slot kWindowSlot) or zbuf.
@@ -1541,18 +1546,10 @@ void conv_dgrad(const ConvGeometry& g, const Tensor& gy, bool cl, const T* w, co
   const int64_t nbk = std::clamp<int64_t>(
       std::min(at::get_num_threads() * ((int64_t(2) << 20) / img), kScratchCacheBytes / img), 1, g.N);
   const ScratchBuf<T> sbuf(kStageSlot, nbk * HW * g.C);
-  constexpr int64_t kRun = 256;  // pixels a transpose
-  const int64_t runs = ceil_div(HW, kRun);
   for (int64_t n0 = 0; n0 < g.N; n0 += nbk) {
     const int64_t nn = std::min(nbk, g.N - n0);
     run(n0, nn, sbuf.data());
-    at::parallel_for(0, nn * runs, 1, [&](int64_t b, int64_t e) {
-      for (int64_t q = b; q < e; ++q) {
-        const int64_t n = q / runs, p0 = q % runs * kRun, np = std::min(kRun, HW - p0);
-        K.transpose(sbuf.data() + (n * HW + p0) * g.C, g.C, np, g.C,
-                    gx + (n0 + n) * g.C * HW + p0, HW);
-      }
-    });
+    pixels_to_planes(K, sbuf.data(), nn, HW, g.C, gx + n0 * g.C * HW);
   }
 }
 
