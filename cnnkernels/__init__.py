@@ -37,4 +37,22 @@ def set_cpu_isa(name: str) -> None:
     _C._set_cpu_isa(name)
 
 
-__all__ = ["autograd", "functional", "models", "nn", "convert", "cuda_built", "cpu_isa", "set_cpu_isa"]
+def empty_cpu_cache() -> None:
+    """Give the memory the CPU kernels keep for their outputs back to the
+    system. Large outputs (1 MB and more) live in blocks that are kept
+    mapped when their tensors are freed, so that the next call of an op
+    does not pay a page fault per 4 KB of output; up to 2 GiB (or an eighth
+    of the physical memory) of free blocks are kept. The environment variable
+    CNNKERNELS_CPU_CACHE_MB, read at import, sets that cap (0 turns the
+    cache off)."""
+    _C._host_cache_release()
+
+
+def cpu_cache_stats() -> dict:
+    """The CPU output cache: bytes in free blocks, in blocks in use, and the cap."""
+    free, used, cap = _C._host_cache_stats()
+    return {"free_bytes": free, "used_bytes": used, "cap_bytes": cap}
+
+
+__all__ = ["autograd", "functional", "models", "nn", "convert", "cuda_built", "cpu_isa", "set_cpu_isa",
+           "empty_cpu_cache", "cpu_cache_stats"]

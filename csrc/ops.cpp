@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "common/philox.h"
+#include "cpu/host_cache.h"
 #include "cpu/isa.h"
 
 TORCH_LIBRARY(cnnkernels, m) {
@@ -106,6 +107,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_cuda_built", [] { return kCudaBuilt; }, "whether the CUDA kernels were compiled");
   m.def("_cpu_isa", &cnnkernels::cpu::isa_name, "the CPU code path in use: 'avx512', 'avx2' or 'generic'");
   m.def("_set_cpu_isa", &cnnkernels::cpu::set_isa, "select the CPU code path");
+  m.def("_host_cache_release", &cnnkernels::cpu::host_cache_release,
+        "give the CPU output cache's free blocks back to the system");
+  m.def("_host_cache_stats", &cnnkernels::cpu::host_cache_stats,
+        "the CPU output cache's [free bytes, bytes in use, cap]");
   m.def("_llc_bytes", &cnnkernels::cpu::llc_bytes, "the last-level cache size the kernels assume");
   m.def("_set_llc_bytes", &cnnkernels::cpu::set_llc_bytes,
         "override the assumed last-level cache size in bytes (-1: detect; for tests)");

@@ -54,6 +54,7 @@
 
 #include "../common/conv.h"
 #include "conv_kernels.h"
+#include "host_cache.h"
 #include "isa.h"
 
 namespace cnnkernels {
@@ -304,7 +305,7 @@ Nhwc<T> nhwc_window(const Tensor& t, bool cl, int64_t r0, int64_t R, int64_t c0,
   if (bytes <= kScratchCacheBytes) {
     dst = static_cast<T*>(kept_scratch(slot, bytes));
   } else {
-    buf = at::empty({G * gsz + kNR}, t.options().memory_format(at::MemoryFormat::Contiguous));
+    buf = empty_output({G * gsz + kNR}, t.options().memory_format(at::MemoryFormat::Contiguous));
     dst = buf.data_ptr<T>();
   }
   std::fill(dst + G * gsz, dst + G * gsz + kNR, T(0));
@@ -1179,7 +1180,7 @@ Nhwc<T> space_to_depth2(const ConvGeometry& g, const Tensor& x, bool cl, Tensor&
   if (bytes <= kScratchCacheBytes) {
     z = static_cast<T*>(kept_scratch(kWindowSlot, bytes));
   } else {
-    zbuf = at::empty({g.G * gsz + kNR}, x.options().memory_format(at::MemoryFormat::Contiguous));
+    zbuf = empty_output({g.G * gsz + kNR}, x.options().memory_format(at::MemoryFormat::Contiguous));
     z = zbuf.data_ptr<T>();
   }
   std::fill(z + g.G * gsz, z + g.G * gsz + kNR, T(0));
@@ -2902,7 +2903,7 @@ Tensor opt_contig(const c10::optional<Tensor>& t) {
 }
 
 Tensor empty_act(const Tensor& like, c10::IntArrayRef sizes, at::MemoryFormat fmt) {
-  return at::empty(sizes, like.options().memory_format(fmt));
+  return empty_output(sizes, like.options().memory_format(fmt));
 }
 
 // The three gradients of one call (each only when asked for), in layout fmt
@@ -2919,7 +2920,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_grads(const ConvGeometry& g, const Tenso
   Tensor gx = at::empty({0}, x.options()), gw = at::empty({0}, x.options()),
          gb = at::empty({0}, x.options());
   if (mask[0]) gx = empty_act(x, x.sizes(), fmt);
-  if (mask[1]) gw = at::empty({g.OC, g.Cg(), g.KH, g.KW}, x.options());
+  if (mask[1]) gw = empty_output({g.OC, g.Cg(), g.KH, g.KW}, x.options());
   if (mask[2]) gb = at::empty({gy.size(1)}, x.options());
   if (g.N == 0) {
     if (mask[1]) gw.zero_();

@@ -23,6 +23,7 @@
 #include "../common/dropout.h"
 #include "../common/philox.h"
 #include "dropout_kernels.h"
+#include "host_cache.h"
 #include "isa.h"
 
 namespace cnnkernels {
@@ -113,7 +114,7 @@ std::tuple<Tensor, Tensor> dropout_forward_cpu(const Tensor& input, double p, bo
   const bool cl = channels_last && input.dim() == 4;
   const DropoutPlan plan = dropout_plan("dropout", input, p, channelwise, cl, /*cpu=*/true);
   const Tensor x = input.contiguous(layout(cl));
-  Tensor y = at::empty(input.sizes(), input.options().memory_format(layout(cl)));
+  Tensor y = empty_output(input.sizes(), input.options().memory_format(layout(cl)));
   const uint64_t seed = draw_seed();
   run(x, y, plan, channelwise, seed, 0);
   return {y, rng_state_tensor(seed, 0)};
@@ -140,7 +141,7 @@ Tensor dropout_backward_cpu(const Tensor& grad_output, const Tensor& rng_state, 
   const bool cl = channels_last && grad_output.dim() == 4;
   const DropoutPlan plan = dropout_plan(op, grad_output, p, channelwise, cl, /*cpu=*/true);
   const Tensor g = grad_output.contiguous(layout(cl));
-  Tensor gx = at::empty(g.sizes(), g.options().memory_format(layout(cl)));
+  Tensor gx = empty_output(g.sizes(), g.options().memory_format(layout(cl)));
   const Tensor st = rng_state.contiguous();
   const int64_t* s = st.data_ptr<int64_t>();
   run(g, gx, plan, channelwise, static_cast<uint64_t>(s[0]), static_cast<uint64_t>(s[1]));

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "../common/pool.h"
+#include "host_cache.h"
 #include "isa.h"
 #include "pool2d_kernels.h"
 
@@ -247,7 +248,7 @@ Tensor max_pool2d_forward_cpu(const Tensor& input, IntArrayRef kernel_size, IntA
       pool2d_geometry(op, input.sizes(), kernel_size, stride, padding, dilation, ceil_mode, false);
   const auto fmt = out_format(input);
   const Tensor x = input.contiguous(fmt);
-  Tensor out = at::empty(pool_output_sizes(g, g.C, g.OH, g.OW), input.options().memory_format(fmt));
+  Tensor out = empty_output(pool_output_sizes(g, g.C, g.OH, g.OW), input.options().memory_format(fmt));
   max_pool_run(x, g, out, nullptr);
   return out;
 }
@@ -265,8 +266,8 @@ std::tuple<Tensor, Tensor> max_pool2d_with_indices_forward_cpu(const Tensor& inp
   const auto fmt = out_format(input);
   const Tensor x = input.contiguous(fmt);
   const auto sizes = pool_output_sizes(g, g.C, g.OH, g.OW);
-  Tensor out = at::empty(sizes, input.options().memory_format(fmt));
-  Tensor ind = at::empty(sizes, input.options().dtype(at::kLong).memory_format(fmt));
+  Tensor out = empty_output(sizes, input.options().memory_format(fmt));
+  Tensor ind = empty_output(sizes, input.options().dtype(at::kLong).memory_format(fmt));
   max_pool_run(x, g, out, &ind);
   return std::make_tuple(out, ind);
 }
@@ -417,7 +418,7 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
   const auto fmt = out_format(indices);
   const Tensor go = grad_output.contiguous(fmt);
   const Tensor ix = indices.contiguous(fmt);
-  Tensor gi = at::empty(input_size, grad_output.options().memory_format(fmt));
+  Tensor gi = empty_output(input_size, grad_output.options().memory_format(fmt));
   if (gi.numel() == 0) return gi;
   BadIndex bad;
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
@@ -469,7 +470,7 @@ Tensor max_unpool2d_forward_cpu(const Tensor& input, const Tensor& indices,
   const Tensor ix = indices.contiguous(fmt);
   std::vector<int64_t> sizes = batched ? std::vector<int64_t>{N, C, OH, OW}
                                        : std::vector<int64_t>{C, OH, OW};
-  Tensor out = at::empty(sizes, input.options().memory_format(fmt));
+  Tensor out = empty_output(sizes, input.options().memory_format(fmt));
   if (out.numel() == 0) return out;
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnnkernels_pool", [&] {
@@ -503,7 +504,7 @@ Tensor max_unpool2d_backward_cpu(const Tensor& grad_output, const Tensor& indice
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
   const Tensor go = grad_output.contiguous(fmt);
   const Tensor ix = indices.contiguous(fmt);
-  Tensor gi = at::empty(indices.sizes(), grad_output.options().memory_format(fmt));
+  Tensor gi = empty_output(indices.sizes(), grad_output.options().memory_format(fmt));
   if (gi.numel() == 0) return gi;
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "cnnkernels_pool", [&] {
@@ -571,7 +572,7 @@ Tensor avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef kernel_size, IntA
   const int64_t divisor = divisor_override.value_or(0);
   const auto fmt = out_format(input);
   const Tensor x = input.contiguous(fmt);
-  Tensor out = at::empty(pool_output_sizes(g, g.C, g.OH, g.OW), input.options().memory_format(fmt));
+  Tensor out = empty_output(pool_output_sizes(g, g.C, g.OH, g.OW), input.options().memory_format(fmt));
   const PoolPlan p = make_plan(g);
   if (out.numel() == 0) return out;
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
@@ -758,7 +759,7 @@ Tensor avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef input_size
   const bool nhwc = channels_last && input_size.size() == 4;
   const auto fmt = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const Tensor go = grad_output.contiguous(fmt);
-  Tensor gi = at::empty(input_size, grad_output.options().memory_format(fmt));
+  Tensor gi = empty_output(input_size, grad_output.options().memory_format(fmt));
   if (gi.numel() == 0) return gi;
   const PoolPlan p = make_plan(g);
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "cnnkernels_pool", [&] {

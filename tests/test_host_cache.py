@@ -1,0 +1,95 @@
+"""The CPU output cache (csrc/cpu/host_cache.cpp): large outputs of the CPU
+kernels live in blocks that are kept mapped when their tensors die and serve
+the next call of a similar size."""
+
+import os
+import subprocess
+import sys
+
+import torch
+
+import cnnkernels
+import cnnkernels.functional as CF
+
+
+def _x(shape=(4, 16, 64, 64), seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_large_output_is_cached_and_reused():
+    cnnkernels.empty_cpu_cache()
+    x = _x()  # 1 MB: the output of avg_pool2d(1) is as large
+    base = cnnkernels.cpu_cache_stats()
+    assert base["free_bytes"] == 0
+    y = CF.avg_pool2d(x, 1)
+    torch.testing.assert_close(y, torch.nn.functional.avg_pool2d(x, 1), rtol=0, atol=0)
+    s = cnnkernels.cpu_cache_stats()
+    assert s["used_bytes"] >= base["used_bytes"] + x.nbytes
+    ptr = y.data_ptr()
+    del y
+    s = cnnkernels.cpu_cache_stats()
+    assert s["free_bytes"] >= x.nbytes
+    # the next output of that size takes the same block, and is written anew
+    y = CF.avg_pool2d(x * 2, 1)
+    assert y.data_ptr() == ptr
+    torch.testing.assert_close(y, x * 2, rtol=0, atol=0)
+    del y
+    cnnkernels.empty_cpu_cache()
+    assert cnnkernels.cpu_cache_stats()["free_bytes"] == 0
+
+
+def test_cached_output_behaves_as_a_plain_tensor():
+    x = _x()
+    y = CF.avg_pool2d(x.contiguous(memory_format=torch.channels_last), 1)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, x, rtol=0, atol=0)
+    y = CF.avg_pool2d(x, 1)
+    y.resize_(8, 16, 64, 64)  # grows through the cache's allocator, keeping the data
+    torch.testing.assert_close(y[:4], x, rtol=0, atol=0)
+    y.fill_(3.0)
+    assert torch.all(y == 3.0)
+    assert float(y.numpy().sum()) == 3.0 * y.numel()
+    y.add_(1)  # in place, and through autograd like any tensor
+    w = y.requires_grad_()
+    (w * 2).sum().backward()
+    assert torch.all(w.grad == 2)
+
+
+def test_small_outputs_bypass_the_cache():
+    cnnkernels.empty_cpu_cache()
+    before = cnnkernels.cpu_cache_stats()["used_bytes"]
+    y = CF.avg_pool2d(_x((2, 4, 16, 16)), 2)  # 2 KB
+    assert cnnkernels.cpu_cache_stats()["used_bytes"] == before
+    del y
+    assert cnnkernels.cpu_cache_stats()["free_bytes"] == 0
+
+
+def test_cache_can_be_turned_off():
+    code = (
+        "import torch, cnnkernels, cnnkernels.functional as CF\n"
+        "x = torch.randn(4, 16, 64, 64)\n"
+        "y = CF.avg_pool2d(x, 1)\n"
+        "assert torch.equal(y, x)\n"
+        "s = cnnkernels.cpu_cache_stats()\n"
+        "assert s['cap_bytes'] == 0 and s['used_bytes'] == 0, s\n"
+        "del y\n"
+        "assert cnnkernels.cpu_cache_stats()['free_bytes'] == 0\n"
+    )
+    env = dict(os.environ, CNNKERNELS_CPU_CACHE_MB="0")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_cache_cap_holds():
+    code = (
+        "import torch, cnnkernels, cnnkernels.functional as CF\n"
+        "xs = [torch.randn(4, 16, 64, 64 * k) for k in range(1, 6)]\n"
+        "ys = [CF.avg_pool2d(x, 1) for x in xs]\n"
+        "del ys\n"
+        "s = cnnkernels.cpu_cache_stats()\n"
+        "assert s['cap_bytes'] == 8 << 20, s\n"
+        "assert 0 < s['free_bytes'] <= 8 << 20, s\n"
+    )
+    env = dict(os.environ, CNNKERNELS_CPU_CACHE_MB="8")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
