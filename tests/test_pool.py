@@ -518,16 +518,18 @@ def test_max_pool2d_channels_last_blocks_cpu(isa, channels, kind):
     """channels_last max_pool2d forward runs along channels in register blocks
     (32 channels on AVX2, 64 on AVX-512, the last block masked): channel
     counts that fill blocks exactly, leave a partial vector, or a partial
-    block of several vectors, with padding, stride and ceil_mode; values and
+    block of several vectors, with padding, stride, dilation and ceil_mode
+    (AVX-512: interior pixels two at a time, edge ones alone); values and
     indices equal torch's."""
     old = cnnkernels.cpu_isa()
     cnnkernels.set_cpu_isa(isa)
     try:
         x = _kind_input((2, channels, 9, 11), kind, torch.Generator().manual_seed(8))
         x = x.contiguous(memory_format=torch.channels_last)
-        for k, s, p, c in ((3, 2, 1, False), (2, 2, 0, True), (3, 1, 1, False)):
-            o, i = CF.max_pool2d(x, k, s, p, 1, c, return_indices=True)
-            r, ri = F.max_pool2d(x, k, s, p, 1, c, return_indices=True)
+        for k, s, p, d, c in ((3, 2, 1, 1, False), (2, 2, 0, 1, True), (3, 1, 1, 1, False),
+                              (3, 2, 1, 2, True)):
+            o, i = CF.max_pool2d(x, k, s, p, d, c, return_indices=True)
+            r, ri = F.max_pool2d(x, k, s, p, d, c, return_indices=True)
             assert torch.equal(i, ri)
             assert_exact(o, r)
             assert o.is_contiguous(memory_format=torch.channels_last)
