@@ -2460,7 +2460,11 @@ void dw_dgrad(const ConvGeometry& g, const T* gy, bool cl, const T* w, const T* 
     for (int64_t t = 0; t < KK; ++t) wt[t * g.OC + oc] = w[oc * KK + t];
   if (M == 1 && g.sh == 1 && g.sw == 1) {
     // gx[ih][iw] = bias + sum over taps of w * gy[ih + pt - kh*dh][iw + pl - kw*dw]:
-    // the forward's pixel runs with the taps mirrored
+    // the forward's pixel runs with the taps mirrored, taken from the last
+    // (kh, kw) to the first so that each pixel's reads of gy ascend in
+    // memory. In the first-to-last order they descended, and on an AMD EPYC
+    // (Zen 4) VM the loads stalled: 8x128x56x56 3.2-3.5 ms against 1.06-1.21
+    // (the forward's same loop ascending: 1.05-1.3).
     const int64_t C = g.C;
     int64_t lo = 0, hi = g.W;
     for (int64_t kw = 0; kw < g.KW; ++kw)
@@ -2475,10 +2479,10 @@ void dw_dgrad(const ConvGeometry& g, const T* gy, bool cl, const T* w, const T* 
         T* xrow = gx + nr * g.W * C;
         auto run = [&](int64_t i0, int64_t npix, bool check) {
           int64_t nt = 0;
-          for (int64_t kh = 0; kh < g.KH; ++kh) {
+          for (int64_t kh = g.KH - 1; kh >= 0; --kh) {
             const int64_t oh = ih + g.pt - kh * g.dh;
             if (oh < 0 || oh >= g.OH) continue;
-            for (int64_t kw = 0; kw < g.KW; ++kw) {
+            for (int64_t kw = g.KW - 1; kw >= 0; --kw) {
               const int64_t ow = i0 + g.pl - kw * g.dw;
               if (check && (ow < 0 || ow >= g.OW)) continue;
               xoff[nt] = ((n * g.OH + oh) * g.OW + ow) * C;
