@@ -68,6 +68,7 @@ def test_mask_matches_the_documented_stream(device, tie_at):
     state = torch.tensor([seed, offset], dtype=torch.int64, device=device)
     isa = cnnkernels.cpu_isa()
     paths = ["generic"] + (["avx2"] if cnnkernels._C._avx2_available() else [])
+    paths += ["avx512"] if cnnkernels._C._avx512_available() else []
     try:
         for path in paths if device == "cpu" else [isa]:
             cnnkernels.set_cpu_isa(path)
@@ -139,7 +140,7 @@ def test_independent_of_thread_count_and_code_path():
     outs = []
     for nthreads, path in [(1, "generic"), (2, "generic")] + (
         [(1, "avx2"), (2, "avx2")] if cnnkernels._C._avx2_available() else []
-    ):
+    ) + ([(1, "avx512"), (2, "avx512")] if cnnkernels._C._avx512_available() else []):
         torch.set_num_threads(nthreads)
         cnnkernels.set_cpu_isa(path)
         torch.manual_seed(7)

@@ -57,11 +57,13 @@ void run(const Tensor& x, Tensor& y, const DropoutPlan& plan, bool channelwise, 
     T* yp = y.data_ptr<T>();
     const T scale = T(plan.scale);
     if (!channelwise) {
-      const bool avx2 = use_avx2();
+      const bool avx2 = use_avx2(), avx512 = use_avx512();
       // grain: a multiple of 64 elements so that chunks start on whole steps
       at::parallel_for(0, (n + 63) / 64, 512, [&](int64_t a, int64_t b) {
         const int64_t i0 = a * 64, i1 = std::min(n, b * 64);
-        if (avx2) {
+        if (avx512) {
+          drop::avx512::apply(xp, yp, i0, i1, seed, offset, plan.threshold, scale);
+        } else if (avx2) {
           drop::avx2::apply(xp, yp, i0, i1, seed, offset, plan.threshold, scale);
         } else {
           drop::generic::apply(xp, yp, i0, i1, seed, offset, plan.threshold, scale);

@@ -1,6 +1,7 @@
 // Plain C++ interface of the CPU dropout kernels (no torch types): a portable
-// build (dropout_generic.cpp) and an AVX2 build that runs four Philox
-// calls per instruction (dropout_avx2.cpp); dropout.cpp picks at run time.
+// build (dropout_generic.cpp), an AVX2 build that runs four Philox calls per
+// instruction (dropout_avx2.cpp) and an AVX-512 build that runs eight
+// (dropout_avx512.cpp); dropout.cpp picks at run time.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +27,11 @@ namespace avx2 {
 CNNK_DROP_DECLARE(float)
 CNNK_DROP_DECLARE(double)
 }  // namespace avx2
+
+namespace avx512 {
+CNNK_DROP_DECLARE(float)
+CNNK_DROP_DECLARE(double)
+}  // namespace avx512
 
 #undef CNNK_DROP_DECLARE
 
