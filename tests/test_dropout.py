@@ -220,6 +220,32 @@ def test_dropout2d_zeroes_whole_channels(device, layout):
     torch.testing.assert_close(gx, (y != 0).to(gx.dtype) * 2)
 
 
+def test_dropout2d_layouts_and_code_paths_agree():
+    """dropout2d's channel scales applied per plane (NCHW) and per pixel
+    (channels_last, parallel chunks that start inside an image), by each CPU
+    code path: the same seed gives the same values everywhere."""
+    x = torch.randn(3, 5, 67, 67)
+    isa = cnnkernels.cpu_isa()
+    paths = ["generic"] + (["avx2"] if cnnkernels._C._avx2_available() else [])
+    outs = []
+    try:
+        for path in paths:
+            cnnkernels.set_cpu_isa(path)
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                torch.manual_seed(11)
+                y = CF.dropout2d(x.contiguous(memory_format=fmt), 0.4)
+                assert y.is_contiguous(memory_format=fmt)
+                outs.append(y)
+    finally:
+        cnnkernels.set_cpu_isa(isa)
+    kept = outs[0].flatten(2).ne(0).any(-1)
+    assert 0 < kept.sum() < kept.numel()
+    scale = kept[..., None, None].float() * torch.tensor(1 / 0.6)  # float32, as the kernel
+    torch.testing.assert_close(outs[0], x * scale, rtol=0, atol=0)
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])
+
+
 def test_dropout2d_warnings_like_torch():
     with pytest.warns(UserWarning, match="3-D input is taken as \\(N, C, L\\)"):
         y = CF.dropout2d(torch.rand(4, 16, 10) + 1, 0.5)

@@ -77,31 +77,19 @@ void run(const Tensor& x, Tensor& y, const DropoutPlan& plan, bool channelwise, 
       for (int64_t k = j; k < std::min(plan.groups, j + 4); ++k)
         m[k] = r.v[k & 3] >= plan.threshold ? scale : T(0);
     }
+    const bool avx2 = use_avx2();
     if (plan.channels_last) {
-      // The image of a pixel is tracked by a counter, not divided out per
-      // pixel (a 64-bit division per pixel; the suite had this forward at
-      // 0.79-0.82x torch).
       const int64_t C = plan.C, pixels = n / C, HW = plan.HWC / C;
       at::parallel_for(0, pixels, std::max<int64_t>(1, 16384 / C), [&](int64_t a, int64_t b) {
-        int64_t img = a / HW, left = HW - a % HW;  // pixels left in image img
-        for (int64_t q = a; q < b; ++q) {
-          const T* mm = m.data() + img * C;
-          const T* xr = xp + q * C;
-          T* yr = yp + q * C;
-          for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * mm[c];
-          if (--left == 0) ++img, left = HW;
-        }
+        avx2 ? drop::avx2::scale_pixels(xp, yp, m.data(), C, HW, a, b)
+             : drop::generic::scale_pixels(xp, yp, m.data(), C, HW, a, b);
       });
     } else {
       const int64_t S = plan.inner;
       at::parallel_for(0, plan.groups, std::max<int64_t>(1, 16384 / std::max<int64_t>(S, 1)),
                        [&](int64_t a, int64_t b) {
-                         for (int64_t g = a; g < b; ++g) {
-                           const T mg = m[g];
-                           const T* xr = xp + g * S;
-                           T* yr = yp + g * S;
-                           for (int64_t s = 0; s < S; ++s) yr[s] = xr[s] * mg;
-                         }
+                         avx2 ? drop::avx2::scale_planes(xp, yp, m.data(), S, a, b)
+                              : drop::generic::scale_planes(xp, yp, m.data(), S, a, b);
                        });
     }
   });
