@@ -254,7 +254,7 @@ def test_large_plane_and_many_blocks(setup):
     """Planes wide enough for several 8-wide vector blocks per row, with and
     without a partial last block, through both strides with fast paths."""
     device, dtype = setup
-    for w in (64, 67, 8, 7, 15):
+    for w in (64, 67, 8, 7, 15, 150):
         x = make_input((1, 2, 11, w), "nchw", dtype, device, seed=w)
         for k, s, p in ((2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0), (3, 3, 1)):
             o, i = CF.max_pool2d(x, k, s, p, return_indices=True)
@@ -515,7 +515,7 @@ def test_pool_reads_stay_inside_the_input(isa, shape):
 @pytest.mark.parametrize("channels", [16, 40, 64, 70, 136])
 @pytest.mark.parametrize("kind", ["randn", "ties", "nan", "ninf"])
 def test_max_pool2d_channels_last_blocks_cpu(isa, channels, kind):
-    """channels_last max_pool2d forward runs along channels in register blocks
+    """channels_last max_pool2d and avg_pool2d forward run along channels in register blocks
     (32 channels on AVX2, 64 on AVX-512, the last block masked): channel
     counts that fill blocks exactly, leave a partial vector, or a partial
     block of several vectors, with padding, stride, dilation and ceil_mode
@@ -533,5 +533,10 @@ def test_max_pool2d_channels_last_blocks_cpu(isa, channels, kind):
             assert torch.equal(i, ri)
             assert_exact(o, r)
             assert o.is_contiguous(memory_format=torch.channels_last)
+            if d == 1:  # avg_pool2d: the same blocks (AVX-512: neighbours in step two at a time)
+                for cip, div in ((True, None), (False, None), (True, 5)):
+                    a = CF.avg_pool2d(x, k, s, p, c, cip, div)
+                    assert_exact(a, F.avg_pool2d(x, k, s, p, c, cip, div))
+                    assert a.is_contiguous(memory_format=torch.channels_last)
     finally:
         cnnkernels.set_cpu_isa(old)

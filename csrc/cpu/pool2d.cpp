@@ -582,6 +582,11 @@ Tensor avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef kernel_size, IntA
     const bool fast = std::is_same<scalar_t, float>::value && use_avx2();
     if (nhwc) {
       at::parallel_for(0, g.N * g.OH * g.OW, 16, [&](int64_t q0, int64_t q1) {
+        if (fast && use_avx512()) {
+          avx512::avg_pool2d_nhwc((const float*)in, (float*)o, q0, q1, p, count_include_pad,
+                                  divisor);
+          return;
+        }
         if (fast) {
           avx2::avg_pool2d_nhwc((const float*)in, (float*)o, q0, q1, p, count_include_pad,
                                 divisor);

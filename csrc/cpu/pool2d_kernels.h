@@ -119,6 +119,9 @@ void max_pool2d_nchw_k3s2p1(const float* in, float* out, int64_t* ind, int64_t p
 // [q0, q1), 64 channels a register block), as avx2::max_pool2d_nhwc.
 void max_pool2d_nhwc(const float* in, float* out, int64_t* ind, int64_t q0, int64_t q1,
                      const PoolPlan& p);
+// ... and the channels_last avg pool forward, as avx2::avg_pool2d_nhwc.
+void avg_pool2d_nhwc(const float* in, float* out, int64_t q0, int64_t q1, const PoolPlan& p,
+                     bool count_include_pad, int64_t divisor);
 }  // namespace avx512
 }  // namespace cpu
 }  // namespace cnnkernels
