@@ -244,7 +244,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward_cpu(
         invstd[c] = T(1.0 / std::sqrt(double(rv[c]) + eps));
       }
       scale[c] = (w ? w[c] : T(1)) * invstd[c];
-      beta[c] = b ? b[c] : T(0);
+      beta[c] = (b ? b[c] : T(0)) - mean[c] * scale[c];
     };
     const T* xp = x.data_ptr<T>();
     T* yp = y.data_ptr<T>();
@@ -304,7 +304,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cpu(
     std::vector<T> scale(g.C), beta(g.C), k2(g.C, T(0)), k3(g.C, T(0));
     for (int64_t c = 0; c < g.C; ++c) {
       scale[c] = (w ? w[c] : T(1)) * invstd[c];
-      beta[c] = b ? b[c] : T(0);
+      beta[c] = (b ? b[c] : T(0)) - mean[c] * scale[c];
     }
     Channel<T> ch{mean, scale.data(), beta.data(), k2.data(), k3.data(), int(activation),
                   T(negative_slope), stream_stores(x.nbytes())};
@@ -399,7 +399,7 @@ Tensor batch_norm_backward_elemt_cpu(const Tensor& grad_output, const Tensor& in
     std::vector<T> scale(g.C), beta(g.C), k2(g.C), k3(g.C);
     for (int64_t c = 0; c < g.C; ++c) {
       scale[c] = (w ? w[c] : T(1)) * invstd[c];
-      beta[c] = b ? b[c] : T(0);
+      beta[c] = (b ? b[c] : T(0)) - mean[c] * scale[c];
       // as batch_norm_backward's training constants, with sum_dy_xhat =
       // invstd * sum(gz * (x - mean))
       k2[c] = T(double(sg[c]) / double(count));

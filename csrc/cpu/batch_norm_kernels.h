@@ -43,6 +43,10 @@ template <typename T>
 struct Channel {
   const T* mean;
   const T* scale;  // weight * invstd
+  // bias - mean * scale: the normalised value is x * scale + beta, one
+  // multiply and one add as torch's CPU kernels compute it (backward
+  // recomputes the activation's input the same way, so its mask matches
+  // the forward's output)
   const T* beta;
   const T* k2;
   const T* k3;
