@@ -93,3 +93,14 @@ def test_cache_cap_holds():
     env = dict(os.environ, CNNKERNELS_CPU_CACHE_MB="8")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_block_freed_last_is_reused_first():
+    # LIFO among blocks of a size: the one freed last may still be in the
+    # caches (oldest-first cycled through all of them)
+    x = _x()
+    a, b, c = (CF.avg_pool2d(x, 1) for _ in range(3))
+    pb = b.data_ptr()
+    del a, c
+    del b
+    assert CF.avg_pool2d(x, 1).data_ptr() == pb

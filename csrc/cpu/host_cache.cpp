@@ -129,7 +129,13 @@ class HostCache final : public c10::Allocator {
       if (int64_t(b->size) > c.cap_) {
         drop.push_back(b);
       } else {
-        c.free_.emplace(b->size, b);
+        // first among the blocks of its size: the next request takes the
+        // block freed last (LIFO), whose lines may still be in the caches.
+        // Oldest-first cycled through every cached block of a size: a
+        // 12.8 MB eval BatchNorm2d whose output had fit in the L3 with its
+        // input ran 0.57 ms in the suite (after cases that left several
+        // such blocks) against 0.21 alone.
+        c.free_.emplace_hint(c.free_.lower_bound(b->size), b->size, b);
         c.free_bytes_ += int64_t(b->size);
         while (c.free_bytes_ > c.cap_) {
           auto last = std::prev(c.free_.end());
