@@ -64,35 +64,33 @@ def test_small_outputs_bypass_the_cache():
     assert cnnkernels.cpu_cache_stats()["free_bytes"] == 0
 
 
+def _run_with_cache_mb(mb, body):
+    """Runs body (Python source) in a fresh process with CNNKERNELS_CPU_CACHE_MB=mb."""
+    code = "import torch, cnnkernels, cnnkernels.functional as CF\n" + body
+    env = dict(os.environ, CNNKERNELS_CPU_CACHE_MB=str(mb))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def test_cache_can_be_turned_off():
-    code = (
-        "import torch, cnnkernels, cnnkernels.functional as CF\n"
+    _run_with_cache_mb(0, (
         "x = torch.randn(4, 16, 64, 64)\n"
         "y = CF.avg_pool2d(x, 1)\n"
         "assert torch.equal(y, x)\n"
         "s = cnnkernels.cpu_cache_stats()\n"
         "assert s['cap_bytes'] == 0 and s['used_bytes'] == 0, s\n"
         "del y\n"
-        "assert cnnkernels.cpu_cache_stats()['free_bytes'] == 0\n"
-    )
-    env = dict(os.environ, CNNKERNELS_CPU_CACHE_MB="0")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+        "assert cnnkernels.cpu_cache_stats()['free_bytes'] == 0\n"))
 
 
 def test_cache_cap_holds():
-    code = (
-        "import torch, cnnkernels, cnnkernels.functional as CF\n"
+    _run_with_cache_mb(8, (
         "xs = [torch.randn(4, 16, 64, 64 * k) for k in range(1, 6)]\n"
         "ys = [CF.avg_pool2d(x, 1) for x in xs]\n"
         "del ys\n"
         "s = cnnkernels.cpu_cache_stats()\n"
         "assert s['cap_bytes'] == 8 << 20, s\n"
-        "assert 0 < s['free_bytes'] <= 8 << 20, s\n"
-    )
-    env = dict(os.environ, CNNKERNELS_CPU_CACHE_MB="8")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+        "assert 0 < s['free_bytes'] <= 8 << 20, s\n"))
 
 
 def test_the_block_freed_last_is_reused_first():

@@ -130,21 +130,9 @@ void apply_t(const T* x, T* y, int64_t i0, int64_t i1, uint64_t seed, uint64_t o
   generic::apply(x, y, i, i1, seed, offset, threshold, scale);
 }
 
-#include "dropout_scale.h"
-
 }  // namespace
 
-#define CNNK_DROP_SCALE_DEFINE(T)                                                          \
-  void scale_planes(const T* x, T* y, const T* m, int64_t S, int64_t g0, int64_t g1) {     \
-    scale_planes_t(x, y, m, S, g0, g1);                                                    \
-  }                                                                                        \
-  void scale_pixels(const T* x, T* y, const T* m, int64_t C, int64_t HW, int64_t q0,      \
-                    int64_t q1) {                                                          \
-    scale_pixels_t(x, y, m, C, HW, q0, q1);                                                \
-  }
-CNNK_DROP_SCALE_DEFINE(float)
-CNNK_DROP_SCALE_DEFINE(double)
-#undef CNNK_DROP_SCALE_DEFINE
+#include "dropout_scale.h"  // scale_planes, scale_pixels
 
 void apply(const float* x, float* y, int64_t i0, int64_t i1, uint64_t seed, uint64_t offset,
            uint32_t threshold, float scale) {

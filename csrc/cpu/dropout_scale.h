@@ -1,9 +1,12 @@
-// The channel-wise dropout loops (dropout2d: one scale per (N, C) pair),
-// included inside each build's namespace (dropout_generic.cpp,
-// dropout_avx2.cpp), so that each compiles them for its own target: built
-// with dropout.cpp's portable flags they ran 4 floats an instruction, and the
-// channels_last forward measured 0.73x torch's (16x64x56x56, AMD EPYC VM).
-// No include guard: one copy per namespace.
+// The channel-wise dropout kernels (dropout2d: one scale per (N, C) pair),
+// scale_planes and scale_pixels of dropout_kernels.h, included inside each
+// build's namespace (dropout_generic.cpp, dropout_avx2.cpp) so that each
+// compiles them for its own target: built with dropout.cpp's portable flags
+// they ran 4 floats an instruction (16x64x56x56 channels_last forward 0.73x
+// torch's in one suite run, AMD EPYC VM). No include guard: one copy per
+// namespace.
+
+namespace {
 
 template <typename T>
 void scale_planes_t(const T* x, T* y, const T* m, int64_t S, int64_t g0, int64_t g1) {
@@ -29,3 +32,17 @@ void scale_pixels_t(const T* x, T* y, const T* m, int64_t C, int64_t HW, int64_t
     if (--left == 0) ++img, left = HW;
   }
 }
+
+}  // namespace
+
+#define CNNK_DROP_SCALE_DEFINE(T)                                                          \
+  void scale_planes(const T* x, T* y, const T* m, int64_t S, int64_t g0, int64_t g1) {     \
+    scale_planes_t(x, y, m, S, g0, g1);                                                    \
+  }                                                                                        \
+  void scale_pixels(const T* x, T* y, const T* m, int64_t C, int64_t HW, int64_t q0,      \
+                    int64_t q1) {                                                          \
+    scale_pixels_t(x, y, m, C, HW, q0, q1);                                                \
+  }
+CNNK_DROP_SCALE_DEFINE(float)
+CNNK_DROP_SCALE_DEFINE(double)
+#undef CNNK_DROP_SCALE_DEFINE
