@@ -102,3 +102,23 @@ def test_the_block_freed_last_is_reused_first():
     del a, c
     del b
     assert CF.avg_pool2d(x, 1).data_ptr() == pb
+
+
+def test_forked_child_uses_the_cache():
+    # the cache's lock is held across fork() (pthread_atfork) so that a child
+    # never inherits it locked; the child allocates and frees through it
+    x = _x()
+    keep = CF.avg_pool2d(x, 1)  # a block in use, and one free after this:
+    del keep
+    pid = os.fork()
+    if pid == 0:  # child (one thread: GNU OpenMP's pool does not survive fork)
+        ok = False
+        try:
+            torch.set_num_threads(1)
+            y = CF.avg_pool2d(x, 1)
+            ok = torch.equal(y, x)
+            del y
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -12,9 +12,12 @@
 // 32 float channels in registers). Chunks merge into double-precision moments (Chan's formula): one read
 // of the input from memory, and no sum-of-squares cancellation.
 //
-// The forward computes z = (x - mean) * scale + beta and backward recomputes
-// z with the same expression from the saved input, so the activation mask in
-// backward is exactly the forward's (built with -ffp-contract=off).
+// The forward computes z = x * scale + beta (beta = bias - mean * scale, as
+// torch's CPU kernels: where |mean| is large against the standard deviation
+// the two products cancel, losing about |mean| / std ulps, as torch's do)
+// and backward recomputes z with the same expression from the saved input,
+// so the activation mask in backward is exactly the forward's (built with
+// -ffp-contract=off).
 #ifndef CNNK_BN_NS
 #error "define CNNK_BN_NS before including batch_norm_impl.h"
 #endif

@@ -36,7 +36,7 @@ inline void merge(Moments& a, double nb, double mb, double m2b) {
 }
 
 // Per-channel constants of one call, all of length C.
-//   z = (x - mean) * scale + beta, y = act(z)          (forward)
+//   z = x * scale + beta, y = act(z)                   (forward)
 //   gz = act'(z) * gy                                  (backward)
 //   gx = scale * (gz - k2 - (x - mean) * k3)           (k2 = k3 = 0 in eval)
 template <typename T>

@@ -5,9 +5,11 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -31,24 +33,29 @@ size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 size_t block_size(size_t n) { return n >= 2 * kHuge ? round_up(n, kHuge) : round_up(n, 64 << 10); }
 
 // A cached block may serve a request if it wastes at most an eighth of it
-// (plus one rounding step).
-bool fits(size_t block, size_t want) { return block <= want + want / 8 + kHuge; }
+// (plus one rounding step of its size).
+bool fits(size_t block, size_t want) {
+  return block <= want + want / 8 + (want >= 2 * kHuge ? kHuge : size_t(64) << 10);
+}
 
 int64_t default_cap() {
-  if (const char* e = std::getenv("CNNKERNELS_CPU_CACHE_MB")) return std::atoll(e) << 20;
+  if (const char* e = std::getenv("CNNKERNELS_CPU_CACHE_MB")) {
+    const long long mb = std::strtoll(e, nullptr, 10);  // negative: off; huge: clamped
+    return mb <= 0 ? 0 : int64_t(std::min<long long>(mb, (int64_t(1) << 40))) << 20;
+  }
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
   const int64_t phys = pages > 0 && page > 0 ? int64_t(pages) * page : 0;
   const int64_t cap = int64_t(2) << 30;
   return phys > 0 ? std::min(cap, phys / 8) : cap;
 }
 
+// A fresh mapping of size bytes, or nullptr.
 void* map_block(size_t size) {
   // 2 MB-aligned where huge pages may back it: map a huge page more and trim.
   const bool huge = size >= kHuge;
   const size_t span = huge ? size + kHuge : size;
   void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  TORCH_CHECK(raw != MAP_FAILED, "cnnkernels: out of memory: could not map ", size,
-              " bytes for an output tensor");
+  if (raw == MAP_FAILED) return nullptr;
   if (!huge) return raw;
   const uintptr_t b = reinterpret_cast<uintptr_t>(raw);
   const uintptr_t a = round_up(b, kHuge);
@@ -77,7 +84,14 @@ class HostCache final : public c10::Allocator {
       if (b != nullptr) used_bytes_ += int64_t(b->size);
     }
     if (b == nullptr) {
-      b = new Block{map_block(want), want};
+      void* p = map_block(want);
+      if (p == nullptr) {  // give the cached blocks back and try once more
+        release_all();
+        p = map_block(want);
+      }
+      TORCH_CHECK(p != nullptr, "cnnkernels: out of memory: could not map ", want,
+                  " bytes for an output tensor");
+      b = new Block{p, want};
       std::lock_guard<std::mutex> lock(mu_);
       used_bytes_ += int64_t(b->size);
     }
@@ -109,7 +123,12 @@ class HostCache final : public c10::Allocator {
   }
 
  private:
-  HostCache() : cap_(default_cap()) {}
+  // fork() while another thread holds mu_ would leave it locked in the
+  // child (a DataLoader worker, say): hold it across the fork instead.
+  HostCache() : cap_(default_cap()) {
+    pthread_atfork([] { get().mu_.lock(); }, [] { get().mu_.unlock(); },
+                   [] { get().mu_.unlock(); });
+  }
 
   static void unmap(Block* b) {
     munmap(b->p, b->size);
