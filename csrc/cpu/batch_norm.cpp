@@ -124,6 +124,17 @@ inline void row_block(int64_t rows, int64_t tasks, int64_t t, int64_t& r0, int64
   r1 = rows * (t + 1) / tasks;
 }
 
+// Channel c's scale = weight * invstd and beta = bias - mean * scale (the
+// kernels compute x * scale + beta). The forward and both backward ops take
+// them from here: the backward's ReLU mask recomputes the forward's value,
+// so they must round alike.
+template <typename T>
+inline void channel_affine(const T* w, const T* b, const T* mean, const T* invstd, int64_t c,
+                           T* scale, T* beta) {
+  scale[c] = (w ? w[c] : T(1)) * invstd[c];
+  beta[c] = (b ? b[c] : T(0)) - mean[c] * scale[c];
+}
+
 // Per-channel moments of x, merged in a fixed order.
 template <typename T>
 std::vector<Moments> channel_moments(const Path<T>& path, const T* x, const BnGeometry& g) {
@@ -243,8 +254,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward_cpu(
         mean[c] = rm[c];
         invstd[c] = T(1.0 / std::sqrt(double(rv[c]) + eps));
       }
-      scale[c] = (w ? w[c] : T(1)) * invstd[c];
-      beta[c] = (b ? b[c] : T(0)) - mean[c] * scale[c];
+      channel_affine(w, b, mean, invstd, c, scale.data(), beta.data());
     };
     const T* xp = x.data_ptr<T>();
     T* yp = y.data_ptr<T>();
@@ -302,10 +312,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_cpu(
     const T* w = opt_ptr<T>(weight);
     const T* b = opt_ptr<T>(bias);
     std::vector<T> scale(g.C), beta(g.C), k2(g.C, T(0)), k3(g.C, T(0));
-    for (int64_t c = 0; c < g.C; ++c) {
-      scale[c] = (w ? w[c] : T(1)) * invstd[c];
-      beta[c] = (b ? b[c] : T(0)) - mean[c] * scale[c];
-    }
+    for (int64_t c = 0; c < g.C; ++c)
+      channel_affine(w, b, mean, invstd, c, scale.data(), beta.data());
     Channel<T> ch{mean, scale.data(), beta.data(), k2.data(), k3.data(), int(activation),
                   T(negative_slope), stream_stores(x.nbytes())};
     const T* xp = x.data_ptr<T>();
@@ -398,8 +406,7 @@ Tensor batch_norm_backward_elemt_cpu(const Tensor& grad_output, const Tensor& in
     const T* sgxh = sums.second.data_ptr<T>();
     std::vector<T> scale(g.C), beta(g.C), k2(g.C), k3(g.C);
     for (int64_t c = 0; c < g.C; ++c) {
-      scale[c] = (w ? w[c] : T(1)) * invstd[c];
-      beta[c] = (b ? b[c] : T(0)) - mean[c] * scale[c];
+      channel_affine(w, b, mean, invstd, c, scale.data(), beta.data());
       // as batch_norm_backward's training constants, with sum_dy_xhat =
       // invstd * sum(gz * (x - mean))
       k2[c] = T(double(sg[c]) / double(count));

@@ -56,8 +56,9 @@ void run(const Tensor& x, Tensor& y, const DropoutPlan& plan, bool channelwise, 
     const T* xp = x.data_ptr<T>();
     T* yp = y.data_ptr<T>();
     const T scale = T(plan.scale);
+    const bool avx2 = use_avx2();
     if (!channelwise) {
-      const bool avx2 = use_avx2(), avx512 = use_avx512();
+      const bool avx512 = use_avx512();
       // grain: a multiple of 64 elements so that chunks start on whole steps
       at::parallel_for(0, (n + 63) / 64, 512, [&](int64_t a, int64_t b) {
         const int64_t i0 = a * 64, i1 = std::min(n, b * 64);
@@ -77,7 +78,6 @@ void run(const Tensor& x, Tensor& y, const DropoutPlan& plan, bool channelwise, 
       for (int64_t k = j; k < std::min(plan.groups, j + 4); ++k)
         m[k] = r.v[k & 3] >= plan.threshold ? scale : T(0);
     }
-    const bool avx2 = use_avx2();
     if (plan.channels_last) {
       const int64_t C = plan.C, pixels = n / C, HW = plan.HWC / C;
       at::parallel_for(0, pixels, std::max<int64_t>(1, 16384 / C), [&](int64_t a, int64_t b) {

@@ -244,8 +244,9 @@ void max_pool2d_nhwc(const float* in, float* out, int64_t* ind, int64_t q0, int6
     float* o = out + q * C;
     int64_t* oi = ind ? ind + q * C : nullptr;
     int np = 1;
+    Taps u;
     if (ow + 1 < p.OW && q + 1 < q1) {
-      const Taps u = taps_of(oh, ow + 1, p);
+      u = taps_of(oh, ow + 1, p);
       if (u.kw0 == t.kw0 && u.kw1 == t.kw1) np = 2;
     }
     for (int64_t c = 0; c < C64; c += 64) {
@@ -256,10 +257,7 @@ void max_pool2d_nhwc(const float* in, float* out, int64_t* ind, int64_t q0, int6
     }
     if (C64 < C) {
       nhwc_tail(base, o, oi, C, C64, t, p);
-      if (np == 2) {
-        const Taps u = taps_of(oh, ow + 1, p);
-        nhwc_tail(base, o + C, oi ? oi + C : nullptr, C, C64, u, p);
-      }
+      if (np == 2) nhwc_tail(base, o + C, oi ? oi + C : nullptr, C, C64, u, p);
     }
     q += np;
   }
